@@ -1,0 +1,164 @@
+"""The checkpoint format: one plain dict, saved atomically, loaded without unpickling code.
+
+Layout (format version 1)::
+
+    {
+        "format": "mnist-vae-checkpoint",
+        "format_version": 1,
+        "model_config": {...VAEConfig fields...},
+        "model_state": {...state_dict tensors...},
+        "metadata": {preset, training args, epoch, metrics, dataset, sha256, versions, ...},
+        "train_state": {...}  # optional: optimizer and RNG state, only for --resume
+    }
+
+Loading goes through `torch.load(weights_only=True)`, so a file that smuggles a pickled callable
+is refused instead of executed.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import pickle
+import subprocess
+import tempfile
+import zipfile
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from models.vae import ConvVAE, VAEConfig
+
+FORMAT_NAME = "mnist-vae-checkpoint"
+FORMAT_VERSION = 1
+
+
+class CheckpointError(Exception):
+    """Any reason a checkpoint cannot be used, with a message fit for a log line."""
+
+
+def save_checkpoint(
+    path: str | os.PathLike,
+    model: ConvVAE,
+    metadata: dict[str, Any],
+    train_state: dict[str, Any] | None = None,
+) -> Path:
+    """Writes next to `path` first and renames, so a crash never leaves a half-written file."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    payload: dict[str, Any] = {
+        "format": FORMAT_NAME,
+        "format_version": FORMAT_VERSION,
+        "model_config": model.config.to_dict(),
+        "model_state": {k: v.detach().cpu() for k, v in model.state_dict().items()},
+        "metadata": {**default_metadata(), **metadata},
+    }
+    if train_state is not None:
+        payload["train_state"] = train_state
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as fh:
+            torch.save(payload, fh)
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    return path
+
+
+def read_checkpoint(path: str | os.PathLike) -> dict[str, Any]:
+    """Loads and validates the raw dict (no model built): for tools that only need metadata."""
+    path = Path(path)
+    if not path.is_file():
+        raise CheckpointError(f"checkpoint not found: {path}")
+    try:
+        payload = torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as exc:
+        raise CheckpointError(
+            f"{path} is not a safe checkpoint: it holds objects that weights-only loading refuses "
+            f"({_unpickler_reason(exc)})"
+        ) from exc
+    except (RuntimeError, EOFError, OSError, zipfile.BadZipFile, ValueError) as exc:
+        raise CheckpointError(f"{path} is not a checkpoint: {_first_line(exc)}") from exc
+    if not isinstance(payload, dict) or payload.get("format") != FORMAT_NAME:
+        raise CheckpointError(f"{path} is not a {FORMAT_NAME} file")
+    version = payload.get("format_version")
+    if version != FORMAT_VERSION:
+        raise CheckpointError(
+            f"{path} has format version {version!r}; this build reads version {FORMAT_VERSION}"
+        )
+    for key in ("model_config", "model_state", "metadata"):
+        if not isinstance(payload.get(key), dict):
+            raise CheckpointError(f"{path} is missing its {key!r} section")
+    return payload
+
+
+def load_checkpoint(
+    path: str | os.PathLike, device: str | torch.device = "cpu"
+) -> tuple[ConvVAE, dict[str, Any]]:
+    """Returns (model in eval mode on `device`, metadata)."""
+    payload = read_checkpoint(path)
+    model = model_from_payload(payload, source=str(path))
+    return model.to(device).eval(), payload["metadata"]
+
+
+def model_from_payload(payload: dict[str, Any], source: str = "checkpoint") -> ConvVAE:
+    try:
+        config = VAEConfig.from_dict(payload["model_config"])
+    except (TypeError, ValueError) as exc:
+        raise CheckpointError(f"{source} has an invalid model config: {exc}") from exc
+    model = ConvVAE(config)
+    try:
+        model.load_state_dict(payload["model_state"], strict=True)
+    except RuntimeError as exc:
+        raise CheckpointError(
+            f"{source}: weights do not match its model config: {_first_line(exc)}"
+        ) from exc
+    return model
+
+
+def file_sha256(path: str | os.PathLike) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for block in iter(lambda: fh.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def default_metadata() -> dict[str, Any]:
+    return {
+        "torch_version": str(torch.__version__),
+        "created_at": datetime.now(UTC).isoformat(timespec="seconds"),
+        "git_commit": _git_commit(),
+    }
+
+
+def _git_commit() -> str | None:
+    try:
+        out = subprocess.run(
+            ["git", "rev-parse", "HEAD"],
+            capture_output=True,
+            text=True,
+            timeout=5,
+            cwd=Path(__file__).resolve().parent,
+        )
+    except (OSError, subprocess.SubprocessError):
+        return None
+    return out.stdout.strip() or None if out.returncode == 0 else None
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip()
+    return text.splitlines()[0] if text else type(exc).__name__
+
+
+def _unpickler_reason(exc: BaseException) -> str:
+    """torch's message is a page long; the line naming the refused global is the useful one."""
+    for line in str(exc).splitlines():
+        if "WeightsUnpickler error" in line:
+            return line.split("WeightsUnpickler error:", 1)[1].strip().split(". ")[0]
+    return _first_line(exc)
