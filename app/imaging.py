@@ -1,0 +1,284 @@
+"""Uploads in, MNIST-shaped tensors out; tensors in, PNG bytes out.
+
+The model only knows MNIST: a white digit on black, its longer side 20 px, placed in 28x28 by its
+centre of mass, here padded to 32x32. People upload photos of dark ink on paper, big canvases and
+transparent PNGs, so `normalize_upload` remakes each upload the way MNIST itself was made. It is a
+pure function on bytes: every limit is checked from the header before a pixel is decoded, and every
+failure leaves as a `ServiceError` with its HTTP status, never as a decoder's own exception.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import io
+import warnings
+
+import numpy as np
+import torch
+from PIL import Image, ImageOps, UnidentifiedImageError
+from torchvision.utils import make_grid
+
+from app.errors import ImageError, PayloadTooLarge, UnsupportedImageFormat
+
+ACCEPTED_FORMATS = ("PNG", "JPEG", "MPO", "WEBP", "BMP", "GIF", "TIFF")
+MAX_SIDE = 4096
+MNIST_SIDE = 28
+MODEL_SIDE = 32
+DIGIT_SIDE = 20
+WORK_SIDE = 1024  # big photos are analysed at about this size; the digit ends up 20 px anyway
+MIN_INK_CONTRAST = 0.1  # less than this between paper and ink is a blank image, not a digit
+CROP_FRACTION = 0.25  # ink fainter than this share of the darkest stroke is noise, not the digit
+PADDING = (MODEL_SIDE - MNIST_SIDE) // 2
+BASE64_CLEANUP = str.maketrans({"\n": None, "\r": None, "\t": None, " ": "+", "-": "+", "_": "/"})
+
+# A header past Pillow's own bomb limit is refused outright instead of logged; our limit is lower.
+warnings.filterwarnings("error", category=Image.DecompressionBombWarning)
+
+
+def normalize_upload(
+    data: bytes,
+    *,
+    preprocess: bool = True,
+    max_bytes: int = 5 * 1024 * 1024,
+    max_pixels: int = MAX_SIDE * MAX_SIDE,
+) -> torch.Tensor:
+    """Decodes an uploaded image into what the model sees: float32 [1, 32, 32] in [0, 1].
+
+    With `preprocess`, MNIST's recipe: EXIF orientation, alpha onto a contrasting background,
+    greyscale, inversion when the paper is lighter than the ink, paper tone and lighting removed,
+    crop to the ink, longer side scaled to 20 px, placed in 28x28 by centre of mass, padded to 32.
+    An image with no ink in it (blank paper, one flat colour) comes back all black, so a caller
+    still gets an answer and can see what the model saw.
+
+    Without it the image is taken as already MNIST-like: greyscale, 28x28 padded to 32x32, 32x32
+    as is, and any other size stretched to 28x28 (aspect not kept, antialiased) and padded.
+
+    Raises PayloadTooLarge (413) past `max_bytes`, `max_pixels` or 4096 px a side, all read from
+    the header before decoding; UnsupportedImageFormat (415) for a real image in another format;
+    ImageError (422) for anything that is not a decodable image.
+    """
+    image = _open_limited(data, max_bytes=max_bytes, max_pixels=max_pixels)
+    if preprocess and image.format in ("JPEG", "MPO"):
+        image.draft(None, (WORK_SIDE, WORK_SIDE))  # decode big photos at 1/2..1/8 scale
+    grey = _decode_grey(image, upright=preprocess)
+    field = np.pad(_mnist_digit(grey), PADDING) if preprocess else _as_model_input(grey)
+    return torch.from_numpy(np.clip(field, 0.0, 1.0).astype(np.float32)).unsqueeze(0)
+
+
+def _open_limited(data: bytes, *, max_bytes: int, max_pixels: int) -> Image.Image:
+    """Opens the header lazily and enforces every limit before any pixel is decoded."""
+    if len(data) > max_bytes:
+        raise PayloadTooLarge(
+            f"The upload is {len(data)} bytes, over the limit of {max_bytes} bytes."
+        )
+    if not data:
+        raise ImageError("The upload is empty; send an image file.")
+    try:
+        image = Image.open(io.BytesIO(data), formats=ACCEPTED_FORMATS)
+    except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
+        raise _too_many_pixels() from exc
+    except UnidentifiedImageError as exc:
+        raise _unidentified(data) from exc
+    except Exception as exc:  # a broken header can trip any of Pillow's parsers
+        raise ImageError("The upload is not a readable image; its header is corrupt.") from exc
+    width, height = image.size
+    if width > MAX_SIDE or height > MAX_SIDE or width * height > max_pixels:
+        raise _too_many_pixels(width, height)
+    if width < 1 or height < 1:
+        raise ImageError("The image has no pixels.")
+    return image
+
+
+def _too_many_pixels(width: int | None = None, height: int | None = None) -> PayloadTooLarge:
+    size = f" is {width}x{height} pixels and" if width is not None else ""
+    return PayloadTooLarge(
+        f"The image{size} is too large; images may be at most {MAX_SIDE}x{MAX_SIDE} pixels."
+    )
+
+
+def _unidentified(data: bytes) -> ImageError:
+    """Tells a real image in a format we do not take (415) from bytes that are no image (422)."""
+    try:
+        with Image.open(io.BytesIO(data)) as other:
+            found = other.format
+    except Exception:
+        found = None
+    if found:
+        accepted = "PNG, JPEG, WebP, BMP, GIF or TIFF"
+        return UnsupportedImageFormat(f"{found} images are not supported; send {accepted}.")
+    return ImageError("The upload is not an image file that could be recognised.")
+
+
+def _decode_grey(image: Image.Image, *, upright: bool) -> np.ndarray:
+    """Decodes the first frame to greyscale float32 [H, W] in [0, 1], alpha composited."""
+    try:
+        image.load()
+        if upright:
+            image = _exif_upright(image)
+        return _greyscale(image)
+    except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
+        raise _too_many_pixels(*image.size) from exc
+    except Exception as exc:  # decoders fail in many ways (OSError, SyntaxError, EOFError, ...)
+        raise ImageError("The image is truncated or corrupt and could not be decoded.") from exc
+
+
+def _exif_upright(image: Image.Image) -> Image.Image:
+    """Applies the EXIF orientation; a broken EXIF block leaves the image as stored."""
+    try:
+        return ImageOps.exif_transpose(image)
+    except Exception:
+        return image
+
+
+def _greyscale(image: Image.Image) -> np.ndarray:
+    if image.mode in ("I;16", "I;16L", "I;16B", "I;16N", "I", "F"):
+        values = np.asarray(image, dtype=np.float32)
+        scale = 65535.0 if image.mode != "F" or values.max() > 1.0 else 1.0
+        return np.clip(values / max(scale, float(values.max())), 0.0, 1.0)
+    if not image.has_transparency_data:
+        return np.asarray(image.convert("L"), dtype=np.float32) / 255.0
+    rgba = image.convert("RGBA")
+    grey = np.asarray(rgba.convert("L"), dtype=np.float32) / 255.0
+    alpha = np.asarray(rgba.getchannel("A"), dtype=np.float32) / 255.0
+    return grey * alpha + _contrasting_background(grey, alpha) * (1.0 - alpha)
+
+
+def _contrasting_background(grey: np.ndarray, alpha: np.ndarray) -> float:
+    """White behind dark strokes, black behind light ones: transparency is always background."""
+    weight = float(alpha.sum())
+    stroke = float((grey * alpha).sum()) / weight if weight > 0 else 0.0
+    return 1.0 if stroke < 0.5 else 0.0
+
+
+def _mnist_digit(grey: np.ndarray) -> np.ndarray:
+    """MNIST's recipe from greyscale: ink made white on black, cropped, 20 px, centred in 28x28."""
+    ink = _ink(_shrink(grey))
+    box = _ink_box(ink)
+    if box is None:
+        return np.zeros((MNIST_SIDE, MNIST_SIDE), dtype=np.float32)
+    top, bottom, left, right = box
+    return _place_by_centre_of_mass(_scale_longer_side(ink[top:bottom, left:right], DIGIT_SIDE))
+
+
+def _shrink(grey: np.ndarray) -> np.ndarray:
+    """Averages big images down to about WORK_SIDE, which also smooths paper grain and noise."""
+    factor = max(grey.shape) // WORK_SIDE
+    if factor < 2:
+        return grey
+    height, width = (side // factor * factor for side in grey.shape)
+    blocks = grey[:height, :width].reshape(height // factor, factor, width // factor, factor)
+    return blocks.mean(axis=(1, 3))
+
+
+def _ink(grey: np.ndarray) -> np.ndarray:
+    """Makes the ink white on black and stretches it so the paper is 0 and the darkest ink 1.
+
+    The paper is what fills the border. Ink is whichever side of it holds more mass, so grey,
+    dim or off-white paper still inverts. Everything up to the border's 99th percentile counts as
+    paper, which removes paper grain and gentle uneven lighting.
+    """
+    border = _border(grey)
+    paper = float(np.median(border))
+    darker = float(np.clip(paper - grey, 0.0, None).sum())
+    lighter = float(np.clip(grey - paper, 0.0, None).sum())
+    if darker > lighter:
+        grey, border = 1.0 - grey, 1.0 - border
+    floor = float(np.percentile(border, 99))
+    peak = float(grey.max())
+    if peak - floor < MIN_INK_CONTRAST:
+        return np.zeros_like(grey)
+    return np.clip((grey - floor) / (peak - floor), 0.0, 1.0)
+
+
+def _border(grey: np.ndarray) -> np.ndarray:
+    """The outer ring, a 30th of the shorter side thick (at least one pixel)."""
+    ring = max(1, min(grey.shape) // 30)
+    mask = np.ones(grey.shape, dtype=bool)
+    mask[ring:-ring, ring:-ring] = False
+    return grey[mask]
+
+
+def _ink_box(ink: np.ndarray) -> tuple[int, int, int, int] | None:
+    """Bounding box (top, bottom, left, right) of the ink; faint specks do not count."""
+    peak = float(ink.max())
+    if peak <= 0.0:
+        return None
+    rows, cols = np.nonzero(ink > CROP_FRACTION * peak)
+    return int(rows.min()), int(rows.max()) + 1, int(cols.min()), int(cols.max()) + 1
+
+
+def _scale_longer_side(digit: np.ndarray, side: int) -> np.ndarray:
+    height, width = digit.shape
+    scale = side / max(height, width)
+    return _resize(digit, max(1, round(width * scale)), max(1, round(height * scale)))
+
+
+def _resize(grey: np.ndarray, width: int, height: int) -> np.ndarray:
+    """Antialiased resize of a float image, clipped back into [0, 1] after Lanczos' ringing."""
+    resized = Image.fromarray(grey.astype(np.float32)).resize((width, height), Image.LANCZOS)
+    return np.clip(np.asarray(resized, dtype=np.float32), 0.0, 1.0)
+
+
+def _place_by_centre_of_mass(digit: np.ndarray) -> np.ndarray:
+    """Puts the digit's centre of mass on pixel 14 of 28 (as in MNIST), kept inside the field."""
+    height, width = digit.shape
+    mass = float(digit.sum())
+    if mass <= 0.0:
+        return np.zeros((MNIST_SIDE, MNIST_SIDE), dtype=np.float32)
+    centre_y = float((digit.sum(axis=1) * np.arange(height)).sum()) / mass
+    centre_x = float((digit.sum(axis=0) * np.arange(width)).sum()) / mass
+    top = min(max(round(MNIST_SIDE / 2 - centre_y), 0), MNIST_SIDE - height)
+    left = min(max(round(MNIST_SIDE / 2 - centre_x), 0), MNIST_SIDE - width)
+    field = np.zeros((MNIST_SIDE, MNIST_SIDE), dtype=np.float32)
+    field[top : top + height, left : left + width] = digit
+    return field
+
+
+def _as_model_input(grey: np.ndarray) -> np.ndarray:
+    """preprocess=none: 32x32 as is, 28x28 padded, any other size stretched to 28x28 and padded."""
+    if grey.shape == (MODEL_SIDE, MODEL_SIDE):
+        return grey
+    if grey.shape != (MNIST_SIDE, MNIST_SIDE):
+        grey = _resize(grey, MNIST_SIDE, MNIST_SIDE)
+    return np.pad(grey, PADDING)
+
+
+def to_png(image: torch.Tensor) -> bytes:
+    """[1, H, W] or [H, W] floats in [0, 1] -> 8-bit greyscale PNG, byte-identical for one input."""
+    if image.dim() == 3 and image.shape[0] == 1:
+        image = image[0]
+    if image.dim() != 2:
+        raise ValueError(f"to_png takes [1, H, W] or [H, W], not {list(image.shape)}")
+    pixels = image.detach().float().cpu().mul(255).add(0.5).clamp(0, 255).to(torch.uint8)
+    buffer = io.BytesIO()
+    Image.fromarray(pixels.numpy()).save(buffer, format="PNG", compress_level=6)
+    return buffer.getvalue()
+
+
+def grid_png(images: torch.Tensor, nrow: int, padding: int = 2) -> bytes:
+    """[N, 1, H, W] -> one PNG grid, `nrow` images a row, `padding` black pixels between them."""
+    grid = make_grid(images.detach().float().cpu(), nrow=nrow, padding=padding, pad_value=0.0)
+    return to_png(grid[0])
+
+
+def strip_png(images: torch.Tensor) -> bytes:
+    """[N, 1, H, W] -> one PNG with all the images side by side in a single row."""
+    return grid_png(images, nrow=max(1, images.shape[0]))
+
+
+def decode_base64_image(text: str) -> bytes:
+    """Decodes base64url or standard base64, padding optional, to the bytes of an image file.
+
+    A `data:` URL prefix is dropped, line breaks are ignored, and a space is read as "+", which is
+    what an unescaped standard-base64 "+" becomes in a query string.
+    """
+    if text.startswith("data:") and "," in text:
+        text = text.split(",", 1)[1]
+    cleaned = text.translate(BASE64_CLEANUP).rstrip("=")
+    if not cleaned:
+        raise ImageError("The base64 image is empty.")
+    try:
+        return base64.b64decode(cleaned + "=" * (-len(cleaned) % 4), validate=True)
+    except (binascii.Error, ValueError) as exc:
+        raise ImageError("The image is not valid base64 or base64url text.") from exc
