@@ -52,3 +52,15 @@ class InferenceTimeout(ServiceError):
 
 class Unauthorized(ServiceError):
     status_code = 401
+
+
+class InvalidInput(ServiceError):
+    """Well-formed but unusable input, e.g. a latent of the wrong length (422)."""
+
+    status_code = 422
+
+
+class CheckpointRejected(ServiceError):
+    """A reload asked for a checkpoint that cannot be served; the old model keeps serving (409)."""
+
+    status_code = 409

@@ -1,0 +1,51 @@
+"""`vae-serve`: check the checkpoint, then run uvicorn (`VAE_*` variables configure the rest)."""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+
+import uvicorn
+
+from app.config import Settings
+from models.checkpoint import CheckpointError, load_checkpoint
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(prog="vae-serve", description="Serve the MNIST VAE over HTTP.")
+    p.add_argument("--host", default="127.0.0.1")
+    p.add_argument("--port", type=int, default=8000)
+    p.add_argument("--workers", type=int, default=1, help="processes; each loads the model")
+    p.add_argument("--checkpoint", default=None, help="overrides VAE_CHECKPOINT")
+    return p.parse_args(argv)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    if args.checkpoint:
+        os.environ["VAE_CHECKPOINT"] = args.checkpoint
+    try:
+        settings = Settings()
+    except ValueError as exc:
+        print(f"vae-serve: invalid configuration: {exc}".splitlines()[0], file=sys.stderr)
+        return 2
+    try:
+        load_checkpoint(settings.checkpoint)
+    except CheckpointError as exc:
+        print(f"vae-serve: cannot serve: {exc}", file=sys.stderr)
+        return 2
+    uvicorn.run(
+        "app.main:app",
+        host=args.host,
+        port=args.port,
+        workers=args.workers,
+        log_level=settings.log_level,
+        access_log=False,
+        proxy_headers=True,
+    )
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,62 @@
+"""All service configuration, read once from `VAE_*` environment variables (pydantic-settings)."""
+
+from __future__ import annotations
+
+from functools import lru_cache
+from pathlib import Path
+from typing import Annotated, Literal
+
+from pydantic import Field, SecretStr, field_validator
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
+
+
+class Settings(BaseSettings):
+    """Every knob of the service; `VAE_MAX_BATCH_SIZE=1` turns micro-batching off."""
+
+    model_config = SettingsConfigDict(env_prefix="VAE_", extra="ignore")
+
+    checkpoint: Path = Path("models/mnist-vae.pt")
+    device: str = Field("auto", description="auto | cpu | cuda | cuda:N")
+    fp16: bool = Field(False, description="half precision on CUDA (ignored on the CPU)")
+
+    max_batch_size: int = Field(64, ge=1, le=4096, description="rows per forward pass")
+    max_wait_ms: float = Field(2.0, ge=0, le=1000, description="how long a batch waits to fill")
+    queue_size: int = Field(2048, ge=1, description="queued requests before answering 503")
+    request_timeout_s: float = Field(10.0, gt=0, description="per request, queue wait included")
+
+    max_upload_bytes: int = Field(5 * 1024 * 1024, ge=1)
+    max_image_pixels: int = Field(4096 * 4096, ge=1)
+
+    log_level: Literal["debug", "info", "warning", "error"] = "info"
+    cors_origins: Annotated[list[str], NoDecode] = Field(default_factory=list)
+
+    api_key: SecretStr | None = None
+    admin_token: SecretStr | None = None
+
+    @field_validator("cors_origins", mode="before")
+    @classmethod
+    def _split_origins(cls, value: object) -> object:
+        """Accepts `a,b` as well as a JSON list, so the variable is easy to write by hand."""
+        if isinstance(value, str):
+            text = value.strip()
+            if text.startswith("["):
+                import json
+
+                return json.loads(text)
+            return [o.strip() for o in text.split(",") if o.strip()]
+        return value
+
+    @field_validator("api_key", "admin_token", mode="before")
+    @classmethod
+    def _empty_is_unset(cls, value: object) -> object:
+        return None if isinstance(value, str) and not value.strip() else value
+
+    @field_validator("log_level", mode="before")
+    @classmethod
+    def _lower(cls, value: object) -> object:
+        return value.lower() if isinstance(value, str) else value
+
+
+@lru_cache
+def get_settings() -> Settings:
+    return Settings()

@@ -1,0 +1,106 @@
+"""Builds the FastAPI app: settings, lifespan (load + warm the model), routes, error mapping."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from pathlib import Path
+
+from fastapi import Depends, FastAPI, Request
+from fastapi.middleware.cors import CORSMiddleware
+from fastapi.responses import JSONResponse
+from fastapi.staticfiles import StaticFiles
+from starlette.exceptions import HTTPException
+
+from app.auth import require_api_key
+from app.config import Settings
+from app.engine import Engine
+from app.errors import Overloaded, ServiceError
+from app.examples import ExampleStore
+from app.logging import REQUEST_ID, RequestContextMiddleware, configure_logging
+from app.routes import admin, examples, generate, images, ops
+
+log = logging.getLogger("app")
+STATIC_DIR = Path(__file__).resolve().parent / "static"
+MULTIPART_OVERHEAD = 64 * 1024
+
+DESCRIPTION = """A convolutional VAE trained on MNIST, served over HTTP.
+
+Image responses are PNG by default; `?format=json` or `Accept: application/json` gives JSON with
+base64 PNGs and the numbers behind them. When `VAE_API_KEY` is set, every route except
+`/healthz`, `/readyz` and `/metrics` needs `Authorization: Bearer <key>`.
+"""
+
+
+def create_app(settings: Settings | None = None) -> FastAPI:
+    settings = settings or Settings()
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        configure_logging(settings.log_level)
+        await app.state.engine.start()
+        try:
+            yield
+        finally:
+            await app.state.engine.stop()
+
+    app = FastAPI(
+        title="MNIST VAE",
+        version="0.1.0",
+        description=DESCRIPTION,
+        lifespan=lifespan,
+        max_body_size=2 * settings.max_upload_bytes + MULTIPART_OVERHEAD,
+    )
+    app.state.settings = settings
+    app.state.engine = Engine(settings)
+    app.state.examples = ExampleStore()
+
+    app.include_router(ops.router)
+    guarded = [Depends(require_api_key)]
+    for module in (generate, images, examples):
+        app.include_router(module.router, dependencies=guarded)
+    if settings.admin_token is not None:
+        app.include_router(admin.router)
+
+    _install_error_handlers(app)
+    if settings.cors_origins:
+        app.add_middleware(
+            CORSMiddleware,
+            allow_origins=settings.cors_origins,
+            allow_methods=["GET", "POST"],
+            allow_headers=["Authorization", "Content-Type", "Accept", "X-Request-ID"],
+            expose_headers=["X-Request-ID", "X-Seed"],
+        )
+    app.add_middleware(RequestContextMiddleware)
+    if STATIC_DIR.is_dir():
+        app.mount("/", StaticFiles(directory=STATIC_DIR, html=True), name="static")
+    return app
+
+
+def _install_error_handlers(app: FastAPI) -> None:
+    """The one place where errors become HTTP: `{"detail": ...}` bodies with the right status."""
+
+    @app.exception_handler(ServiceError)
+    async def service_error(request: Request, exc: ServiceError) -> JSONResponse:
+        headers = {"Retry-After": str(exc.retry_after)} if isinstance(exc, Overloaded) else None
+        if isinstance(exc, Overloaded) or exc.status_code >= 500:
+            log.warning("%s: %s", type(exc).__name__, exc.detail)
+        return JSONResponse({"detail": exc.detail}, exc.status_code, headers=headers)
+
+    @app.exception_handler(HTTPException)
+    async def http_error(request: Request, exc: HTTPException) -> JSONResponse:
+        detail = exc.detail
+        if exc.status_code == 413:
+            detail = f"request body over the limit ({app.state.settings.max_upload_bytes} bytes)"
+        return JSONResponse({"detail": detail}, exc.status_code, headers=exc.headers)
+
+    @app.exception_handler(Exception)
+    async def unexpected(request: Request, exc: Exception) -> JSONResponse:
+        log.error("unhandled error", exc_info=exc)
+        return JSONResponse(
+            {"detail": "internal error", "request_id": REQUEST_ID.get()}, status_code=500
+        )
+
+
+app = create_app()

@@ -1,0 +1,1 @@
+"""Thin route modules: validate, call the engine, render PNG or JSON."""

@@ -1,0 +1,81 @@
+"""What the routes share: reading uploads into model inputs and rendering PNG/JSON responses."""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import binascii
+import math
+from typing import Any, Literal
+
+import torch
+from fastapi import Response, UploadFile
+
+from app import imaging
+from app.config import Settings
+from app.errors import ImageError, PayloadTooLarge
+
+Preprocess = Literal["auto", "none"]
+PNG = "image/png"
+INLINE_DECODE_BYTES = 64 * 1024  # smaller uploads decode on the loop; bigger ones in a thread
+
+PNG_RESPONSE: dict[int | str, dict[str, Any]] = {
+    200: {"content": {PNG: {"schema": {"type": "string", "format": "binary"}}}}
+}
+ERRORS: dict[int | str, dict[str, Any]] = {
+    code: {"description": text, "content": {"application/json": {}}}
+    for code, text in (
+        (401, "API key missing or wrong"),
+        (413, "upload over the byte or pixel limits"),
+        (415, "an image format we do not take"),
+        (422, "invalid input"),
+        (503, "queue full (Retry-After) or model not loaded"),
+        (504, "inference timed out"),
+    )
+}
+
+
+async def normalize(data: bytes, settings: Settings, preprocess: Preprocess) -> torch.Tensor:
+    """Upload bytes -> [1, 1, 32, 32]; big images are decoded off the event loop."""
+    kwargs = dict(
+        preprocess=preprocess != "none",
+        max_bytes=settings.max_upload_bytes,
+        max_pixels=settings.max_image_pixels,
+    )
+    if len(data) <= INLINE_DECODE_BYTES:
+        image = imaging.normalize_upload(data, **kwargs)
+    else:
+        image = await asyncio.to_thread(imaging.normalize_upload, data, **kwargs)
+    return image.unsqueeze(0)
+
+
+async def read_upload(file: UploadFile, settings: Settings) -> bytes:
+    """Refuses an oversized file from its recorded size before reading it into memory."""
+    if file.size is not None and file.size > settings.max_upload_bytes:
+        raise PayloadTooLarge(
+            f"The upload is {file.size} bytes, over the limit of {settings.max_upload_bytes} bytes."
+        )
+    return await file.read()
+
+
+def decode_base64url(text: str, max_bytes: int) -> bytes:
+    """`?image=` carries the file as base64url (padding optional; standard base64 also works)."""
+    if len(text) > math.ceil(max_bytes / 3) * 4 + 4:
+        raise PayloadTooLarge(f"The image parameter decodes to more than {max_bytes} bytes.")
+    cleaned = text.strip().replace("+", "-").replace("/", "_").replace(" ", "-")
+    try:
+        return base64.b64decode(cleaned + "=" * (-len(cleaned) % 4), altchars=b"-_", validate=True)
+    except (binascii.Error, ValueError):
+        raise ImageError("The image parameter is not valid base64url.") from None
+
+
+def b64(png: bytes) -> str:
+    return base64.b64encode(png).decode("ascii")
+
+
+def png_response(png: bytes, headers: dict[str, str] | None = None) -> Response:
+    return Response(png, media_type=PNG, headers=headers)
+
+
+def grid_columns(n: int) -> int:
+    return max(1, math.ceil(math.sqrt(n)))

@@ -1,0 +1,63 @@
+"""Operations: liveness, readiness, what is being served, and Prometheus metrics."""
+
+from __future__ import annotations
+
+import platform
+
+import fastapi
+import torch
+from fastapi import APIRouter, Depends, Request, Response
+from fastapi.responses import JSONResponse
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+
+from app.auth import require_api_key
+from app.deps import ModelDep
+from app.schemas import ModelResponse, Status
+
+router = APIRouter(tags=["operations"])
+
+_ALIVE = b'{"status":"ok"}'
+
+
+@router.get("/healthz", response_model=Status)
+async def healthz() -> Response:
+    """The process is up and its event loop answers."""
+    return Response(_ALIVE, media_type="application/json")
+
+
+@router.get("/readyz", response_model=Status, responses={503: {"model": Status}})
+async def readyz(request: Request) -> Response:
+    """200 once the model is loaded and warmed up, 503 before."""
+    if request.app.state.engine.ready:
+        return JSONResponse({"status": "ready"})
+    return JSONResponse({"status": "loading"}, status_code=503)
+
+
+@router.get("/metrics", response_class=Response, responses={200: {"content": {"text/plain": {}}}})
+async def prometheus_metrics() -> Response:
+    """Prometheus text format: requests, latencies, batch sizes, queue depth, model info."""
+    return Response(generate_latest(), media_type=CONTENT_TYPE_LATEST)
+
+
+@router.get("/model", response_model=ModelResponse, dependencies=[Depends(require_api_key)])
+async def model_info(m: ModelDep) -> ModelResponse:
+    """The checkpoint being served: its identity, training metrics and where it runs."""
+    meta = m.metadata
+    return ModelResponse(
+        checkpoint=str(m.checkpoint),
+        sha256=m.sha256,
+        preset=meta.get("preset"),
+        latent_dim=m.latent_dim,
+        config=m.model.config.to_dict(),
+        device=str(m.device),
+        dtype=str(m.dtype).removeprefix("torch."),
+        metrics=meta.get("metrics") or {},
+        training={k: v for k, v in meta.items() if k not in ("metrics", "preset")},
+        versions={
+            "python": platform.python_version(),
+            "torch": str(torch.__version__),
+            "fastapi": fastapi.__version__,
+            "checkpoint_torch": str(meta.get("torch_version", "unknown")),
+        },
+        loaded_at=m.loaded_at,
+    )

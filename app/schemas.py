@@ -1,0 +1,153 @@
+"""Request and response models: the API's contract, with the examples shown at /docs."""
+
+from __future__ import annotations
+
+from typing import Annotated, Any, Self
+
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+MAX_SAMPLES = 256
+MAX_STEPS = 64
+MAX_LATENT_DIM = 4096
+LATENT_BOUND = 1000.0
+
+Latent = Annotated[float, Field(allow_inf_nan=False, ge=-LATENT_BOUND, le=LATENT_BOUND)]
+LatentVector = Annotated[list[Latent], Field(min_length=1, max_length=MAX_LATENT_DIM)]
+B64Png = Annotated[str, Field(description="a PNG file, base64-encoded")]
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class SampleRequest(_Strict):
+    model_config = ConfigDict(
+        extra="forbid", json_schema_extra={"examples": [{"n": 16, "seed": 42, "temperature": 1.0}]}
+    )
+
+    n: int = Field(16, ge=1, le=MAX_SAMPLES, description="how many digits to draw")
+    seed: int | None = Field(
+        None, ge=0, le=2**63 - 1, description="same seed, same bytes; omitted: the server picks"
+    )
+    temperature: float = Field(
+        1.0, gt=0, le=3, allow_inf_nan=False, description="scales the prior's standard deviation"
+    )
+
+
+class SampleResponse(BaseModel):
+    seed: int
+    temperature: float
+    images: list[B64Png]
+    latents: list[list[float]]
+
+
+class LatentResponse(BaseModel):
+    latent_dim: int
+    mu: list[float]
+    logvar: list[float]
+
+
+class ReconstructResponse(BaseModel):
+    input: B64Png = Field(description="the normalised 32x32 image the model saw")
+    reconstruction: B64Png = Field(description="the decoder's mean at z = mu")
+    mu: list[float]
+    logvar: list[float]
+    neg_elbo: float = Field(
+        description="-log p(x|z=mu) + KL(q(z|x) || p(z)) in nats over the 784 real pixels"
+    )
+
+
+class DecodeRequest(_Strict):
+    """Exactly one of `z` (one latent) or `zs` (several)."""
+
+    model_config = ConfigDict(
+        extra="forbid",
+        json_schema_extra={"examples": [{"z": [0.0] * 32}, {"zs": [[0.0] * 32, [0.5] * 32]}]},
+    )
+
+    z: LatentVector | None = None
+    zs: Annotated[list[LatentVector], Field(min_length=1, max_length=MAX_SAMPLES)] | None = None
+
+    @model_validator(mode="after")
+    def _exactly_one(self) -> Self:
+        if (self.z is None) == (self.zs is None):
+            raise ValueError("give exactly one of 'z' or 'zs'")
+        return self
+
+    @property
+    def latents(self) -> list[list[float]]:
+        return [self.z] if self.z is not None else list(self.zs or [])
+
+
+class DecodeResponse(BaseModel):
+    images: list[B64Png]
+
+
+class Endpoint(_Strict):
+    """One end of an interpolation: a latent vector or a bundled example id."""
+
+    z: LatentVector | None = None
+    example: str | None = Field(None, max_length=64, examples=["3-0"])
+
+    @model_validator(mode="after")
+    def _exactly_one(self) -> Self:
+        if (self.z is None) == (self.example is None):
+            raise ValueError("give exactly one of 'z' or 'example'")
+        return self
+
+
+class InterpolateRequest(_Strict):
+    model_config = ConfigDict(
+        extra="forbid",
+        json_schema_extra={
+            "examples": [{"start": {"example": "3-0"}, "end": {"example": "8-0"}, "steps": 10}]
+        },
+    )
+
+    start: Endpoint
+    end: Endpoint
+    steps: int = Field(10, ge=2, le=MAX_STEPS, description="images in the strip, ends included")
+
+
+class InterpolateResponse(BaseModel):
+    steps: int
+    images: list[B64Png]
+    latents: list[list[float]]
+
+
+class Example(BaseModel):
+    id: str
+    label: int
+    url: str
+
+
+class ExamplesResponse(BaseModel):
+    examples: list[Example]
+
+
+class ModelResponse(BaseModel):
+    checkpoint: str
+    sha256: str
+    preset: str | None
+    latent_dim: int
+    config: dict[str, Any]
+    device: str
+    dtype: str
+    metrics: dict[str, Any] = Field(description="the checkpoint's final evaluation")
+    training: dict[str, Any] = Field(description="everything else the checkpoint records")
+    versions: dict[str, str]
+    loaded_at: str
+
+
+class Status(BaseModel):
+    status: str
+
+
+class ReloadRequest(_Strict):
+    checkpoint: str | None = Field(
+        None, max_length=4096, description="server-side path; default: the configured checkpoint"
+    )
+
+
+class ErrorResponse(BaseModel):
+    detail: Any
