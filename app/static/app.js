@@ -14,11 +14,22 @@ function authHeaders() {
   return key ? { Authorization: `Bearer ${key}` } : {};
 }
 
+// FastAPI answers `{"detail": "..."}`, or a list of {loc, msg} for request validation errors.
+function describe(detail) {
+  if (typeof detail === "string") return detail;
+  if (Array.isArray(detail)) {
+    return detail
+      .map((d) => `${(d.loc || []).filter((p) => p !== "body").join(".")}: ${d.msg}`)
+      .join("; ");
+  }
+  return JSON.stringify(detail);
+}
+
 async function errorText(res) {
   let detail = "";
   try {
     const body = await res.json();
-    detail = typeof body.detail === "string" ? body.detail : JSON.stringify(body.detail);
+    detail = describe(body.detail);
   } catch {
     detail = res.statusText;
   }
@@ -342,6 +353,19 @@ async function loadExamples() {
   updateThumbs();
 }
 
+// Example PNGs are fetched (not linked) so that the API key, when one is set, goes with them.
+const exampleUrls = new Map();
+function exampleUrl(ex) {
+  if (!exampleUrls.has(ex.id)) {
+    const url = api(ex.url, { accept: "image/png" })
+      .then((res) => res.blob())
+      .then((blob) => URL.createObjectURL(blob));
+    url.catch(() => exampleUrls.delete(ex.id));
+    exampleUrls.set(ex.id, url);
+  }
+  return exampleUrls.get(ex.id);
+}
+
 function updateThumbs() {
   for (const end of ["a", "b"]) {
     const select = $(`end-${end}`);
@@ -350,8 +374,8 @@ function updateThumbs() {
       show(thumb, png(ends[end].input), `Saved drawing ${end.toUpperCase()}`);
     } else {
       const ex = examples.find((e) => e.id === select.value);
-      if (ex) show(thumb, ex.url, `Example digit ${ex.label}`);
-      else hide(thumb);
+      if (!ex) hide(thumb);
+      else exampleUrl(ex).then((url) => show(thumb, url, `Example digit ${ex.label}`), () => hide(thumb));
     }
   }
 }
