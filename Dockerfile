@@ -1,0 +1,50 @@
+# The MNIST VAE service: torch + torchvision (CUDA wheels, which also run on the CPU), the app and
+# the shipped checkpoint. No dataset, no compiler, no tests. See docs/deploy.md.
+#
+#   docker build -t mnist-vae .
+#   docker build --build-arg BASE_IMAGE=mnist-vae-base:bookworm -t mnist-vae .   (stand-in base)
+#
+# Every dependency is a binary wheel, so one stage is enough: there is nothing to compile and no
+# build tool to leave behind. The base may keep Python in /usr/local/bin (official images) or in
+# /usr/bin (Debian), so everything runs from the virtualenv in /opt/venv.
+ARG BASE_IMAGE=python:3.11-slim
+FROM ${BASE_IMAGE}
+
+ENV PYTHONUNBUFFERED=1 \
+    PIP_NO_CACHE_DIR=1 \
+    PIP_DISABLE_PIP_VERSION_CHECK=1 \
+    PIP_CERT=/etc/ssl/certs/ca-certificates.crt \
+    VIRTUAL_ENV=/opt/venv \
+    PATH=/opt/venv/bin:$PATH \
+    MPLCONFIGDIR=/tmp/matplotlib \
+    PORT=8000 \
+    VAE_CHECKPOINT=/srv/checkpoints/mnist-vae.pt
+
+RUN python3 -m venv /opt/venv \
+ && useradd --system --user-group --uid 10001 --home-dir /srv --no-create-home vae \
+ && mkdir -p /srv/checkpoints /srv/data /srv/runs \
+ && chown vae:vae /srv /srv/checkpoints /srv/data /srv/runs
+
+# Dependencies first: this layer (about 5 GB) is rebuilt only when pyproject.toml changes.
+COPY pyproject.toml /src/pyproject.toml
+RUN python -c "import tomllib; print('\n'.join(tomllib.load(open('/src/pyproject.toml', 'rb'))['project']['dependencies']))" \
+      >/tmp/requirements.txt \
+ && pip install -r /tmp/requirements.txt \
+ && rm /tmp/requirements.txt
+
+# Then the code, installed as a regular package (no editable install, no sources at run time).
+COPY README.md /src/README.md
+COPY models/*.py /src/models/
+COPY training /src/training
+COPY app /src/app
+RUN pip install --no-deps /src && rm -rf /src
+
+# The shipped checkpoint. Compose mounts a named volume here; Docker seeds an empty volume from it.
+COPY --chown=vae:vae models/mnist-vae.pt /srv/checkpoints/mnist-vae.pt
+
+USER vae
+WORKDIR /srv
+EXPOSE 8000
+HEALTHCHECK --interval=10s --timeout=5s --start-period=60s --retries=3 \
+  CMD python -c "import os, urllib.request; urllib.request.urlopen('http://127.0.0.1:%s/readyz' % os.environ.get('PORT', '8000'), timeout=4)"
+CMD exec vae-serve --host 0.0.0.0 --port "$PORT"
