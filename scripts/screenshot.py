@@ -55,10 +55,9 @@ def serve(checkpoint: Path, timeout_s: float = 60.0) -> Iterator[str]:
         while True:
             if proc.poll() is not None:
                 raise RuntimeError(f"the server exited with status {proc.returncode}")
-            with contextlib.suppress(OSError):
-                with urllib.request.urlopen(base + "readyz", timeout=2) as res:
-                    if res.status == 200:
-                        break
+            with contextlib.suppress(OSError), urllib.request.urlopen(base + "readyz") as res:
+                if res.status == 200:
+                    break
             if time.monotonic() > deadline:
                 raise RuntimeError(f"the server was not ready within {timeout_s:.0f} s")
             time.sleep(0.2)
