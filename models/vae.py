@@ -14,7 +14,6 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-
 _ACTIVATIONS = {
     "leaky_relu": lambda: nn.LeakyReLU(0.2),
     "relu": nn.ReLU,

@@ -16,8 +16,13 @@ from pathlib import Path
 import torch
 from torchvision.utils import save_image
 
-from models.checkpoint import CheckpointError, load_checkpoint, read_checkpoint, save_checkpoint
-from models.checkpoint import model_from_payload
+from models.checkpoint import (
+    CheckpointError,
+    load_checkpoint,
+    model_from_payload,
+    read_checkpoint,
+    save_checkpoint,
+)
 from models.runtime import resolve_device
 from models.vae import ConvVAE
 from training.data import binarize, load_split, to_model_input

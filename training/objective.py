@@ -14,7 +14,6 @@ import torch.nn.functional as F
 
 PAD = 2
 LOG_2PI = math.log(2 * math.pi)
-LOSSES = ("bernoulli", "seed-mse")
 
 
 @dataclass
@@ -60,13 +59,17 @@ def elbo_loss(
 
 
 def seed_mse_loss(
-    logits: torch.Tensor, target: torch.Tensor, mu: torch.Tensor, logvar: torch.Tensor
+    logits: torch.Tensor,
+    target: torch.Tensor,
+    mu: torch.Tensor,
+    logvar: torch.Tensor,
+    beta: float = 1.0,
 ) -> LossTerms:
     """The lecture notebook's loss, kept only to show why it fails: a pixel-mean MSE is a
     Gaussian decoder with a huge variance, so the summed KL wins and the posterior collapses."""
     rec = F.mse_loss(torch.sigmoid(logits.float()), target.float(), reduction="mean")
     kl = gaussian_kl(mu, logvar).mean()
-    return LossTerms(loss=rec + kl, reconstruction=rec, kl=kl)
+    return LossTerms(loss=rec + beta * kl, reconstruction=rec, kl=kl)
 
 
 def log_normal(z: torch.Tensor, mu: torch.Tensor, logvar: torch.Tensor) -> torch.Tensor:
@@ -76,3 +79,6 @@ def log_normal(z: torch.Tensor, mu: torch.Tensor, logvar: torch.Tensor) -> torch
 
 def log_standard_normal(z: torch.Tensor) -> torch.Tensor:
     return -0.5 * (LOG_2PI + z.pow(2)).sum(-1)
+
+
+LOSSES = {"bernoulli": elbo_loss, "seed-mse": seed_mse_loss}

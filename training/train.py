@@ -28,14 +28,13 @@ import torch.distributed as dist
 from torch.nn.parallel import DistributedDataParallel
 from tqdm import tqdm
 
-from models.checkpoint import CheckpointError, read_checkpoint, save_checkpoint
-from models.checkpoint import model_from_payload
+from models.checkpoint import CheckpointError, model_from_payload, read_checkpoint, save_checkpoint
 from models.runtime import resolve_device
 from models.vae import PRESETS, ConvVAE, build_model, count_parameters
 from training.data import DATASETS, DeviceBatches, dataset_sha256, load_split
 from training.evaluate import active_units, binarized_test_set, elbo_terms, save_sample_grid
 from training.metrics_log import MetricsLog, plot_loss_curve
-from training.objective import LOSSES, elbo_loss, seed_mse_loss
+from training.objective import LOSSES
 
 log = logging.getLogger("vae-train")
 CHECKPOINT_NAME = "checkpoint.pt"
@@ -52,13 +51,15 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--lr", type=float, default=1e-3)
     p.add_argument("--betas", type=float, nargs=2, default=(0.9, 0.999))
     p.add_argument("--lr-schedule", choices=("cosine", "constant"), default="cosine")
-    p.add_argument("--loss", choices=LOSSES, default="bernoulli",
+    p.add_argument("--loss", choices=sorted(LOSSES), default="bernoulli",
                    help="seed-mse is the lecture notebook's broken loss, for comparison only")
     p.add_argument("--grey-targets", action="store_true",
                    help="train on grey levels instead of dynamically binarized pixels")
     p.add_argument("--beta", type=float, default=1.0, help="KL weight after warm-up")
     p.add_argument("--kl-warmup-epochs", type=float, default=0.0,
                    help="ramp the KL weight linearly from 0 to --beta over this many epochs")
+    p.add_argument("--grad-clip", type=float, default=200.0,
+                   help="clip the gradient norm (0: off); a guard against rare KL blow-ups")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--device", default="auto", help="auto | cpu | cuda")
     p.add_argument("--out", type=Path, default=Path("runs/default"))
@@ -66,6 +67,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--export", type=Path, default=None, help="also copy the final model here")
     p.add_argument("--subset", type=int, default=None, help="train on the first N images only")
     p.add_argument("--eval-limit", type=int, default=None, help="evaluate on N test images")
+    p.add_argument("--time-budget", type=float, default=None, metavar="SECONDS",
+                   help="cap --epochs to what fits in this many seconds, judged after epoch 1")
     p.add_argument("--compile", action="store_true", help="torch.compile the model (CUDA)")
     p.add_argument("--no-amp", action="store_true", help="disable bf16 autocast on CUDA")
     p.add_argument("--no-progress", action="store_true", help="no tqdm bar (logs only)")
@@ -122,17 +125,30 @@ def kl_weight(args: argparse.Namespace, progress_epochs: float) -> float:
     return args.beta * min(1.0, progress_epochs / args.kl_warmup_epochs)
 
 
-def make_scheduler(
-    optimizer: torch.optim.Optimizer, args: argparse.Namespace, steps_per_epoch: int
-) -> torch.optim.lr_scheduler.LambdaLR:
-    total = max(1, args.epochs * steps_per_epoch)
-    if args.lr_schedule == "constant":
-        return torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: 1.0)
-    floor = 0.02
-    return torch.optim.lr_scheduler.LambdaLR(
-        optimizer,
-        lambda step: floor + (1 - floor) * 0.5 * (1 + math.cos(math.pi * min(step, total) / total)),
-    )
+class CosineSchedule:
+    """LR multiplier: cosine from 1 down to `floor` over `total_steps`. An object rather than a
+    lambda so that a --time-budget can shorten the run after the first epoch."""
+
+    def __init__(self, total_steps: int, constant: bool = False, floor: float = 0.02) -> None:
+        self.total_steps = max(1, total_steps)
+        self.constant = constant
+        self.floor = floor
+
+    def __call__(self, step: int) -> float:
+        if self.constant:
+            return 1.0
+        progress = min(step, self.total_steps) / self.total_steps
+        return self.floor + (1 - self.floor) * 0.5 * (1 + math.cos(math.pi * progress))
+
+
+def epochs_within_budget(args: argparse.Namespace, ddp: Distributed, first_epoch: int,
+                         seconds_per_epoch: float) -> int:
+    """How many epochs fit in --time-budget, judged from the first one (same on every rank)."""
+    fit = first_epoch + max(1, int(args.time_budget / max(seconds_per_epoch, 1e-6)))
+    epochs = torch.tensor([min(args.epochs, fit)])
+    if ddp.world_size > 1:
+        dist.broadcast(epochs, src=0)
+    return int(epochs.item())
 
 
 def train(args: argparse.Namespace) -> int:
@@ -167,8 +183,10 @@ def train(args: argparse.Namespace) -> int:
     test_images = test_split.images[: args.eval_limit] if args.eval_limit else test_split.images
     x_test = binarized_test_set(test_images, seed=0, device=device)
 
-    optimizer = torch.optim.Adam(model.parameters(), lr=args.lr, betas=tuple(args.betas))
-    scheduler = make_scheduler(optimizer, args, len(batches))
+    optimizer = torch.optim.Adam(model.parameters(), lr=args.lr, betas=tuple(args.betas),
+                                 fused=use_cuda_tricks)
+    schedule = CosineSchedule(args.epochs * len(batches), constant=args.lr_schedule == "constant")
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, schedule)
     start_epoch, history = 0, []
     if resume:
         start_epoch = _restore_train_state(resume["train_state"], optimizer, scheduler, batches)
@@ -184,7 +202,7 @@ def train(args: argparse.Namespace) -> int:
         if use_cuda_tricks and not args.no_amp
         else contextlib.nullcontext()
     )
-    loss_fn = elbo_loss if args.loss == "bernoulli" else seed_mse_loss
+    loss_fn = LOSSES[args.loss]
     metrics_log = MetricsLog(args.out) if ddp.is_main else None
     dataset_digest = dataset_sha256(args.data_dir, args.dataset) if ddp.is_main else ""
     if ddp.is_main:
@@ -195,7 +213,8 @@ def train(args: argparse.Namespace) -> int:
     stop = StopRequest()
     stop.install()
     epoch = start_epoch
-    for epoch in range(start_epoch, args.epochs):
+    run_started = time.perf_counter()
+    while epoch < args.epochs:
         batches.set_epoch(epoch)
         net.train()
         started = time.perf_counter()
@@ -209,10 +228,11 @@ def train(args: argparse.Namespace) -> int:
             beta = kl_weight(args, epoch + step / len(batches))
             with autocast:
                 logits, mu, logvar = step_fn(x)
-            terms = (loss_fn(logits, x, mu, logvar, beta) if args.loss == "bernoulli"
-                     else loss_fn(logits, x, mu, logvar))
+            terms = loss_fn(logits, x, mu, logvar, beta)
             optimizer.zero_grad(set_to_none=True)
             terms.loss.backward()
+            if args.grad_clip:
+                torch.nn.utils.clip_grad_norm_(model.parameters(), args.grad_clip)
             optimizer.step()
             scheduler.step()
             sums += torch.stack([terms.loss.detach(), terms.reconstruction.detach(),
@@ -243,6 +263,14 @@ def train(args: argparse.Namespace) -> int:
             if ddp.is_main:
                 log.warning("stopped; checkpoint %s holds epoch %d", ckpt_path, epoch + 1)
             return 128 + (stop.signum or 0)
+        if args.time_budget and epoch == start_epoch:
+            args.epochs = epochs_within_budget(args, ddp, start_epoch,
+                                               time.perf_counter() - run_started)
+            schedule.total_steps = args.epochs * len(batches)
+            if ddp.is_main:
+                log.info("time budget %.0f s: training for %d epochs", args.time_budget, args.epochs)
+        epoch += 1
+    epoch -= 1  # the last completed epoch, for the metadata
 
     if ddp.is_main:
         final = history[-1] if history else {}
