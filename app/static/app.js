@@ -148,6 +148,7 @@ $("clear").addEventListener("click", () => {
   if (inflight) inflight.abort();
   clearPad();
   resetSeen();
+  $("start-example").value = "";
   say("draw-msg", "Cleared.");
 });
 
@@ -172,7 +173,8 @@ $("start-example").addEventListener("change", async (ev) => {
     ctx.imageSmoothingEnabled = true;
     ctx.drawImage(bitmap, 0, 0, pad.width, pad.height);
     hasInk = true;
-    scheduleReconstruct(0);
+    clearTimeout(debounce);
+    pad.toBlob((b) => reconstruct(b, "example.png", `example digit ${ex.label}`), "image/png");
   } catch (err) {
     say("draw-msg", `Could not load that example: ${err.message}`, true);
   }
@@ -335,6 +337,7 @@ async function loadExamples() {
   try {
     const data = await (await api("examples")).json();
     examples = data.examples || [];
+    if ($("interp-msg").classList.contains("error")) say("interp-msg", "");
   } catch (err) {
     say("interp-msg", `Could not list the example digits: ${err.message}`, true);
     examples = [];
