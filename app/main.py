@@ -6,8 +6,10 @@ import logging
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from pathlib import Path
+from typing import Any
 
 from fastapi import Depends, FastAPI, Request
+from fastapi.exceptions import RequestValidationError
 from fastapi.middleware.cors import CORSMiddleware
 from fastapi.responses import JSONResponse
 from fastapi.staticfiles import StaticFiles
@@ -88,6 +90,10 @@ def _install_error_handlers(app: FastAPI) -> None:
             log.warning("%s: %s", type(exc).__name__, exc.detail)
         return JSONResponse({"detail": exc.detail}, exc.status_code, headers=headers)
 
+    @app.exception_handler(RequestValidationError)
+    async def invalid_request(request: Request, exc: RequestValidationError) -> JSONResponse:
+        return JSONResponse({"detail": [_safe_error(e) for e in exc.errors()]}, 422)
+
     @app.exception_handler(HTTPException)
     async def http_error(request: Request, exc: HTTPException) -> JSONResponse:
         detail = exc.detail
@@ -101,6 +107,14 @@ def _install_error_handlers(app: FastAPI) -> None:
         return JSONResponse(
             {"detail": "internal error", "request_id": REQUEST_ID.get()}, status_code=500
         )
+
+
+def _safe_error(error: dict[str, Any]) -> dict[str, Any]:
+    """Pydantic's error without the offending input (it may be NaN or megabytes) or raw ctx."""
+    safe = {k: error[k] for k in ("type", "loc", "msg") if k in error}
+    if "ctx" in error:
+        safe["ctx"] = {k: str(v) for k, v in error["ctx"].items()}
+    return safe
 
 
 app = create_app()

@@ -6,10 +6,12 @@ import platform
 from typing import TYPE_CHECKING
 
 import torch
-from prometheus_client import Counter, Gauge, Histogram, Info
+from prometheus_client import Counter, Gauge, Histogram, Info, disable_created_metrics
 
 if TYPE_CHECKING:
     from app.engine import LoadedModel
+
+disable_created_metrics()  # the *_created series only add noise to every scrape
 
 REQUESTS = Counter(
     "vae_http_requests_total", "HTTP requests answered", ["method", "route", "status"]

@@ -1,0 +1,93 @@
+"""Shared fixtures: small real checkpoints trained in seconds, and apps that serve them."""
+
+from __future__ import annotations
+
+import io
+from collections.abc import AsyncIterator, Iterator
+from contextlib import asynccontextmanager
+from pathlib import Path
+
+import httpx
+import pytest
+from fastapi.testclient import TestClient
+from PIL import Image
+
+from app.config import Settings
+from app.main import create_app
+from models.checkpoint import load_checkpoint, save_checkpoint
+from training import train
+
+REPO = Path(__file__).resolve().parent.parent
+SHIPPED_CHECKPOINT = REPO / "models" / "mnist-vae.pt"
+
+
+@pytest.fixture(scope="session")
+def tiny_checkpoint(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A real `tiny` VAE, one epoch on 2000 MNIST digits (about 10 s on a CPU)."""
+    out = tmp_path_factory.mktemp("tiny-run")
+    argv = ["--preset", "tiny", "--epochs", "1", "--subset", "2000", "--eval-limit", "500"]
+    assert (
+        train.main([*argv, "--data-dir", str(REPO / "data"), "--out", str(out), "--no-progress"])
+        == 0
+    )
+    return out / "model.pt"
+
+
+@pytest.fixture(scope="session")
+def second_checkpoint(tiny_checkpoint: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The same network with its weights nudged: a different file and sha256, same shape."""
+    model, metadata = load_checkpoint(tiny_checkpoint)
+    for parameter in model.parameters():
+        parameter.data.mul_(0.9)
+    path = tmp_path_factory.mktemp("second") / "model.pt"
+    return save_checkpoint(path, model, {**metadata, "note": "second checkpoint"})
+
+
+@pytest.fixture(scope="session")
+def make_settings(tiny_checkpoint: Path):
+    """Settings for the tiny checkpoint on the CPU, ignoring any VAE_* in the environment."""
+
+    def make(**overrides) -> Settings:
+        base = {"checkpoint": tiny_checkpoint, "device": "cpu", "api_key": None}
+        return Settings(**{**base, "admin_token": None, **overrides})
+
+    return make
+
+
+@pytest.fixture(scope="session")
+def settings(make_settings) -> Settings:
+    return make_settings()
+
+
+@pytest.fixture(scope="module")
+def client(settings: Settings) -> Iterator[TestClient]:
+    """The app with its lifespan running (model loaded and warmed), shared by a test module."""
+    with TestClient(create_app(settings)) as test_client:
+        yield test_client
+
+
+def png_bytes(image: Image.Image) -> bytes:
+    buffer = io.BytesIO()
+    image.save(buffer, format="PNG")
+    return buffer.getvalue()
+
+
+@pytest.fixture(scope="session")
+def digit_png() -> bytes:
+    """A real MNIST test digit (a 7) as a 28x28 PNG, from the bundled examples."""
+    return (REPO / "app" / "examples" / "7-0.png").read_bytes()
+
+
+@asynccontextmanager
+async def _serving(settings: Settings) -> AsyncIterator[httpx.AsyncClient]:
+    app = create_app(settings)
+    async with app.router.lifespan_context(app):
+        transport = httpx.ASGITransport(app=app)
+        async with httpx.AsyncClient(transport=transport, base_url="http://testserver") as client:
+            yield client
+
+
+@pytest.fixture
+def serving():
+    """`async with serving(settings) as client:` an async httpx client on a started app."""
+    return _serving
