@@ -14,6 +14,7 @@ from fastapi.middleware.cors import CORSMiddleware
 from fastapi.responses import JSONResponse
 from fastapi.staticfiles import StaticFiles
 from starlette.exceptions import HTTPException
+from starlette.types import Receive, Scope, Send
 
 from app.auth import require_api_key
 from app.config import Settings
@@ -76,8 +77,17 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         )
     app.add_middleware(RequestContextMiddleware)
     if STATIC_DIR.is_dir():
-        app.mount("/", StaticFiles(directory=STATIC_DIR, html=True), name="static")
+        app.mount("/", StaticPages(directory=STATIC_DIR, html=True), name="static")
     return app
+
+
+class StaticPages(StaticFiles):
+    """The web page at `/`; other methods get 404 (not 405), so unknown API routes read as such."""
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "http" and scope["method"] not in ("GET", "HEAD"):
+            raise HTTPException(404, "Not Found")
+        await super().__call__(scope, receive, send)
 
 
 def _install_error_handlers(app: FastAPI) -> None:

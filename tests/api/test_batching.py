@@ -1,0 +1,128 @@
+"""Micro-batching: concurrent requests share forward passes; limits answer 503/504, not hangs."""
+
+from __future__ import annotations
+
+import asyncio
+
+import torch
+from prometheus_client.parser import text_string_to_metric_families
+
+from app.engine import MicroBatcher
+from app.errors import InferenceTimeout, Overloaded
+
+
+def batch_stats(metrics_text: str, op: str) -> tuple[float, float]:
+    """(batches, rows) so far for one batched operation."""
+    family = next(
+        f for f in text_string_to_metric_families(metrics_text) if f.name == "vae_batch_size"
+    )
+    values = {
+        s.name: s.value
+        for s in family.samples
+        if s.labels.get("op") == op and s.name.endswith(("_count", "_sum"))
+    }
+    return values["vae_batch_size_count"], values["vae_batch_size_sum"]
+
+
+def test_200_concurrent_requests_succeed_in_shared_batches(settings, serving):
+    async def burst() -> tuple[list[int], tuple[float, float], tuple[float, float]]:
+        async with serving(settings) as client:
+            before = batch_stats((await client.get("/metrics")).text, "decode")
+            responses = await asyncio.gather(
+                *[client.post("/sample", json={"n": 1, "seed": i}) for i in range(200)]
+            )
+            after = batch_stats((await client.get("/metrics")).text, "decode")
+        return [r.status_code for r in responses], before, after
+
+    statuses, (batches0, rows0), (batches1, rows1) = asyncio.run(burst())
+    assert statuses == [200] * 200
+    batches, rows = batches1 - batches0, rows1 - rows0
+    assert rows == 200
+    assert batches < rows  # so at least one forward pass decoded more than one request
+
+
+def test_batched_results_match_one_at_a_time(settings, serving):
+    async def compare() -> tuple[list[bytes], list[bytes]]:
+        async with serving(settings) as client:
+            alone = [
+                (await client.post("/sample", json={"n": 1, "seed": s})).content for s in range(8)
+            ]
+            together = await asyncio.gather(
+                *[client.post("/sample", json={"n": 1, "seed": s}) for s in range(8)]
+            )
+        return alone, [r.content for r in together]
+
+    alone, together = asyncio.run(compare())
+    assert alone == together
+
+
+def _doubling_batcher(**knobs) -> MicroBatcher:
+    from concurrent.futures import ThreadPoolExecutor
+
+    defaults = dict(max_batch_size=8, max_wait_ms=1.0, queue_size=16, timeout_s=5.0)
+    return MicroBatcher(
+        "test", lambda key, rows: rows * 2, ThreadPoolExecutor(1), **{**defaults, **knobs}
+    )
+
+
+def test_batcher_returns_each_caller_its_own_rows():
+    async def run() -> list[torch.Tensor]:
+        batcher = _doubling_batcher()
+        batcher.start()
+        try:
+            return await asyncio.gather(
+                *[batcher.submit("m", torch.full((k, 2), float(k))) for k in (1, 2, 3)]
+            )
+        finally:
+            await batcher.stop()
+
+    results = asyncio.run(run())
+    assert [r.tolist() for r in results] == [[[2.0, 2.0]], [[4.0, 4.0]] * 2, [[6.0, 6.0]] * 3]
+
+
+def test_full_queue_answers_overloaded():
+    async def run() -> list[object]:
+        batcher = _doubling_batcher(queue_size=2)
+        batcher.start()
+        try:
+            jobs = [batcher.submit("m", torch.ones(1, 1)) for _ in range(10)]
+            return await asyncio.gather(*jobs, return_exceptions=True)
+        finally:
+            await batcher.stop()
+
+    results = asyncio.run(run())
+    assert any(isinstance(r, Overloaded) for r in results)
+    assert any(isinstance(r, torch.Tensor) for r in results)
+
+
+def test_slow_inference_times_out():
+    import threading
+
+    release = threading.Event()
+
+    def stuck(key, rows):
+        release.wait(5)
+        return rows
+
+    async def run() -> object:
+        from concurrent.futures import ThreadPoolExecutor
+
+        batcher = MicroBatcher(
+            "slow",
+            stuck,
+            ThreadPoolExecutor(1),
+            max_batch_size=1,
+            max_wait_ms=0,
+            queue_size=4,
+            timeout_s=0.05,
+        )
+        batcher.start()
+        try:
+            return (
+                await asyncio.gather(batcher.submit("m", torch.ones(1)), return_exceptions=True)
+            )[0]
+        finally:
+            release.set()
+            await batcher.stop()
+
+    assert isinstance(asyncio.run(run()), InferenceTimeout)
