@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import asyncio
+import threading
+from concurrent.futures import ThreadPoolExecutor
 
 import torch
 from prometheus_client.parser import text_string_to_metric_families
@@ -57,8 +59,6 @@ def test_batched_results_match_one_at_a_time(settings, serving):
 
 
 def _doubling_batcher(**knobs) -> MicroBatcher:
-    from concurrent.futures import ThreadPoolExecutor
-
     defaults = dict(max_batch_size=8, max_wait_ms=1.0, queue_size=16, timeout_s=5.0)
     return MicroBatcher(
         "test", lambda key, rows: rows * 2, ThreadPoolExecutor(1), **{**defaults, **knobs}
@@ -96,8 +96,6 @@ def test_full_queue_answers_overloaded():
 
 
 def test_slow_inference_times_out():
-    import threading
-
     release = threading.Event()
 
     def stuck(key, rows):
@@ -105,8 +103,6 @@ def test_slow_inference_times_out():
         return rows
 
     async def run() -> object:
-        from concurrent.futures import ThreadPoolExecutor
-
         batcher = MicroBatcher(
             "slow",
             stuck,

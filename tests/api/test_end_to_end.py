@@ -1,0 +1,98 @@
+"""The real thing: `vae-serve` (uvicorn) in a subprocess on 127.0.0.1, called over loopback."""
+
+from __future__ import annotations
+
+import os
+import socket
+import subprocess
+import sys
+import threading
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx
+import pytest
+
+REPO = Path(__file__).resolve().parents[2]
+STARTUP_TIMEOUT_S = 60
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def vae_serve(*args: str, env: dict[str, str]) -> subprocess.Popen:
+    command = [sys.executable, "-m", "app.cli", *args]
+    return subprocess.Popen(
+        command, cwd=REPO, env={**os.environ, **env}, stderr=subprocess.PIPE, text=True
+    )
+
+
+def wait_for_startup(server: subprocess.Popen) -> None:
+    """Reads the server's log until uvicorn reports start-up, so no sleep-and-hope."""
+    started = threading.Event()
+
+    def watch() -> None:
+        for line in server.stderr:
+            if "Application startup complete" in line:
+                started.set()
+        started.set()  # the process ended: let the caller find out why
+
+    threading.Thread(target=watch, daemon=True).start()
+    assert started.wait(STARTUP_TIMEOUT_S), "server did not start in time"
+    assert server.poll() is None, "server exited during start-up"
+
+
+@pytest.fixture(scope="module")
+def server_url(tiny_checkpoint: Path) -> Iterator[str]:
+    port = free_port()
+    env = {"VAE_CHECKPOINT": str(tiny_checkpoint), "VAE_DEVICE": "cpu", "VAE_API_KEY": ""}
+    server = vae_serve("--host", "127.0.0.1", "--port", str(port), env=env)
+    try:
+        wait_for_startup(server)
+        yield f"http://127.0.0.1:{port}"
+    finally:
+        server.terminate()
+        server.wait(timeout=30)
+
+
+def test_real_server_answers_every_kind_of_request(server_url, digit_png):
+    with httpx.Client(base_url=server_url, timeout=30) as client:
+        assert client.get("/healthz").status_code == 200
+        assert client.get("/readyz").json() == {"status": "ready"}
+        sample = client.post("/sample", json={"n": 4, "seed": 9})
+        assert sample.headers["content-type"] == "image/png" and sample.headers["x-request-id"]
+        files = {"file": ("7.png", digit_png, "image/png")}
+        assert client.post("/reconstruct", files=files).status_code == 200
+        assert len(client.get("/encode", params={"example": "7-0"}).json()["mu"]) == 8
+        assert client.post("/sample", json={"n": 0}).status_code == 422
+        assert "vae_batch_size" in client.get("/metrics").text
+
+
+def test_real_server_serves_concurrent_clients(server_url):
+    import asyncio
+
+    async def burst() -> list[int]:
+        async with httpx.AsyncClient(base_url=server_url, timeout=30) as client:
+            responses = await asyncio.gather(
+                *[client.post("/sample", json={"n": 1, "seed": i}) for i in range(50)]
+            )
+        return [r.status_code for r in responses]
+
+    assert asyncio.run(burst()) == [200] * 50
+
+
+@pytest.mark.parametrize("content", [None, b"definitely not a checkpoint"])
+def test_bad_checkpoint_stops_startup_with_one_clear_line(tmp_path, content):
+    path = tmp_path / "model.pt"
+    if content is not None:
+        path.write_bytes(content)
+    server = vae_serve("--port", str(free_port()), env={"VAE_CHECKPOINT": str(path)})
+    _, stderr = server.communicate(timeout=60)
+    assert server.returncode == 2
+    lines = stderr.strip().splitlines()
+    assert len(lines) == 1, stderr
+    assert lines[0].startswith("vae-serve: cannot serve:") and str(path) in lines[0]
+    assert "Traceback" not in stderr
