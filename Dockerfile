@@ -21,7 +21,8 @@ ENV PYTHONUNBUFFERED=1 \
     VAE_CHECKPOINT=/srv/checkpoints/mnist-vae.pt
 
 RUN python3 -m venv /opt/venv \
- && useradd --system --user-group --uid 10001 --home-dir /srv --no-create-home vae \
+ && groupadd --system --gid 10001 vae \
+ && useradd --system --uid 10001 --gid vae --home-dir /srv --no-create-home vae \
  && mkdir -p /srv/checkpoints /srv/data /srv/runs \
  && chown vae:vae /srv /srv/checkpoints /srv/data /srv/runs
 
