@@ -230,13 +230,15 @@ function svgEl(name, attrs) {
 
 function drawLatents(mu, logvar) {
   const sigma = logvar.map((lv) => Math.exp(0.5 * lv));
-  const reach = Math.max(3, ...mu.map((m, i) => Math.abs(m) + sigma[i]));
+  const reach = Math.max(2, ...mu.map((m, i) => Math.abs(m) + sigma[i]));
   const n = mu.length;
-  const W = 320;
+  const W = Math.max(240, Math.round($("latent-chart").clientWidth) || 320); // 1 unit = 1 px
   const H = 140;
   const pad = 4;
   const step = (W - 2 * pad) / n;
-  const y = (v) => H / 2 - (v / reach) * (H / 2 - pad);
+  const top = 18; // room for the axis label above the plot
+  const mid = (top + H - pad) / 2;
+  const y = (v) => mid - (v / reach) * (mid - top);
   const svg = svgEl("svg", {
     viewBox: `0 0 ${W} ${H}`,
     role: "img",
@@ -263,7 +265,7 @@ function drawLatents(mu, logvar) {
     svg.append(svgEl("line", { x1: cx, x2: cx, y1: y(m - sigma[i]), y2: y(m + sigma[i]), class: "whisker" }));
   });
   const label = svgEl("text", { x: W - pad, y: 12, class: "tick" });
-  label.textContent = `±${reach.toFixed(1)}`;
+  label.textContent = `axis ±${reach.toFixed(1)}`;
   svg.append(label);
   $("latent-chart").replaceChildren(svg);
 }
