@@ -22,7 +22,6 @@ import os
 import pickle
 import subprocess
 import tempfile
-import zipfile
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -78,11 +77,13 @@ def read_checkpoint(path: str | os.PathLike) -> dict[str, Any]:
     try:
         payload = torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as exc:
+        if "Weights only load failed" not in str(exc):
+            raise CheckpointError(f"{path} is not a checkpoint: {_first_line(exc)}") from exc
         raise CheckpointError(
             f"{path} is not a safe checkpoint: it holds objects that weights-only loading refuses "
             f"({_unpickler_reason(exc)})"
         ) from exc
-    except (RuntimeError, EOFError, OSError, zipfile.BadZipFile, ValueError) as exc:
+    except Exception as exc:  # noqa: BLE001 - garbage input makes the unpickler fail in any way
         raise CheckpointError(f"{path} is not a checkpoint: {_first_line(exc)}") from exc
     if not isinstance(payload, dict) or payload.get("format") != FORMAT_NAME:
         raise CheckpointError(f"{path} is not a {FORMAT_NAME} file")

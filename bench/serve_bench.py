@@ -1,0 +1,309 @@
+"""Load-tests the server: requests/s, p50 and p99 per endpoint and concurrency, batching on and off.
+
+The server runs as `vae-serve` (one uvicorn worker) in a subprocess on 127.0.0.1; the load comes
+from a second process, a small asyncio HTTP/1.1 client with keep-alive connections (one per unit
+of concurrency), so the client costs far less CPU per request than httpx would.
+
+    .venv/bin/python bench/serve_bench.py --checkpoint models/mnist-vae.pt --duration 3
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import base64
+import json
+import os
+import socket
+import statistics
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parent.parent
+HOST = "127.0.0.1"
+CONCURRENCY = (1, 16, 64)
+ENDPOINTS = ("healthz", "sample", "reconstruct", "encode")
+BOUNDARY = "benchboundary"
+
+
+def digit_png() -> bytes:
+    return (REPO / "app" / "examples" / "7-0.png").read_bytes()
+
+
+def request_bytes(endpoint: str, port: int) -> bytes:
+    """The exact bytes of one request, built once and replayed."""
+    host = f"Host: {HOST}:{port}\r\n"
+    if endpoint == "healthz":
+        return f"GET /healthz HTTP/1.1\r\n{host}\r\n".encode()
+    if endpoint == "encode":
+        image = base64.urlsafe_b64encode(digit_png()).decode().rstrip("=")
+        return f"GET /encode?image={image} HTTP/1.1\r\n{host}\r\n".encode()
+    if endpoint == "sample":
+        body = b'{"n": 1}'
+        head = f"POST /sample HTTP/1.1\r\n{host}Content-Type: application/json\r\n"
+    else:
+        body = (
+            (
+                f'--{BOUNDARY}\r\nContent-Disposition: form-data; name="file"; filename="7.png"\r\n'
+                "Content-Type: image/png\r\n\r\n"
+            ).encode()
+            + digit_png()
+            + f"\r\n--{BOUNDARY}--\r\n".encode()
+        )
+        head = (
+            f"POST /reconstruct HTTP/1.1\r\n{host}"
+            f"Content-Type: multipart/form-data; boundary={BOUNDARY}\r\n"
+        )
+    return head.encode() + f"Content-Length: {len(body)}\r\n\r\n".encode() + body
+
+
+async def _connection(
+    request: bytes,
+    port: int,
+    stop_at: float,
+    measure_from: float,
+    latencies: list[float],
+    errors: list[int],
+) -> None:
+    reader, writer = await asyncio.open_connection(HOST, port)
+    try:
+        while (start := time.perf_counter()) < stop_at:
+            writer.write(request)
+            status_line = await reader.readline()
+            length = 0
+            while (line := await reader.readline()) not in (b"\r\n", b""):
+                if line[:15].lower() == b"content-length:":
+                    length = int(line[15:])
+            await reader.readexactly(length)
+            if start >= measure_from:
+                latencies.append(time.perf_counter() - start)
+                if not status_line.startswith(b"HTTP/1.1 2"):
+                    errors.append(int(status_line.split()[1]))
+    finally:
+        writer.close()
+
+
+async def _load(endpoint: str, port: int, concurrency: int, duration: float, warmup: float) -> dict:
+    request = request_bytes(endpoint, port)
+    latencies: list[float] = []
+    errors: list[int] = []
+    now = time.perf_counter()
+    measure_from, stop_at = now + warmup, now + warmup + duration
+    await asyncio.gather(
+        *[
+            _connection(request, port, stop_at, measure_from, latencies, errors)
+            for _ in range(concurrency)
+        ]
+    )
+    ordered = sorted(latencies)
+    pick = lambda q: ordered[min(len(ordered) - 1, int(q * len(ordered)))] * 1000  # noqa: E731
+    return {
+        "endpoint": endpoint,
+        "concurrency": concurrency,
+        "requests": len(ordered),
+        "errors": len(errors),
+        "rps": len(ordered) / duration,
+        "p50_ms": pick(0.50) if ordered else None,
+        "p99_ms": pick(0.99) if ordered else None,
+        "mean_ms": statistics.fmean(ordered) * 1000 if ordered else None,
+    }
+
+
+def run_load_process(endpoint: str, port: int, concurrency: int, duration: float) -> dict:
+    """Runs one cell's load from a separate process, so the client never shares the server's CPU
+    time slice or event loop."""
+    command = [
+        sys.executable,
+        __file__,
+        "--load",
+        endpoint,
+        "--port",
+        str(port),
+        "--concurrency",
+        str(concurrency),
+        "--duration",
+        str(duration),
+    ]
+    out = subprocess.run(command, capture_output=True, text=True, check=True, timeout=duration + 60)
+    return json.loads(out.stdout)
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind((HOST, 0))
+        return sock.getsockname()[1]
+
+
+class Server:
+    """`vae-serve` in a subprocess; started when its log says uvicorn is up."""
+
+    def __init__(self, checkpoint: Path, max_batch_size: int, device: str) -> None:
+        self.port = free_port()
+        env = {
+            **os.environ,
+            "VAE_CHECKPOINT": str(checkpoint),
+            "VAE_DEVICE": device,
+            "VAE_MAX_BATCH_SIZE": str(max_batch_size),
+            "VAE_LOG_LEVEL": "warning",
+        }
+        env.pop("VAE_API_KEY", None)
+        self.process = subprocess.Popen(
+            [sys.executable, "-m", "app.cli", "--host", HOST, "--port", str(self.port)],
+            cwd=REPO,
+            env=env,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        self.log: list[str] = []
+        threading.Thread(target=lambda: self.log.extend(self.process.stderr), daemon=True).start()
+        deadline = time.monotonic() + 180
+        while not self._ready():
+            if self.process.poll() is not None or time.monotonic() > deadline:
+                raise SystemExit("server did not start:\n" + "".join(self.log[-20:]))
+            time.sleep(0.2)  # polling /readyz, as a load balancer would
+
+    def _ready(self) -> bool:
+        try:
+            with socket.create_connection((HOST, self.port), timeout=2) as sock:
+                sock.sendall(f"GET /readyz HTTP/1.1\r\nHost: {HOST}\r\n\r\n".encode())
+                return sock.recv(64).startswith(b"HTTP/1.1 200")
+        except OSError:
+            return False
+
+    def stop(self) -> None:
+        self.process.terminate()
+        self.process.wait(timeout=30)
+
+
+def run_bench(args: argparse.Namespace) -> dict:
+    results: dict = {"checkpoint": str(args.checkpoint), "duration_s": args.duration, "cells": []}
+    for mode, max_batch in (("batched", args.max_batch_size), ("unbatched", 1)):
+        server = Server(args.checkpoint, max_batch, args.device)
+        try:
+            for endpoint in args.endpoints:
+                for concurrency in args.concurrency:
+                    cell = run_load_process(endpoint, server.port, concurrency, args.duration)
+                    cell["mode"] = mode
+                    results["cells"].append(cell)
+                    print(
+                        f"{mode:9} {endpoint:11} c={concurrency:<3} {cell['rps']:8.0f} req/s "
+                        f"p50 {cell['p50_ms']:7.2f} ms  p99 {cell['p99_ms']:7.2f} ms  "
+                        f"errors {cell['errors']}",
+                        file=sys.stderr,
+                        flush=True,
+                    )
+        finally:
+            server.stop()
+    return results
+
+
+def cell(results: dict, mode: str, endpoint: str, concurrency: int) -> dict | None:
+    for c in results["cells"]:
+        if (c["mode"], c["endpoint"], c["concurrency"]) == (mode, endpoint, concurrency):
+            return c
+    return None
+
+
+def table(results: dict) -> str:
+    lines = [
+        "| endpoint | c | batched req/s | p50 ms | p99 ms | unbatched req/s | p50 ms | p99 ms |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|",
+    ]
+    endpoints = dict.fromkeys(c["endpoint"] for c in results["cells"])
+    levels = dict.fromkeys(c["concurrency"] for c in results["cells"])
+    for endpoint in endpoints:
+        for c in levels:
+            row = [endpoint, str(c)]
+            for mode in ("batched", "unbatched"):
+                x = cell(results, mode, endpoint, c)
+                row += (
+                    [f"{x['rps']:.0f}", f"{x['p50_ms']:.1f}", f"{x['p99_ms']:.1f}"]
+                    if x
+                    else ["-"] * 3
+                )
+            lines.append("| " + " | ".join(row) + " |")
+    return "\n".join(lines)
+
+
+def targets(results: dict) -> dict:
+    top = max(c["concurrency"] for c in results["cells"])
+    sample = cell(results, "batched", "sample", top)
+    health = cell(results, "batched", "healthz", top)
+    unbatched = cell(results, "unbatched", "sample", top)
+    out = {"concurrency": top}
+    if sample and health:
+        out["sample_vs_healthz"] = sample["rps"] / health["rps"]
+    if sample and unbatched:
+        out["batched_vs_unbatched_sample"] = sample["rps"] / unbatched["rps"]
+    out["p99_ms_batched"] = {
+        c["endpoint"]: c["p99_ms"]
+        for c in results["cells"]
+        if c["mode"] == "batched" and c["concurrency"] == top
+    }
+    return out
+
+
+def report(results: dict) -> str:
+    t = targets(results)
+    c = t["concurrency"]
+    lines = [table(results), ""]
+    if "sample_vs_healthz" in t:
+        lines.append(
+            f"- /sample vs /healthz at c={c}: {t['sample_vs_healthz']:.0%} (target >= 50%)"
+        )
+    if "batched_vs_unbatched_sample" in t:
+        lines.append(
+            f"- /sample batched vs unbatched at c={c}: "
+            f"{t['batched_vs_unbatched_sample']:.2f}x (target >= 2x)"
+        )
+    p99 = ", ".join(f"{k} {v:.1f} ms" for k, v in t["p99_ms_batched"].items())
+    lines.append(f"- p99 at c={c}, batched: {p99} (target <= 50 ms)")
+    return "\n".join(lines)
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    default_ckpt = REPO / "models" / "mnist-vae.pt"
+    p.add_argument("--checkpoint", type=Path, default=default_ckpt)
+    p.add_argument("--duration", type=float, default=3.0, help="seconds measured per cell")
+    p.add_argument("--device", default="auto")
+    p.add_argument("--max-batch-size", type=int, default=64, help="for the batched runs")
+    p.add_argument("--concurrency", type=int, nargs="+", default=list(CONCURRENCY))
+    p.add_argument("--endpoints", nargs="+", default=list(ENDPOINTS), choices=ENDPOINTS)
+    p.add_argument("--json", type=Path, default=None, help="also write the raw results here")
+    p.add_argument("--load", choices=ENDPOINTS, help=argparse.SUPPRESS)
+    p.add_argument("--port", type=int, help=argparse.SUPPRESS)
+    return p.parse_args(argv)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    if args.load:  # the load-generator process
+        try:
+            import uvloop
+
+            uvloop.install()
+        except ImportError:
+            pass
+        result = asyncio.run(
+            _load(args.load, args.port, args.concurrency[0], args.duration, warmup=0.5)
+        )
+        print(json.dumps(result))
+        return 0
+    if not args.checkpoint.is_file():
+        print(f"serve_bench: no checkpoint at {args.checkpoint}", file=sys.stderr)
+        return 2
+    results = run_bench(args)
+    results["targets"] = targets(results)
+    print(report(results))
+    if args.json:
+        args.json.write_text(json.dumps(results, indent=1) + "\n")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
