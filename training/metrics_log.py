@@ -34,7 +34,11 @@ def plot_loss_curve(history: list[dict[str, Any]], path: Path) -> Path | None:
 
     epochs = [row["epoch"] for row in history]
     fig, ax = plt.subplots(figsize=(6, 4), dpi=100)
-    ax.plot(epochs, [row["train_loss"] for row in history], label="train loss (KL-weighted during warm-up)")
+    ax.plot(
+        epochs,
+        [row["train_loss"] for row in history],
+        label="train loss (KL-weighted during warm-up)",
+    )
     ax.plot(epochs, [row["test_neg_elbo"] for row in history], label="test -ELBO")
     ax.set_xlabel("epoch")
     ax.set_ylabel("nats per image")

@@ -51,15 +51,30 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--lr", type=float, default=1e-3)
     p.add_argument("--betas", type=float, nargs=2, default=(0.9, 0.999))
     p.add_argument("--lr-schedule", choices=("cosine", "constant"), default="cosine")
-    p.add_argument("--loss", choices=sorted(LOSSES), default="bernoulli",
-                   help="seed-mse is the lecture notebook's broken loss, for comparison only")
-    p.add_argument("--grey-targets", action="store_true",
-                   help="train on grey levels instead of dynamically binarized pixels")
+    p.add_argument(
+        "--loss",
+        choices=sorted(LOSSES),
+        default="bernoulli",
+        help="seed-mse is the lecture notebook's broken loss, for comparison only",
+    )
+    p.add_argument(
+        "--grey-targets",
+        action="store_true",
+        help="train on grey levels instead of dynamically binarized pixels",
+    )
     p.add_argument("--beta", type=float, default=1.0, help="KL weight after warm-up")
-    p.add_argument("--kl-warmup-epochs", type=float, default=0.0,
-                   help="ramp the KL weight linearly from 0 to --beta over this many epochs")
-    p.add_argument("--grad-clip", type=float, default=200.0,
-                   help="clip the gradient norm (0: off); a guard against rare KL blow-ups")
+    p.add_argument(
+        "--kl-warmup-epochs",
+        type=float,
+        default=0.0,
+        help="ramp the KL weight linearly from 0 to --beta over this many epochs",
+    )
+    p.add_argument(
+        "--grad-clip",
+        type=float,
+        default=200.0,
+        help="clip the gradient norm (0: off); a guard against rare KL blow-ups",
+    )
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--device", default="auto", help="auto | cpu | cuda")
     p.add_argument("--out", type=Path, default=Path("runs/default"))
@@ -67,8 +82,13 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--export", type=Path, default=None, help="also copy the final model here")
     p.add_argument("--subset", type=int, default=None, help="train on the first N images only")
     p.add_argument("--eval-limit", type=int, default=None, help="evaluate on N test images")
-    p.add_argument("--time-budget", type=float, default=None, metavar="SECONDS",
-                   help="cap --epochs to what fits in this many seconds, judged after epoch 1")
+    p.add_argument(
+        "--time-budget",
+        type=float,
+        default=None,
+        metavar="SECONDS",
+        help="cap --epochs to what fits in this many seconds, judged after epoch 1",
+    )
     p.add_argument("--compile", action="store_true", help="torch.compile the model (CUDA)")
     p.add_argument("--no-amp", action="store_true", help="disable bf16 autocast on CUDA")
     p.add_argument("--no-progress", action="store_true", help="no tqdm bar (logs only)")
@@ -141,8 +161,9 @@ class CosineSchedule:
         return self.floor + (1 - self.floor) * 0.5 * (1 + math.cos(math.pi * progress))
 
 
-def epochs_within_budget(args: argparse.Namespace, ddp: Distributed, first_epoch: int,
-                         seconds_per_epoch: float) -> int:
+def epochs_within_budget(
+    args: argparse.Namespace, ddp: Distributed, first_epoch: int, seconds_per_epoch: float
+) -> int:
     """How many epochs fit in --time-budget, judged from the first one (same on every rank)."""
     fit = first_epoch + max(1, int(args.time_budget / max(seconds_per_epoch, 1e-6)))
     epochs = torch.tensor([min(args.epochs, fit)])
@@ -177,14 +198,20 @@ def train(args: argparse.Namespace) -> int:
     if args.subset:
         train_split = train_split.subset(args.subset)
     batches = DeviceBatches(
-        train_split, args.batch_size, device, dynamic_binarization=not args.grey_targets,
-        seed=args.seed + ddp.rank, rank=ddp.rank, world_size=ddp.world_size,
+        train_split,
+        args.batch_size,
+        device,
+        dynamic_binarization=not args.grey_targets,
+        seed=args.seed + ddp.rank,
+        rank=ddp.rank,
+        world_size=ddp.world_size,
     )
     test_images = test_split.images[: args.eval_limit] if args.eval_limit else test_split.images
     x_test = binarized_test_set(test_images, seed=0, device=device)
 
-    optimizer = torch.optim.Adam(model.parameters(), lr=args.lr, betas=tuple(args.betas),
-                                 fused=use_cuda_tricks)
+    optimizer = torch.optim.Adam(
+        model.parameters(), lr=args.lr, betas=tuple(args.betas), fused=use_cuda_tricks
+    )
     schedule = CosineSchedule(args.epochs * len(batches), constant=args.lr_schedule == "constant")
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, schedule)
     start_epoch, history = 0, []
@@ -206,9 +233,15 @@ def train(args: argparse.Namespace) -> int:
     metrics_log = MetricsLog(args.out) if ddp.is_main else None
     dataset_digest = dataset_sha256(args.data_dir, args.dataset) if ddp.is_main else ""
     if ddp.is_main:
-        log.info("%s preset: %d parameters on %s x%d; %d images, %d steps/epoch",
-                 args.preset, count_parameters(model), device, ddp.world_size,
-                 len(train_split), len(batches))
+        log.info(
+            "%s preset: %d parameters on %s x%d; %d images, %d steps/epoch",
+            args.preset,
+            count_parameters(model),
+            device,
+            ddp.world_size,
+            len(train_split),
+            len(batches),
+        )
 
     stop = StopRequest()
     stop.install()
@@ -219,8 +252,12 @@ def train(args: argparse.Namespace) -> int:
         net.train()
         started = time.perf_counter()
         sums = torch.zeros(3, device=device)
-        bar = tqdm(batches, desc=f"epoch {epoch + 1}/{args.epochs}", leave=False,
-                   disable=args.no_progress or not ddp.is_main)
+        bar = tqdm(
+            batches,
+            desc=f"epoch {epoch + 1}/{args.epochs}",
+            leave=False,
+            disable=args.no_progress or not ddp.is_main,
+        )
         steps = 0
         for step, x in enumerate(bar):
             if use_cuda_tricks:
@@ -235,8 +272,9 @@ def train(args: argparse.Namespace) -> int:
                 torch.nn.utils.clip_grad_norm_(model.parameters(), args.grad_clip)
             optimizer.step()
             scheduler.step()
-            sums += torch.stack([terms.loss.detach(), terms.reconstruction.detach(),
-                                 terms.kl.detach()])
+            sums += torch.stack(
+                [terms.loss.detach(), terms.reconstruction.detach(), terms.kl.detach()]
+            )
             steps += 1
             if step % 50 == 0:
                 bar.set_postfix(loss=f"{terms.loss.item():.2f}", kl=f"{terms.kl.item():.2f}")
@@ -247,35 +285,55 @@ def train(args: argparse.Namespace) -> int:
             epoch -= 1  # the interrupted epoch is redone on --resume
         if ddp.is_main:
             train_means = (sums / max(steps, 1)).tolist()
-            row = _epoch_row(model, x_test, epoch, train_means, time.perf_counter() - started,
-                             steps * args.batch_size * ddp.world_size, optimizer)
+            row = _epoch_row(
+                model,
+                x_test,
+                epoch,
+                train_means,
+                time.perf_counter() - started,
+                steps * args.batch_size * ddp.world_size,
+                optimizer,
+            )
             if completed:
                 history.append(row)
                 metrics_log.append(row)
                 save_sample_grid(model, args.out / "samples" / f"epoch_{epoch + 1:03d}.png")
-                log.info("epoch %d: test -ELBO %.2f  KL %.2f  active units %d  (%.0f img/s)",
-                         epoch + 1, row["test_neg_elbo"], row["test_kl"], row["active_units"],
-                         row["images_per_second"])
-            save_checkpoint(ckpt_path, model, _metadata(args, epoch, row, dataset_digest),
-                            _train_state(epoch, optimizer, scheduler, batches, history))
+                log.info(
+                    "epoch %d: test -ELBO %.2f  KL %.2f  active units %d  (%.0f img/s)",
+                    epoch + 1,
+                    row["test_neg_elbo"],
+                    row["test_kl"],
+                    row["active_units"],
+                    row["images_per_second"],
+                )
+            save_checkpoint(
+                ckpt_path,
+                model,
+                _metadata(args, epoch, row, dataset_digest),
+                _train_state(epoch, optimizer, scheduler, batches, history),
+            )
         ddp.barrier()
         if stop.requested:
             if ddp.is_main:
                 log.warning("stopped; checkpoint %s holds epoch %d", ckpt_path, epoch + 1)
             return 128 + (stop.signum or 0)
         if args.time_budget and epoch == start_epoch:
-            args.epochs = epochs_within_budget(args, ddp, start_epoch,
-                                               time.perf_counter() - run_started)
+            args.epochs = epochs_within_budget(
+                args, ddp, start_epoch, time.perf_counter() - run_started
+            )
             schedule.total_steps = args.epochs * len(batches)
             if ddp.is_main:
-                log.info("time budget %.0f s: training for %d epochs", args.time_budget, args.epochs)
+                log.info(
+                    "time budget %.0f s: training for %d epochs", args.time_budget, args.epochs
+                )
         epoch += 1
     epoch -= 1  # the last completed epoch, for the metadata
 
     if ddp.is_main:
         final = history[-1] if history else {}
-        model_path = save_checkpoint(args.out / MODEL_NAME, model,
-                                     _metadata(args, epoch, final, dataset_digest))
+        model_path = save_checkpoint(
+            args.out / MODEL_NAME, model, _metadata(args, epoch, final, dataset_digest)
+        )
         if args.export:
             save_checkpoint(args.export, model, _metadata(args, epoch, final, dataset_digest))
         plot_loss_curve(history, args.out / "loss_curve.png")
@@ -285,8 +343,15 @@ def train(args: argparse.Namespace) -> int:
     return 0
 
 
-def _epoch_row(model: ConvVAE, x_test: torch.Tensor, epoch: int, train_means: list[float],
-               seconds: float, images: int, optimizer: torch.optim.Optimizer) -> dict[str, Any]:
+def _epoch_row(
+    model: ConvVAE,
+    x_test: torch.Tensor,
+    epoch: int,
+    train_means: list[float],
+    seconds: float,
+    images: int,
+    optimizer: torch.optim.Optimizer,
+) -> dict[str, Any]:
     model.eval()
     test = elbo_terms(model, x_test)
     return {
@@ -304,8 +369,9 @@ def _epoch_row(model: ConvVAE, x_test: torch.Tensor, epoch: int, train_means: li
     }
 
 
-def _metadata(args: argparse.Namespace, epoch: int, row: dict[str, Any],
-              dataset_digest: str) -> dict[str, Any]:
+def _metadata(
+    args: argparse.Namespace, epoch: int, row: dict[str, Any], dataset_digest: str
+) -> dict[str, Any]:
     return {
         "preset": args.preset,
         "training_args": {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()},
@@ -315,8 +381,13 @@ def _metadata(args: argparse.Namespace, epoch: int, row: dict[str, Any],
     }
 
 
-def _train_state(epoch: int, optimizer: torch.optim.Optimizer, scheduler: Any,
-                 batches: DeviceBatches, history: list[dict[str, Any]]) -> dict[str, Any]:
+def _train_state(
+    epoch: int,
+    optimizer: torch.optim.Optimizer,
+    scheduler: Any,
+    batches: DeviceBatches,
+    history: list[dict[str, Any]],
+) -> dict[str, Any]:
     return {
         "epoch": epoch + 1,
         "optimizer": optimizer.state_dict(),
@@ -337,8 +408,9 @@ def _load_resume(path: Path) -> dict[str, Any]:
     return payload
 
 
-def _restore_train_state(state: dict[str, Any], optimizer: torch.optim.Optimizer,
-                         scheduler: Any, batches: DeviceBatches) -> int:
+def _restore_train_state(
+    state: dict[str, Any], optimizer: torch.optim.Optimizer, scheduler: Any, batches: DeviceBatches
+) -> int:
     optimizer.load_state_dict(state["optimizer"])
     scheduler.load_state_dict(state["scheduler"])
     torch.set_rng_state(state["torch_rng"])
