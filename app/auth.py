@@ -21,14 +21,14 @@ def _matches(credentials: HTTPAuthorizationCredentials | None, secret: SecretStr
     return hmac.compare_digest(credentials.credentials.encode(), secret.get_secret_value().encode())
 
 
-def require_api_key(request: Request, credentials: Credentials) -> None:
+async def require_api_key(request: Request, credentials: Credentials) -> None:
     """No-op unless `VAE_API_KEY` is set; then a missing or wrong key is a 401."""
     key = request.app.state.settings.api_key
     if key is not None and not _matches(credentials, key):
         raise Unauthorized("missing or invalid API key (Authorization: Bearer <VAE_API_KEY>)")
 
 
-def require_admin(request: Request, credentials: Credentials) -> None:
+async def require_admin(request: Request, credentials: Credentials) -> None:
     """The admin routes are only mounted when `VAE_ADMIN_TOKEN` is set; this checks it."""
     token = request.app.state.settings.admin_token
     if token is None or not _matches(credentials, token):

@@ -10,20 +10,20 @@ from app.config import Settings
 from app.engine import Engine, LoadedModel
 
 
-def get_settings(request: Request) -> Settings:
+async def get_settings(request: Request) -> Settings:
     return request.app.state.settings
 
 
-def get_engine(request: Request) -> Engine:
+async def get_engine(request: Request) -> Engine:
     return request.app.state.engine
 
 
-def get_model(engine: Annotated[Engine, Depends(get_engine)]) -> LoadedModel:
+async def get_model(engine: Annotated[Engine, Depends(get_engine)]) -> LoadedModel:
     """The model this request runs on, pinned at its start so a reload cannot change it midway."""
     return engine.current
 
 
-def wants_json(
+async def wants_json(
     request: Request,
     format: Annotated[
         Literal["png", "json"] | None,
