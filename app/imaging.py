@@ -162,8 +162,8 @@ def _mnist_digit(grey: Image.Image) -> np.ndarray:
 
 
 def _shrink(grey: Image.Image) -> Image.Image:
-    """Averages big images down to about WORK_SIDE px; the digit ends up 20 px anyway."""
-    factor = max(grey.size) // WORK_SIDE
+    """Averages big images down to at most WORK_SIDE px; the digit ends up 20 px anyway."""
+    factor = -(-max(grey.size) // WORK_SIDE)
     return grey.reduce(factor) if factor >= 2 else grey
 
 
@@ -179,21 +179,38 @@ def _smooth(grey: Image.Image) -> Image.Image:
 def _ink(grey: np.ndarray) -> np.ndarray:
     """Makes the ink white on black and stretches it so the paper is 0 and the darkest ink 1.
 
-    The paper is what fills the border. Ink is whichever side of it holds more mass, so grey,
-    dim or off-white paper still inverts. Everything up to the border's 99th percentile counts as
-    paper, which removes paper grain and gentle uneven lighting.
+    Paper is the bulk of the image, so its level is the median; ink is the extreme furthest from
+    it. Inverting on that (rather than on the mean) keeps a vignetted or unevenly lit page from
+    outweighing a thin stroke. Paper up to the border's 99th percentile, after flattening, is 0.
     """
-    border = _border(grey)
-    paper = float(np.median(border))
-    darker = float(np.clip(paper - grey, 0.0, None).sum())
-    lighter = float(np.clip(grey - paper, 0.0, None).sum())
-    if darker > lighter:
-        grey, border = 1.0 - grey, 1.0 - border
-    floor = float(np.percentile(border, 99))
+    paper = float(np.median(grey))
+    if paper - float(grey.min()) > float(grey.max()) - paper:
+        grey = 1.0 - grey
+    grey = _flatten_paper(grey)
+    floor = float(np.percentile(_border(grey), 99))
     peak = float(grey.max())
     if peak - floor < MIN_INK_CONTRAST:
         return np.zeros_like(grey)
     return np.clip((grey - floor) / (peak - floor), 0.0, 1.0)
+
+
+def _flatten_paper(ink: np.ndarray) -> np.ndarray:
+    """Subtracts the paper's level cell by cell, so uneven lighting and vignetting are not ink.
+
+    A cell's paper is the lowest median among it and its neighbours (a stroke rarely fills a
+    3x3 block of cells), capped at the border's brightest paper so dense strokes are never taken
+    for paper. MNIST-sized images are left alone.
+    """
+    height, width = ink.shape
+    cell = max(height, width) // 16
+    if cell < 8 or min(height, width) < cell:
+        return ink
+    rows, cols = height // cell, width // cell
+    cells = ink[: rows * cell, : cols * cell].reshape(rows, cell, cols, cell)
+    medians = Image.fromarray(np.median(cells, axis=(1, 3)).astype(np.float32))
+    paper = np.minimum(np.asarray(medians.filter(ImageFilter.MinFilter(3))), _border(ink).max())
+    level = Image.fromarray(paper.astype(np.float32)).resize((width, height), Image.BILINEAR)
+    return np.clip(ink - np.asarray(level, dtype=np.float32), 0.0, None)
 
 
 def _border(grey: np.ndarray) -> np.ndarray:
