@@ -62,6 +62,18 @@ def photo_of(digit: np.ndarray, seed: int, size: int = 300) -> np.ndarray:
     return np.clip(paper, 0, 255).astype(np.uint8)
 
 
+def phone_photo_of(digit: np.ndarray) -> np.ndarray:
+    """Warm-tinted RGB paper, bright in the middle and vignetted towards the corners, 1600x1200."""
+    height, width = 1200, 1600
+    y, x = np.mgrid[0:height, 0:width].astype(np.float32)
+    falloff = ((y - height / 2) ** 2 + (x - width / 2) ** 2) / ((height**2 + width**2) / 4)
+    paper = 225.0 - 70.0 * falloff + np.random.default_rng(0).normal(0.0, 8.0, (height, width))
+    ink = np.asarray(Image.fromarray(digit).resize((360, 360), Image.BICUBIC)) / 255.0
+    window = paper[700:1060, 1000:1360]
+    paper[700:1060, 1000:1360] = window * (1.0 - ink) + 30.0 * ink
+    return np.clip(np.dstack([paper, paper * 0.97, paper * 0.9]), 0, 255).astype(np.uint8)
+
+
 def png_chunk(kind: bytes, body: bytes) -> bytes:
     return struct.pack(">I", len(body)) + kind + body + struct.pack(">I", zlib.crc32(kind + body))
 
@@ -97,6 +109,11 @@ def test_photo_of_dark_ink_on_paper_becomes_the_mnist_digit(digits: np.ndarray, 
     ]
     assert np.mean(scores) > 0.9
     assert min(scores) > 0.6
+
+
+def test_a_vignetted_phone_photo_becomes_the_mnist_digit(digits: np.ndarray) -> None:
+    photo = encode(phone_photo_of(digits[3]), "JPEG", quality=90)
+    assert correlation(normalize_upload(photo), padded(digits[3])) > 0.9
 
 
 def test_transparent_png_with_a_dark_stroke_becomes_white_on_black(digits: np.ndarray) -> None:
@@ -293,12 +310,14 @@ def only_service_errors(data: bytes, preprocess: bool) -> None:
         assert out.shape == (1, 32, 32)
 
 
+@pytest.mark.filterwarnings("ignore::UserWarning")  # Pillow's "Corrupt EXIF data" on mutants
 @settings(max_examples=150, deadline=None)
 @given(data=st.binary(max_size=2_000), preprocess=st.booleans())
 def test_fuzzed_random_bytes_raise_only_service_errors(data: bytes, preprocess: bool) -> None:
     only_service_errors(data, preprocess)
 
 
+@pytest.mark.filterwarnings("ignore::UserWarning", "ignore::PIL.Image.DecompressionBombWarning")
 @settings(
     max_examples=300, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
 )
