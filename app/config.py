@@ -18,6 +18,9 @@ class Settings(BaseSettings):
     checkpoint: Path = Path("models/mnist-vae.pt")
     device: str = Field("auto", description="auto | cpu | cuda | cuda:N")
     fp16: bool = Field(False, description="half precision on CUDA (ignored on the CPU)")
+    torch_threads: int = Field(
+        0, ge=0, description="intra-op CPU threads for inference; 0: one core left for HTTP"
+    )
 
     max_batch_size: int = Field(64, ge=1, le=4096, description="rows per forward pass")
     max_wait_ms: float = Field(2.0, ge=0, le=1000, description="how long a batch waits to fill")

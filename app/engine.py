@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
 import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
@@ -60,6 +61,17 @@ def load_model(path: str | Path, device: str = "auto", fp16: bool = False) -> Lo
     loaded = LoadedModel(model, metadata, Path(path), file_sha256(path), dev, dtype)
     warm_up(loaded)
     return loaded
+
+
+def inference_threads(requested: int = 0) -> int:
+    """0 means: leave one core to the event loop (HTTP, JSON, PNG) and use up to 4 for torch.
+
+    On a small machine torch's default (every core) makes its threads spin against the event loop
+    and against each other; one inference thread was 5-30x faster per batch on 2 cores.
+    """
+    if requested > 0:
+        return requested
+    return max(1, min(4, (os.cpu_count() or 1) - 1))
 
 
 def warm_up(m: LoadedModel, batch_sizes: tuple[int, ...] = (1, 8, 64)) -> None:
@@ -246,6 +258,7 @@ class Engine:
     async def start(self) -> LoadedModel:
         """Loads and warms the configured checkpoint off the event loop, then starts batching."""
         s = self.settings
+        torch.set_num_threads(inference_threads(s.torch_threads))
         loaded = await asyncio.to_thread(load_model, s.checkpoint, s.device, s.fp16)
         self._install(loaded)
         for batcher in (self.encoder, self.decoder, self.reconstructor):
