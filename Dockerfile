@@ -26,12 +26,18 @@ RUN python3 -m venv /opt/venv \
  && mkdir -p /srv/checkpoints /srv/data /srv/runs \
  && chown vae:vae /srv /srv/checkpoints /srv/data /srv/runs
 
-# Dependencies first: this layer (about 5 GB) is rebuilt only when pyproject.toml changes.
+# Dependencies first: this layer (about 6 GB) is rebuilt only when pyproject.toml changes.
+# uv installs them (parallel downloads and unpacking, bytecode compiled on every core): about
+# twice as fast as pip here. It runs from a throwaway venv and leaves no trace in the image.
 COPY pyproject.toml /src/pyproject.toml
 RUN python -c "import tomllib; print('\n'.join(tomllib.load(open('/src/pyproject.toml', 'rb'))['project']['dependencies']))" \
       >/tmp/requirements.txt \
- && pip install -r /tmp/requirements.txt \
- && rm /tmp/requirements.txt
+ && python3 -m venv /tmp/uv \
+ && /tmp/uv/bin/pip install --quiet "uv>=0.5" \
+ && SSL_CERT_FILE=$PIP_CERT UV_NATIVE_TLS=1 UV_CACHE_DIR=/tmp/uv-cache \
+      /tmp/uv/bin/uv pip install --python /opt/venv/bin/python --compile-bytecode \
+      -r /tmp/requirements.txt \
+ && rm -rf /tmp/uv /tmp/uv-cache /tmp/requirements.txt
 
 # Then the code, installed as a regular package (no editable install, no sources at run time).
 COPY README.md /src/README.md

@@ -21,7 +21,7 @@ import sys
 import tempfile
 import time
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -43,9 +43,16 @@ class ContainerUnhealthy(AssertionError):
     """A container exited, or its health check failed, before it reported healthy."""
 
 
-def report(message: str) -> None:
-    """Timings and sizes, shown even when pytest captures output."""
-    print(f"[docker] {message}", file=sys.__stderr__, flush=True)
+@pytest.fixture(scope="module")
+def report(request: pytest.FixtureRequest) -> Callable[[str], None]:
+    """Prints timings and sizes to the terminal, past pytest's output capture."""
+    capture = request.config.pluginmanager.getplugin("capturemanager")
+
+    def write(message: str) -> None:
+        with capture.global_and_fixture_disabled():
+            print(f"\n[docker] {message}", flush=True)
+
+    return write
 
 
 @dataclass
@@ -157,7 +164,7 @@ def engine() -> Iterator[Engine]:
 
 
 @pytest.fixture(scope="module")
-def image(engine: Engine) -> Iterator[str]:
+def image(engine: Engine, report: Callable[[str], None]) -> Iterator[str]:
     """The project image, built on the stand-in base; removed (with the base) afterwards."""
     tag = f"mnist-vae:test-{uuid.uuid4().hex[:8]}"
     base = f"mnist-vae-base:test-{uuid.uuid4().hex[:8]}"
@@ -186,7 +193,7 @@ class Stack:
 
 
 @pytest.fixture(scope="module")
-def stack(engine: Engine, image: str) -> Iterator[Stack]:
+def stack(engine: Engine, image: str, report: Callable[[str], None]) -> Iterator[Stack]:
     """docker-compose.cpu.yml + docker-compose.test.yml (host network), up and healthy.
 
     Compose v1 refuses published ports on the host network and an override cannot remove them,
@@ -274,7 +281,7 @@ def test_a_server_without_readyz_turns_unhealthy_and_fails_the_http_checks(
     port = free_port()
     container = engine.docker(
         "run", "--detach", "--network", "host", "--env", f"PORT={port}",
-        "--health-interval", "1s", "--health-retries", "2", "--health-start-period", "0s",
+        "--health-interval", "1s", "--health-retries", "2", "--health-start-period", "1s",
         image, "python", "-m", "http.server", "--bind", "127.0.0.1", str(port),
     ).strip()  # fmt: skip
     try:
