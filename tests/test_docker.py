@@ -159,8 +159,15 @@ def engine() -> Iterator[Engine]:
             time.sleep(0.5)
         else:
             os.kill(engine.pid, signal.SIGKILL)
-        subprocess.run(["umount", "-R", state / "data"], capture_output=True)
+        unmount_below(state)
         shutil.rmtree(state, ignore_errors=True)
+
+
+def unmount_below(folder: Path) -> None:
+    """Unmounts what the daemon left mounted (its default network namespace), deepest first."""
+    mounts = [line.split()[1] for line in Path("/proc/mounts").read_text().splitlines()]
+    for target in sorted((m for m in mounts if m.startswith(f"{folder}/")), reverse=True):
+        subprocess.run(["umount", target], capture_output=True)
 
 
 @pytest.fixture(scope="module")
