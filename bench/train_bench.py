@@ -72,6 +72,15 @@ def time_steps(model, batches, loss_fn, device, steps, warmup, fast) -> float:
     return images / (time.perf_counter() - started)
 
 
+def _cpu_name() -> str:
+    for line in (
+        Path("/proc/cpuinfo").read_text().splitlines() if Path("/proc/cpuinfo").exists() else []
+    ):
+        if line.startswith("model name"):
+            return f"{line.split(':', 1)[1].strip()}, {torch.get_num_threads()} threads"
+    return platform.processor() or "cpu"
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--device", default="auto")
@@ -84,10 +93,12 @@ def main(argv: list[str] | None = None) -> int:
     device = resolve_device(args.device)
     torch.manual_seed(0)
     provision(args.data_dir)
-    name = torch.cuda.get_device_name(device) if device.type == "cuda" else platform.processor()
+    name = torch.cuda.get_device_name(device) if device.type == "cuda" else _cpu_name()
 
     notebook_set = datasets.MNIST(
-        str(args.data_dir), train=True, download=False,
+        str(args.data_dir),
+        train=True,
+        download=False,
         transform=transforms.Compose([transforms.Resize(32), transforms.ToTensor()]),
     )
     notebook_loader = DataLoader(notebook_set, batch_size=args.batch_size, shuffle=True)
@@ -100,20 +111,31 @@ def main(argv: list[str] | None = None) -> int:
     ]
     results = {}
     for label, preset, batches, loss_fn, fast in rows:
-        rate = time_steps(build_model(preset), batches, loss_fn, device, args.steps, args.warmup,
-                          fast)
+        rate = time_steps(
+            build_model(preset), batches, loss_fn, device, args.steps, args.warmup, fast
+        )
         results[label] = rate
     baseline = results[rows[0][0]]
-    print(f"device: {device} ({name}), torch {torch.__version__}, "
-          f"batch {args.batch_size}, {args.steps} timed steps")
+    print(
+        f"device: {device} ({name}), torch {torch.__version__}, "
+        f"batch {args.batch_size}, {args.steps} timed steps"
+    )
     print(f"| {'pipeline':<42} | {'images/s':>10} | {'vs notebook':>11} |")
     print(f"|{'-' * 44}|{'-' * 12}|{'-' * 13}|")
     for label, rate in results.items():
         print(f"| {label:<42} | {rate:>10.0f} | {rate / baseline:>10.2f}x |")
     if args.json:
-        args.json.write_text(json.dumps({"device": str(device), "device_name": name,
-                                         "torch": str(torch.__version__),
-                                         "images_per_second": results}, indent=2))
+        args.json.write_text(
+            json.dumps(
+                {
+                    "device": str(device),
+                    "device_name": name,
+                    "torch": str(torch.__version__),
+                    "images_per_second": results,
+                },
+                indent=2,
+            )
+        )
     return 0
 
 

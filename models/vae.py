@@ -41,7 +41,9 @@ class VAEConfig:
                 f"image_size {self.image_size} is not divisible by 2**{len(self.channels)}"
             )
         if self.activation not in _ACTIVATIONS:
-            raise ValueError(f"unknown activation {self.activation!r}; pick from {list(_ACTIVATIONS)}")
+            raise ValueError(
+                f"unknown activation {self.activation!r}; pick from {list(_ACTIVATIONS)}"
+            )
         if self.latent_dim < 1:
             raise ValueError("latent_dim must be >= 1")
 
@@ -67,13 +69,10 @@ PRESETS: dict[str, VAEConfig] = {
     # The lecture notebook's network, kept for comparison: 4 strided convs, latent 200.
     "seed": VAEConfig(channels=(16, 32, 64, 128), latent_dim=200),
     # What we ship: wider, residual stages, a 32-d latent (see README "What we tried").
-    "default": VAEConfig(
-        channels=(32, 64, 128), latent_dim=32, res_blocks=2, activation="silu"
-    ),
+    "default": VAEConfig(channels=(32, 64, 128), latent_dim=32, res_blocks=2, activation="silu"),
     # A small net for tests and quick experiments: trains in seconds on a CPU.
     "tiny": VAEConfig(channels=(8, 16), latent_dim=8, activation="silu"),
 }
-
 
 
 def _norm(cfg: VAEConfig, channels: int) -> nn.Module:
@@ -161,9 +160,7 @@ class ConvVAE(nn.Module):
         eps = torch.randn(mu.shape, generator=generator, device=mu.device, dtype=mu.dtype)
         return mu + eps * torch.exp(0.5 * logvar)
 
-    def forward(
-        self, x: torch.Tensor
-    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """Returns (logits, mu, logvar) for one posterior sample per input."""
         mu, logvar = self.encode(x)
         z = self.reparameterize(mu, logvar)

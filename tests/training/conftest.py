@@ -29,9 +29,7 @@ def mnist_test(mnist_dir):
 def tiny_run(mnist_dir, tmp_path_factory) -> Path:
     """Three epochs of the tiny preset on 2,000 digits: a real checkpoint in a few seconds."""
     out = tmp_path_factory.mktemp("tiny-run")
-    code = train_main([
-        "--preset", "tiny", "--epochs", "3", "--subset", "2000", "--eval-limit", "500",
-        "--data-dir", str(mnist_dir), "--out", str(out), "--no-progress", "--device", "cpu",
-    ])
+    args = "--preset tiny --epochs 3 --subset 2000 --eval-limit 500 --device cpu --no-progress"
+    code = train_main([*args.split(), "--data-dir", str(mnist_dir), "--out", str(out)])
     assert code == 0
     return out

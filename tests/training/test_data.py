@@ -20,6 +20,7 @@ def _sha(path):
 @pytest.fixture(scope="module")
 def offline_root(tmp_path_factory, monkeypatch_module):
     """Provision into an empty folder with torchvision's download made to fail at once."""
+
     def refuse(self):
         raise RuntimeError("no network in this test")
 

@@ -24,10 +24,8 @@ def _rows(out: Path) -> list[dict]:
 
 
 def _train(out, mnist_dir, *extra):
-    return train_main([
-        "--preset", "tiny", "--subset", "2000", "--eval-limit", "500", "--device", "cpu",
-        "--data-dir", str(mnist_dir), "--out", str(out), "--no-progress", *extra,
-    ])
+    args = "--preset tiny --subset 2000 --eval-limit 500 --device cpu --no-progress".split()
+    return train_main([*args, "--data-dir", str(mnist_dir), "--out", str(out), *extra])
 
 
 def test_short_run_improves_the_test_elbo_and_writes_its_artifacts(tiny_run):
@@ -57,9 +55,9 @@ def test_resume_continues_from_the_last_epoch(tmp_path, mnist_dir):
 
 
 def test_sigterm_leaves_a_valid_checkpoint(tmp_path, mnist_dir):
-    cmd = [sys.executable, "-m", "training", "--preset", "tiny", "--epochs", "1000",
-           "--subset", "2000", "--eval-limit", "200", "--device", "cpu", "--no-progress",
-           "--data-dir", str(mnist_dir), "--out", str(tmp_path)]
+    args = "--preset tiny --epochs 1000 --subset 2000 --eval-limit 200 --device cpu --no-progress"
+    cmd = [sys.executable, "-m", "training", *args.split()]
+    cmd += ["--data-dir", str(mnist_dir), "--out", str(tmp_path)]
     proc = subprocess.Popen(cmd, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
     try:
         deadline = time.monotonic() + 120
@@ -74,15 +72,15 @@ def test_sigterm_leaves_a_valid_checkpoint(tmp_path, mnist_dir):
     assert code == 128 + signal.SIGTERM
     payload = read_checkpoint(tmp_path / "checkpoint.pt")
     assert payload["train_state"]["epoch"] >= 1
-    assert _train(tmp_path, mnist_dir, "--epochs", str(payload["train_state"]["epoch"] + 1),
-                  "--resume") == 0
+    more = str(payload["train_state"]["epoch"] + 1)
+    assert _train(tmp_path, mnist_dir, "--epochs", more, "--resume") == 0
 
 
 def test_two_process_gloo_ddp_run(tmp_path, mnist_dir):
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
-           "-m", "training", "--preset", "tiny", "--epochs", "1", "--subset", "2000",
-           "--eval-limit", "200", "--device", "cpu", "--no-progress",
-           "--data-dir", str(mnist_dir), "--out", str(tmp_path)]
+    ddp = "--standalone --nproc_per_node=2".split()
+    args = "--preset tiny --epochs 1 --subset 2000 --eval-limit 200 --device cpu --no-progress"
+    cmd = [sys.executable, "-m", "torch.distributed.run", *ddp, "-m", "training", *args.split()]
+    cmd += ["--data-dir", str(mnist_dir), "--out", str(tmp_path)]
     env = {**os.environ, "OMP_NUM_THREADS": "1", "MASTER_ADDR": "127.0.0.1"}
     result = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
     assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-2000:]
