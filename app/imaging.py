@@ -28,6 +28,7 @@ DIGIT_SIDE = 20
 WORK_SIDE = 1024  # big photos are analysed at about this size; the digit ends up 20 px anyway
 MIN_INK_CONTRAST = 0.1  # less than this between paper and ink is a blank image, not a digit
 CROP_FRACTION = 0.25  # ink fainter than this share of the darkest stroke is noise, not the digit
+PAPER_FRACTION = 0.1  # the faintest tenth of the ink's range is paper tone and JPEG ringing
 RIM_FRACTION = 0.02  # ...unless it touches a stroke: the faint antialiased rim is part of the digit
 PADDING = (MODEL_SIDE - MNIST_SIDE) // 2
 BASE64_CLEANUP = str.maketrans({"\n": None, "\r": None, "\t": None, " ": "+", "-": "+", "_": "/"})
@@ -56,9 +57,7 @@ def normalize_upload(
     ImageError (422) for anything that is not a decodable image.
     """
     image = _open_limited(data, max_bytes=max_bytes, max_pixels=max_pixels)
-    if preprocess and image.format in ("JPEG", "MPO"):
-        image.draft(None, (WORK_SIDE, WORK_SIDE))  # decode big photos at 1/2..1/8 scale
-    grey = _decode_grey(image, upright=preprocess)
+    grey = _decode_grey(image, preprocess=preprocess)
     field = np.pad(_mnist_digit(grey), PADDING) if preprocess else _as_model_input(grey)
     return torch.from_numpy(np.clip(field, 0.0, 1.0).astype(np.float32)).unsqueeze(0)
 
@@ -90,8 +89,8 @@ def _open_limited(data: bytes, *, max_bytes: int, max_pixels: int) -> Image.Imag
 def _too_many_pixels(max_pixels: int, width: int = 0, height: int = 0) -> PayloadTooLarge:
     size = f" is {width}x{height} pixels and" if width else ""
     return PayloadTooLarge(
-        f"The image{size} is too large; images may have at most {max_pixels} pixels"
-        f" and {MAX_SIDE} on a side (at most {MAX_SIDE}x{MAX_SIDE})."
+        f"The image{size} is too large; images may be at most {MAX_SIDE}x{MAX_SIDE}"
+        f" and {max_pixels:,} pixels in all."
     )
 
 
@@ -108,11 +107,13 @@ def _unidentified(data: bytes) -> ImageError:
     return ImageError("The upload is not an image file that could be recognised.")
 
 
-def _decode_grey(image: Image.Image, *, upright: bool) -> Image.Image:
+def _decode_grey(image: Image.Image, *, preprocess: bool) -> Image.Image:
     """Decodes the first frame to an 8-bit greyscale image, alpha composited."""
     try:
+        if preprocess and image.format in ("JPEG", "MPO"):
+            image.draft(None, (WORK_SIDE, WORK_SIDE))  # big photos decode at 1/2..1/8 scale
         image.load()
-        if upright:
+        if preprocess:
             image = _exif_upright(image)
         return _greyscale(image)
     except Exception as exc:  # decoders fail in many ways (OSError, SyntaxError, EOFError, ...)
@@ -180,15 +181,21 @@ def _ink(grey: np.ndarray) -> np.ndarray:
     """Makes the ink white on black and stretches it so the paper is 0 and the darkest ink 1.
 
     Paper is the bulk of the image, so its level is the median; ink is the extreme furthest from
-    it. Inverting on that (rather than on the mean) keeps a vignetted or unevenly lit page from
-    outweighing a thin stroke. Paper up to the border's 99th percentile, after flattening, is 0.
+    it, so a vignetted or unevenly lit page cannot outweigh a thin stroke. After flattening, the
+    paper is what fills the border: its median plus three robust standard deviations (or a tenth
+    of the ink's range, whichever is more) becomes 0, unless the border is perfectly flat, as in
+    MNIST or a drawing. Median and MAD still hold when a tightly cropped digit hits the edges.
     """
     paper = float(np.median(grey))
     if paper - float(grey.min()) > float(grey.max()) - paper:
         grey = 1.0 - grey
     grey = _flatten_paper(grey)
-    floor = float(np.percentile(_border(grey), 99))
+    border = _border(grey)
+    level = float(np.median(border))
     peak = float(grey.max())
+    spread = 3 * 1.4826 * float(np.median(np.abs(border - level)))
+    clean = float(border.max()) == level  # a drawn or MNIST image: faint pixels are antialiasing
+    floor = level if clean else level + max(spread, PAPER_FRACTION * (peak - level))
     if peak - floor < MIN_INK_CONTRAST:
         return np.zeros_like(grey)
     return np.clip((grey - floor) / (peak - floor), 0.0, 1.0)
@@ -198,8 +205,8 @@ def _flatten_paper(ink: np.ndarray) -> np.ndarray:
     """Subtracts the paper's level cell by cell, so uneven lighting and vignetting are not ink.
 
     A cell's paper is the lowest median among it and its neighbours (a stroke rarely fills a
-    3x3 block of cells), capped at the border's brightest paper so dense strokes are never taken
-    for paper. MNIST-sized images are left alone.
+    3x3 block of cells), capped at the brightest paper among the outer cells so dense strokes are
+    never taken for paper. MNIST-sized images are left alone.
     """
     height, width = ink.shape
     cell = max(height, width) // 16
@@ -208,13 +215,14 @@ def _flatten_paper(ink: np.ndarray) -> np.ndarray:
     rows, cols = height // cell, width // cell
     cells = ink[: rows * cell, : cols * cell].reshape(rows, cell, cols, cell)
     medians = Image.fromarray(np.median(cells, axis=(1, 3)).astype(np.float32))
-    paper = np.minimum(np.asarray(medians.filter(ImageFilter.MinFilter(3))), _border(ink).max())
-    level = Image.fromarray(paper.astype(np.float32)).resize((width, height), Image.BILINEAR)
+    paper = np.asarray(medians.filter(ImageFilter.MinFilter(3)))
+    paper = np.minimum(paper, _border(paper).max()).astype(np.float32)
+    level = Image.fromarray(paper).resize((width, height), Image.BILINEAR)
     return np.clip(ink - np.asarray(level, dtype=np.float32), 0.0, None)
 
 
 def _border(grey: np.ndarray) -> np.ndarray:
-    """The outer ring, a 30th of the shorter side thick (at least one pixel)."""
+    """The outer ring, a 30th of the shorter side thick (at least one pixel or cell)."""
     ring = max(1, min(grey.shape) // 30)
     mask = np.ones(grey.shape, dtype=bool)
     mask[ring:-ring, ring:-ring] = False

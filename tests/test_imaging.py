@@ -116,6 +116,16 @@ def test_a_vignetted_phone_photo_becomes_the_mnist_digit(digits: np.ndarray) -> 
     assert correlation(normalize_upload(photo), padded(digits[3])) > 0.9
 
 
+def test_a_tightly_cropped_digit_touching_the_edges_is_still_found(digits: np.ndarray) -> None:
+    scores = []
+    for digit in digits[1:11]:
+        rows, cols = np.nonzero(digit)
+        tight = 255 - digit[rows.min() : rows.max() + 1, cols.min() : cols.max() + 1]
+        upload = Image.fromarray(tight).resize((tight.shape[1] * 10, tight.shape[0] * 10))
+        scores.append(correlation(normalize_upload(encode(upload)), padded(digit)))
+    assert np.mean(scores) > 0.85
+
+
 def test_transparent_png_with_a_dark_stroke_becomes_white_on_black(digits: np.ndarray) -> None:
     rgba = np.zeros((28, 28, 4), dtype=np.uint8)
     rgba[..., :3] = 20
