@@ -52,14 +52,18 @@ class LoadedModel:
         return self.model.latent_dim
 
 
-def load_model(path: str | Path, device: str = "auto", fp16: bool = False) -> LoadedModel:
+def load_model(
+    path: str | Path, device: str = "auto", fp16: bool = False, max_batch_size: int = 64
+) -> LoadedModel:
     """Loads, moves and warms a checkpoint; raises `CheckpointError` with a one-line reason."""
     dev = resolve_device(device)
     model, metadata = load_checkpoint(path, device=dev)
     dtype = torch.float16 if fp16 and dev.type == "cuda" else torch.float32
     model = model.to(dtype=dtype)
     loaded = LoadedModel(model, metadata, Path(path), file_sha256(path), dev, dtype)
-    warm_up(loaded)
+    # On CUDA every batch shape gets its kernels picked once, so warm them all; on the CPU a few.
+    sizes = range(1, max_batch_size + 1) if dev.type == "cuda" else (1, 8, max_batch_size)
+    warm_up(loaded, tuple(sizes))
     return loaded
 
 
@@ -259,7 +263,9 @@ class Engine:
         """Loads and warms the configured checkpoint off the event loop, then starts batching."""
         s = self.settings
         torch.set_num_threads(inference_threads(s.torch_threads))
-        loaded = await asyncio.to_thread(load_model, s.checkpoint, s.device, s.fp16)
+        loaded = await asyncio.to_thread(
+            load_model, s.checkpoint, s.device, s.fp16, s.max_batch_size
+        )
         self._install(loaded)
         for batcher in (self.encoder, self.decoder, self.reconstructor):
             batcher.start()
@@ -274,7 +280,9 @@ class Engine:
         """Loads `path` beside the serving model and swaps; on `CheckpointError` nothing changes."""
         s = self.settings
         async with self._reload_lock:
-            loaded = await asyncio.to_thread(load_model, path or s.checkpoint, s.device, s.fp16)
+            loaded = await asyncio.to_thread(
+                load_model, path or s.checkpoint, s.device, s.fp16, s.max_batch_size
+            )
             self._install(loaded)
         return loaded
 
