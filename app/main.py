@@ -111,7 +111,8 @@ def _install_error_handlers(app: FastAPI) -> None:
     async def http_error(request: Request, exc: HTTPException) -> JSONResponse:
         detail = exc.detail
         if exc.status_code == 413:
-            detail = f"request body over the limit ({app.state.settings.max_upload_bytes} bytes)"
+            limit = app.state.settings.max_upload_bytes
+            detail = f"request body too large: uploads may be at most {limit} bytes each"
         return JSONResponse({"detail": detail}, exc.status_code, headers=exc.headers)
 
     @app.exception_handler(Exception)

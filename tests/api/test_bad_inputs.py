@@ -65,6 +65,22 @@ def test_body_far_over_the_limit_is_refused_from_content_length(client):
     assert response.status_code == 413
 
 
+def test_streamed_body_without_content_length_is_cut_off_at_the_limit(client):
+    """A chunked upload has no Content-Length to check: the bytes are counted as they arrive."""
+
+    def chunks():
+        for _ in range(12):
+            yield b"x" * (1024 * 1024)
+
+    response = client.post(
+        "/reconstruct",
+        content=chunks(),
+        headers={"Content-Type": "multipart/form-data; boundary=abc"},
+    )
+    assert response.status_code == 413
+    assert "at most" in response.json()["detail"]
+
+
 def test_missing_file_field_is_422(client):
     assert client.post("/reconstruct", data={"nothing": "here"}).status_code == 422
 
