@@ -7,6 +7,7 @@ import os
 import sys
 
 import uvicorn
+from pydantic import ValidationError
 
 from app.config import Settings
 from models.checkpoint import CheckpointError, load_checkpoint
@@ -27,8 +28,10 @@ def main(argv: list[str] | None = None) -> int:
         os.environ["VAE_CHECKPOINT"] = args.checkpoint
     try:
         settings = Settings()
-    except ValueError as exc:
-        print(f"vae-serve: invalid configuration: {exc}".splitlines()[0], file=sys.stderr)
+    except ValidationError as exc:
+        first = exc.errors()[0]
+        name = "VAE_" + "_".join(str(part) for part in first["loc"]).upper()
+        print(f"vae-serve: invalid configuration: {name}: {first['msg']}", file=sys.stderr)
         return 2
     try:
         load_checkpoint(settings.checkpoint)

@@ -96,3 +96,14 @@ def test_bad_checkpoint_stops_startup_with_one_clear_line(tmp_path, content):
     assert len(lines) == 1, stderr
     assert lines[0].startswith("vae-serve: cannot serve:") and str(path) in lines[0]
     assert "Traceback" not in stderr
+
+
+def test_invalid_setting_stops_startup_with_one_clear_line(tiny_checkpoint):
+    env = {"VAE_CHECKPOINT": str(tiny_checkpoint), "VAE_MAX_BATCH_SIZE": "many"}
+    server = vae_serve("--port", str(free_port()), env=env)
+    _, stderr = server.communicate(timeout=60)
+    assert server.returncode == 2
+    assert stderr.strip() == (
+        "vae-serve: invalid configuration: VAE_MAX_BATCH_SIZE: "
+        "Input should be a valid integer, unable to parse string as an integer"
+    )
