@@ -122,3 +122,20 @@ def test_slow_inference_times_out():
             await batcher.stop()
 
     assert isinstance(asyncio.run(run()), InferenceTimeout)
+
+
+def test_a_full_queue_is_503_with_retry_after_over_http(make_settings, serving):
+    settings = make_settings(queue_size=1, max_batch_size=1, max_wait_ms=0)
+
+    async def flood() -> list:
+        async with serving(settings) as client:
+            return await asyncio.gather(
+                *[client.post("/sample", json={"n": 1, "seed": i}) for i in range(50)]
+            )
+
+    responses = asyncio.run(flood())
+    statuses = {r.status_code for r in responses}
+    assert statuses == {200, 503}
+    refused = next(r for r in responses if r.status_code == 503)
+    assert refused.headers["retry-after"] == "1"
+    assert "retry" in refused.json()["detail"]
