@@ -36,7 +36,8 @@ CHECKPOINT = ROOT / "models" / "mnist-vae.pt"
 HEALTH_TIMEOUT_S = 180
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 
-pytestmark = [pytest.mark.docker, pytest.mark.slow]
+# The first test also pays for the image build (about 3 min, longer when the machine is busy).
+pytestmark = [pytest.mark.docker, pytest.mark.slow, pytest.mark.timeout(900)]
 
 
 class ContainerUnhealthy(AssertionError):
