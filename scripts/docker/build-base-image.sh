@@ -46,8 +46,8 @@ if [ ! -s "$tarball" ]; then
   fi
   : >"$rootfs/etc/resolv.conf"
   rm -rf "$rootfs"/var/cache/apt/archives/*.deb "$rootfs"/var/lib/apt/lists/*
-  tar -C "$rootfs" -cf "$tarball.tmp" .
-  mv "$tarball.tmp" "$tarball"
+  tar -C "$rootfs" -cf "$tarball.$$.tmp" .
+  mv "$tarball.$$.tmp" "$tarball"   # atomic: a concurrent run sees no half-written tarball
   echo "build-base-image: debootstrap + tarball took $((SECONDS - start)) s" >&2
 fi
 
