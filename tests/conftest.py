@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import io
 from collections.abc import AsyncIterator, Iterator
 from contextlib import asynccontextmanager
 from pathlib import Path
@@ -10,7 +9,6 @@ from pathlib import Path
 import httpx
 import pytest
 from fastapi.testclient import TestClient
-from PIL import Image
 
 from app.config import Settings
 from app.main import create_app
@@ -18,7 +16,6 @@ from models.checkpoint import load_checkpoint, save_checkpoint
 from training import train
 
 REPO = Path(__file__).resolve().parent.parent
-SHIPPED_CHECKPOINT = REPO / "models" / "mnist-vae.pt"
 
 
 @pytest.fixture(scope="session")
@@ -26,10 +23,8 @@ def tiny_checkpoint(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A real `tiny` VAE, one epoch on 2000 MNIST digits (about 10 s on a CPU)."""
     out = tmp_path_factory.mktemp("tiny-run")
     argv = ["--preset", "tiny", "--epochs", "1", "--subset", "2000", "--eval-limit", "500"]
-    assert (
-        train.main([*argv, "--data-dir", str(REPO / "data"), "--out", str(out), "--no-progress"])
-        == 0
-    )
+    argv += ["--data-dir", str(REPO / "data"), "--out", str(out), "--no-progress"]
+    assert train.main(argv) == 0
     return out / "model.pt"
 
 
@@ -45,11 +40,11 @@ def second_checkpoint(tiny_checkpoint: Path, tmp_path_factory: pytest.TempPathFa
 
 @pytest.fixture(scope="session")
 def make_settings(tiny_checkpoint: Path):
-    """Settings for the tiny checkpoint on the CPU, ignoring any VAE_* in the environment."""
+    """`make_settings(**overrides)`: the tiny checkpoint on the CPU, no API key or admin token."""
 
     def make(**overrides) -> Settings:
-        base = {"checkpoint": tiny_checkpoint, "device": "cpu", "api_key": None}
-        return Settings(**{**base, "admin_token": None, **overrides})
+        base = {"checkpoint": tiny_checkpoint, "device": "cpu"}
+        return Settings(**{**base, "api_key": None, "admin_token": None, **overrides})
 
     return make
 
@@ -64,12 +59,6 @@ def client(settings: Settings) -> Iterator[TestClient]:
     """The app with its lifespan running (model loaded and warmed), shared by a test module."""
     with TestClient(create_app(settings)) as test_client:
         yield test_client
-
-
-def png_bytes(image: Image.Image) -> bytes:
-    buffer = io.BytesIO()
-    image.save(buffer, format="PNG")
-    return buffer.getvalue()
 
 
 @pytest.fixture(scope="session")
