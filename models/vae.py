@@ -14,6 +14,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+PAD = 2  # MNIST's 28x28 sits in the middle of the 32x32 field
+
 _ACTIVATIONS = {
     "leaky_relu": lambda: nn.LeakyReLU(0.2),
     "relu": nn.ReLU,
@@ -150,8 +152,13 @@ class ConvVAE(nn.Module):
         return self.decoder(self.from_z(z))
 
     def decode(self, z: torch.Tensor) -> torch.Tensor:
-        """z: [N, latent_dim] -> Bernoulli means [N, 1, 32, 32] in [0, 1]."""
-        return torch.sigmoid(self.decode_logits(z))
+        """z: [N, latent_dim] -> Bernoulli means [N, 1, 32, 32] in [0, 1].
+
+        The 2 px zero padding around MNIST's 28x28 is not modelled (the loss ignores it), so its
+        logits are arbitrary; it is set to 0 here, which is what the data always holds there.
+        """
+        means = torch.sigmoid(self.decode_logits(z))
+        return F.pad(means[..., PAD:-PAD, PAD:-PAD], (PAD, PAD, PAD, PAD))
 
     @staticmethod
     def reparameterize(
@@ -195,7 +202,7 @@ def build_model(preset: str = "default", **overrides) -> ConvVAE:
 
 def pad_to_32(x: torch.Tensor) -> torch.Tensor:
     """Zero-pad 28x28 digits by 2 px on each side; resizing would change the data's statistics."""
-    return F.pad(x, (2, 2, 2, 2))
+    return F.pad(x, (PAD, PAD, PAD, PAD))
 
 
 def count_parameters(model: nn.Module) -> int:

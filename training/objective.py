@@ -12,7 +12,8 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
-PAD = 2
+from models.vae import PAD
+
 LOG_2PI = math.log(2 * math.pi)
 
 

@@ -65,3 +65,10 @@ def test_forward_returns_logits_and_posterior():
     logits, mu, logvar = model(torch.rand(2, 1, 32, 32))
     assert logits.shape == (2, 1, 32, 32)
     assert mu.shape == (2, 8)
+
+
+def test_decode_leaves_the_unmodelled_padding_black():
+    model = build_model("tiny").eval()
+    out = model.decode(torch.randn(3, model.latent_dim))
+    assert out[..., :2, :].abs().sum() == 0 and out[..., :, -2:].abs().sum() == 0
+    assert out[..., 2:30, 2:30].min() > 0
