@@ -65,9 +65,9 @@ def test_missing_file(tmp_path):
         load_checkpoint(tmp_path / "nope.pt")
 
 
-def test_random_bytes_are_not_a_checkpoint(tmp_path):
+def test_text_is_not_a_checkpoint(tmp_path):
     path = tmp_path / "junk.pt"
-    path.write_bytes(os.urandom(1000))
+    path.write_bytes(b"this is a text file, not a checkpoint\n" * 30)
     with pytest.raises(CheckpointError, match="not a checkpoint"):
         load_checkpoint(path)
 
