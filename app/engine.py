@@ -110,7 +110,7 @@ def run_reconstruct(m: LoadedModel, x: torch.Tensor) -> tuple[torch.Tensor, ...]
         mu, logvar = m.model.encode(xd)
         logits = m.model.decode_logits(mu)
         neg_elbo = bernoulli_nll(logits, xd) + gaussian_kl(mu, logvar)
-        recon = torch.sigmoid(logits.float())
+        recon = m.model.logits_to_means(logits)
         return mu.float().cpu(), logvar.float().cpu(), recon.cpu(), neg_elbo.float().cpu()
 
 

@@ -157,7 +157,12 @@ class ConvVAE(nn.Module):
         The 2 px zero padding around MNIST's 28x28 is not modelled (the loss ignores it), so its
         logits are arbitrary; it is set to 0 here, which is what the data always holds there.
         """
-        means = torch.sigmoid(self.decode_logits(z))
+        return self.logits_to_means(self.decode_logits(z))
+
+    @staticmethod
+    def logits_to_means(logits: torch.Tensor) -> torch.Tensor:
+        """Bernoulli means with the unmodelled padding set to 0 (for callers that kept logits)."""
+        means = torch.sigmoid(logits.float())
         return F.pad(means[..., PAD:-PAD, PAD:-PAD], (PAD, PAD, PAD, PAD))
 
     @staticmethod

@@ -27,6 +27,16 @@ def test_reconstruct_json_returns_what_the_model_saw(client, digit_png):
     assert body["neg_elbo"] > 0
 
 
+def test_reconstruction_keeps_the_unmodelled_padding_black(client, digit_png):
+    files = {"file": ("7.png", digit_png, "image/png")}
+    body = client.post("/reconstruct?format=json", files=files).json()
+    recon = np.asarray(Image.open(io.BytesIO(base64.b64decode(body["reconstruction"]))))
+    assert recon.shape == (32, 32) and recon[2:30, 2:30].any()
+    ring = np.ones((32, 32), bool)
+    ring[2:30, 2:30] = False
+    assert not recon[ring].any()
+
+
 def test_preprocess_none_feeds_an_mnist_digit_unchanged(client, digit_png):
     files = {"file": ("7.png", digit_png, "image/png")}
     body = client.post("/reconstruct?format=json&preprocess=none", files=files).json()
