@@ -11,6 +11,7 @@ from pydantic import ValidationError
 
 from app.config import Settings
 from models.checkpoint import CheckpointError, load_checkpoint
+from models.runtime import resolve_device
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -34,8 +35,9 @@ def main(argv: list[str] | None = None) -> int:
         print(f"vae-serve: invalid configuration: {name}: {first['msg']}", file=sys.stderr)
         return 2
     try:
+        resolve_device(settings.device)
         load_checkpoint(settings.checkpoint)
-    except CheckpointError as exc:
+    except (CheckpointError, RuntimeError) as exc:
         print(f"vae-serve: cannot serve: {exc}", file=sys.stderr)
         return 2
     uvicorn.run(

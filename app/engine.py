@@ -24,7 +24,7 @@ import torch
 from app import metrics
 from app.config import Settings
 from app.errors import InferenceTimeout, Overloaded, ServiceError
-from models.checkpoint import file_sha256, load_checkpoint
+from models.checkpoint import CheckpointError, file_sha256, load_checkpoint
 from models.runtime import resolve_device
 from models.vae import ConvVAE
 from training.objective import bernoulli_nll, gaussian_kl
@@ -64,7 +64,10 @@ def load_model(
     loaded = LoadedModel(model, metadata, Path(path), file_sha256(path), dev, dtype)
     # On CUDA every batch shape gets its kernels picked once, so warm them all; on the CPU a few.
     sizes = range(1, max_batch_size + 1) if dev.type == "cuda" else (1, 8, max_batch_size)
-    warm_up(loaded, tuple(sizes))
+    try:
+        warm_up(loaded, tuple(sizes))
+    except Exception as exc:  # e.g. a valid config for another input size: not servable here
+        raise CheckpointError(f"{path}: the model does not run on 1x32x32 digits: {exc}") from exc
     return loaded
 
 

@@ -24,6 +24,7 @@ REQUEST_ID: ContextVar[str | None] = ContextVar("request_id", default=None)
 _VALID_ID = re.compile(r"^[A-Za-z0-9._:-]{1,128}$")
 _RESERVED = set(vars(logging.makeLogRecord({}))) | {"message", "asctime"}
 access_log = logging.getLogger("app.access")
+log = logging.getLogger("app")
 
 
 class JsonFormatter(logging.Formatter):
@@ -72,17 +73,36 @@ class RequestContextMiddleware:
         token = REQUEST_ID.set(request_id)
         start = time.perf_counter()
         status = 500
+        started = False
         header = (b"x-request-id", request_id.encode())
 
         async def send_with_id(message: Message) -> None:
-            nonlocal status
+            nonlocal status, started
             if message["type"] == "http.response.start":
-                status = message["status"]
+                status, started = message["status"], True
                 message["headers"] = [*message.get("headers", []), header]
             await send(message)
 
         try:
             await self.app(scope, receive, send_with_id)
+        except Exception:
+            # Answered here, while the request id is still set, so the 500 and its log line
+            # carry it; Starlette's own last-resort handler runs after the id is gone.
+            log.exception("unhandled error")
+            if started:
+                raise
+            body = json.dumps({"detail": "internal error", "request_id": request_id}).encode()
+            await send_with_id(
+                {
+                    "type": "http.response.start",
+                    "status": 500,
+                    "headers": [
+                        (b"content-type", b"application/json"),
+                        (b"content-length", str(len(body)).encode()),
+                    ],
+                }
+            )
+            await send_with_id({"type": "http.response.body", "body": body})
         finally:
             elapsed = time.perf_counter() - start
             route = scope.get("route")

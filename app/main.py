@@ -22,7 +22,7 @@ from app.config import Settings
 from app.engine import Engine
 from app.errors import Overloaded, ServiceError
 from app.examples import ExampleStore
-from app.logging import REQUEST_ID, RequestContextMiddleware, configure_logging
+from app.logging import RequestContextMiddleware, configure_logging
 from app.routes import admin, examples, generate, images, ops
 
 log = logging.getLogger("app")
@@ -115,12 +115,7 @@ def _install_error_handlers(app: FastAPI) -> None:
             detail = f"request body too large: uploads may be at most {limit} bytes each"
         return JSONResponse({"detail": detail}, exc.status_code, headers=exc.headers)
 
-    @app.exception_handler(Exception)
-    async def unexpected(request: Request, exc: Exception) -> JSONResponse:
-        log.error("unhandled error", exc_info=exc)
-        return JSONResponse(
-            {"detail": "internal error", "request_id": REQUEST_ID.get()}, status_code=500
-        )
+    # Anything else is answered with a 500 by RequestContextMiddleware, which knows the request id.
 
 
 def _safe_error(error: dict[str, Any]) -> dict[str, Any]:

@@ -31,7 +31,7 @@ from tqdm import tqdm
 from models.checkpoint import CheckpointError, model_from_payload, read_checkpoint, save_checkpoint
 from models.runtime import resolve_device
 from models.vae import PRESETS, ConvVAE, build_model, count_parameters
-from training.data import DATASETS, DeviceBatches, dataset_sha256, load_split
+from training.data import DATASETS, DeviceBatches, dataset_sha256, load_split, provision
 from training.evaluate import active_units, binarized_test_set, elbo_terms, save_sample_grid
 from training.metrics_log import MetricsLog, plot_loss_curve
 from training.objective import LOSSES
@@ -121,18 +121,35 @@ class Distributed:
     rank: int = 0
     world_size: int = 1
     local_rank: int = 0
+    backend: str = "gloo"
 
     @property
     def is_main(self) -> bool:
         return self.rank == 0
+
+    @property
+    def device(self) -> torch.device:
+        """Where collective tensors live: NCCL only moves CUDA tensors."""
+        return (
+            torch.device("cuda", self.local_rank) if self.backend == "nccl" else torch.device("cpu")
+        )
 
     @classmethod
     def from_env(cls, device_type: str) -> Distributed:
         world_size = int(os.environ.get("WORLD_SIZE", "1"))
         if world_size <= 1:
             return cls()
-        dist.init_process_group(backend="nccl" if device_type == "cuda" else "gloo")
-        return cls(dist.get_rank(), world_size, int(os.environ.get("LOCAL_RANK", "0")))
+        backend = "nccl" if device_type == "cuda" else "gloo"
+        dist.init_process_group(backend=backend)
+        return cls(dist.get_rank(), world_size, int(os.environ.get("LOCAL_RANK", "0")), backend)
+
+    def any(self, flag: bool) -> bool:
+        """True on every rank when it is true on one: all ranks stop at the same step."""
+        if self.world_size == 1:
+            return flag
+        value = torch.tensor([float(flag)], device=self.device)
+        dist.all_reduce(value, op=dist.ReduceOp.MAX)
+        return bool(value.item())
 
     def barrier(self) -> None:
         if self.world_size > 1:
@@ -193,6 +210,9 @@ def train(args: argparse.Namespace) -> int:
     if use_cuda_tricks:
         model.to(memory_format=torch.channels_last)
 
+    if ddp.is_main:  # one rank downloads or builds the files; the others wait, then read them
+        provision(args.data_dir, args.dataset)
+    ddp.barrier()
     train_split = load_split(args.data_dir, args.dataset, train=True)
     test_split = load_split(args.data_dir, args.dataset, train=False)
     if args.subset:
@@ -218,6 +238,11 @@ def train(args: argparse.Namespace) -> int:
     if resume:
         start_epoch = _restore_train_state(resume["train_state"], optimizer, scheduler, batches)
         history = resume["train_state"].get("history", [])
+        # The schedule object came back with the old run's length: plan it for this run's epochs.
+        schedule.total_steps = max(1, args.epochs * len(batches))
+        schedule.constant = args.lr_schedule == "constant"
+        if ddp.world_size > 1:  # only rank 0's data RNG was saved: one stream per rank again
+            batches.generator.manual_seed(args.seed + ddp.rank + 1_000_003 * start_epoch)
         log.info("resuming from %s at epoch %d", ckpt_path, start_epoch + 1)
 
     net: torch.nn.Module = model
@@ -278,9 +303,10 @@ def train(args: argparse.Namespace) -> int:
             steps += 1
             if step % 50 == 0:
                 bar.set_postfix(loss=f"{terms.loss.item():.2f}", kl=f"{terms.kl.item():.2f}")
-            if stop.requested:
+            stopping = ddp.any(stop.requested)
+            if stopping:
                 break
-        completed = not stop.requested
+        completed = not stopping
         if not completed:
             epoch -= 1  # the interrupted epoch is redone on --resume
         if ddp.is_main:
@@ -313,7 +339,7 @@ def train(args: argparse.Namespace) -> int:
                 _train_state(epoch, optimizer, scheduler, batches, history),
             )
         ddp.barrier()
-        if stop.requested:
+        if stopping:
             if ddp.is_main:
                 log.warning("stopped; checkpoint %s holds epoch %d", ckpt_path, epoch + 1)
             return 128 + (stop.signum or 0)

@@ -94,3 +94,14 @@ def test_requests_in_flight_finish_on_one_model_or_the_other(
     assert old != new
     assert set(statuses) == {200}
     assert set(contents) <= {old, new}
+
+
+def test_a_valid_checkpoint_for_other_inputs_is_refused_not_a_500(admin_client, tmp_path):
+    from models.checkpoint import save_checkpoint
+    from models.vae import build_model
+
+    rgb = save_checkpoint(tmp_path / "rgb.pt", build_model("tiny", in_channels=3), {})
+    response = admin_client.post("/admin/reload", json={"checkpoint": str(rgb)}, headers=AUTH)
+    assert response.status_code == 409
+    assert "does not run on 1x32x32 digits" in response.json()["detail"]
+    assert admin_client.post("/sample", json={"n": 1, "seed": 1}).status_code == 200

@@ -7,6 +7,7 @@ import asyncio
 import httpx
 from prometheus_client.parser import text_string_to_metric_families
 
+from app.logging import RequestContextMiddleware
 from app.main import create_app
 
 
@@ -77,3 +78,19 @@ def test_openapi_documents_every_endpoint_with_examples(client):
     sample_body = schema["components"]["schemas"]["SampleRequest"]
     assert sample_body["examples"]
     assert client.get("/docs").status_code == 200
+
+
+def test_an_unexpected_error_is_a_500_that_keeps_its_request_id():
+    async def broken(scope, receive, send):
+        raise RuntimeError("a bug")
+
+    async def call() -> httpx.Response:
+        app = RequestContextMiddleware(broken)
+        transport = httpx.ASGITransport(app=app, raise_app_exceptions=False)
+        async with httpx.AsyncClient(transport=transport, base_url="http://test") as client:
+            return await client.get("/anything", headers={"X-Request-ID": "abc123"})
+
+    response = asyncio.run(call())
+    assert response.status_code == 500
+    assert response.headers["x-request-id"] == "abc123"
+    assert response.json() == {"detail": "internal error", "request_id": "abc123"}

@@ -50,8 +50,10 @@ def test_resume_continues_from_the_last_epoch(tmp_path, mnist_dir):
     assert [r["epoch"] for r in rows] == [1, 2]
     resumed = read_checkpoint(tmp_path / "checkpoint.pt")
     assert resumed["train_state"]["epoch"] == 2
-    steps = resumed["train_state"]["scheduler"]["last_epoch"]
-    assert steps == 2 * first["train_state"]["scheduler"]["last_epoch"]  # optimizer went on
+    per_epoch = first["train_state"]["scheduler"]["last_epoch"]
+    scheduler = resumed["train_state"]["scheduler"]
+    assert scheduler["last_epoch"] == 2 * per_epoch  # the optimizer went on
+    assert scheduler["lr_lambdas"][0]["total_steps"] == 2 * per_epoch  # planned for 2 epochs
 
 
 def test_sigterm_leaves_a_valid_checkpoint(tmp_path, mnist_dir):
