@@ -147,7 +147,3 @@ class ReloadRequest(_Strict):
     checkpoint: str | None = Field(
         None, max_length=4096, description="server-side path; default: the configured checkpoint"
     )
-
-
-class ErrorResponse(BaseModel):
-    detail: Any

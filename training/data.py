@@ -53,9 +53,6 @@ class Split:
     def __len__(self) -> int:
         return len(self.labels)
 
-    def to(self, device: torch.device | str) -> Split:
-        return Split(self.images.to(device), self.labels.to(device))
-
     def subset(self, n: int) -> Split:
         return Split(self.images[:n], self.labels[:n])
 
