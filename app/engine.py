@@ -57,11 +57,15 @@ def load_model(
 ) -> LoadedModel:
     """Loads, moves and warms a checkpoint; raises `CheckpointError` with a one-line reason."""
     dev = resolve_device(device)
+    before = _file_identity(path)
     model, metadata = load_checkpoint(path, device=dev)
+    sha256 = file_sha256(path)
+    if _file_identity(path) != before:  # replaced meanwhile: the hash might not be these weights
+        raise CheckpointError(f"{path} changed while it was being loaded; try again")
     dtype = torch.float16 if fp16 and dev.type == "cuda" else torch.float32
     # channels_last lets oneDNN/cuDNN pick their fastest convolutions: 1.45x per batch on the CPU.
     model = model.to(dtype=dtype, memory_format=torch.channels_last)
-    loaded = LoadedModel(model, metadata, Path(path), file_sha256(path), dev, dtype)
+    loaded = LoadedModel(model, metadata, Path(path), sha256, dev, dtype)
     # On CUDA every batch shape gets its kernels picked once, so warm them all; on the CPU a few.
     sizes = range(1, max_batch_size + 1) if dev.type == "cuda" else (1, 8, max_batch_size)
     try:
@@ -69,6 +73,15 @@ def load_model(
     except Exception as exc:  # e.g. a valid config for another input size: not servable here
         raise CheckpointError(f"{path}: the model does not run on 1x32x32 digits: {exc}") from exc
     return loaded
+
+
+def _file_identity(path: str | Path) -> tuple[int, int, int] | None:
+    """Inode, size and mtime: an atomic replace (os.replace) always changes the inode."""
+    try:
+        st = os.stat(path)
+    except OSError:
+        return None
+    return st.st_ino, st.st_size, st.st_mtime_ns
 
 
 def inference_threads(requested: int = 0) -> int:

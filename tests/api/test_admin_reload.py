@@ -105,3 +105,28 @@ def test_a_valid_checkpoint_for_other_inputs_is_refused_not_a_500(admin_client, 
     assert response.status_code == 409
     assert "does not run on 1x32x32 digits" in response.json()["detail"]
     assert admin_client.post("/sample", json={"n": 1, "seed": 1}).status_code == 200
+
+
+def test_a_checkpoint_replaced_while_loading_is_refused(
+    tiny_checkpoint, second_checkpoint, tmp_path, monkeypatch
+):
+    """/model must never show a sha256 other than the weights being served."""
+    import shutil
+
+    from app import engine
+    from models.checkpoint import CheckpointError
+
+    path = tmp_path / "model.pt"
+    shutil.copy(tiny_checkpoint, path)
+    real_load = engine.load_checkpoint
+
+    def load_then_replace(p, device="cpu"):
+        loaded = real_load(p, device=device)
+        staged = tmp_path / "staged.pt"
+        shutil.copy(second_checkpoint, staged)
+        staged.replace(path)  # what vae-train's atomic save does to a served file
+        return loaded
+
+    monkeypatch.setattr(engine, "load_checkpoint", load_then_replace)
+    with pytest.raises(CheckpointError, match="changed while it was being loaded"):
+        engine.load_model(path, "cpu")
