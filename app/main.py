@@ -24,6 +24,7 @@ from app.errors import Overloaded, ServiceError
 from app.examples import ExampleStore
 from app.logging import RequestContextMiddleware, configure_logging
 from app.routes import admin, examples, generate, images, ops
+from models.checkpoint import CheckpointError
 
 log = logging.getLogger("app")
 STATIC_DIR = Path(__file__).resolve().parent / "static"
@@ -43,7 +44,11 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         configure_logging(settings.log_level)
-        await app.state.engine.start()
+        try:
+            await app.state.engine.start()
+        except CheckpointError as exc:  # `vae-serve` checks first; plain `uvicorn` lands here
+            log.error("cannot serve: %s", exc)
+            raise
         gc.collect()
         gc.freeze()  # the model and modules are permanent: keep them out of every GC pass
         try:
