@@ -12,6 +12,7 @@ import torch
 from PIL import Image
 
 from app.errors import NotFound
+from models.vae import pad_to_32
 
 EXAMPLES_DIR = Path(__file__).resolve().parent / "examples"
 
@@ -31,7 +32,7 @@ class ExampleDigit:
         """[1, 32, 32] in [0, 1]: the 28x28 digit zero-padded, exactly as in training."""
         with Image.open(self.path) as image:
             pixels = np.asarray(image.convert("L"), dtype=np.float32) / 255.0
-        return torch.nn.functional.pad(torch.from_numpy(pixels), (2, 2, 2, 2)).unsqueeze(0)
+        return pad_to_32(torch.from_numpy(pixels)).unsqueeze(0)
 
 
 class ExampleStore:

@@ -24,8 +24,9 @@ from pathlib import Path
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 from torchvision import datasets
+
+from models.vae import pad_to_32
 
 log = logging.getLogger(__name__)
 
@@ -171,7 +172,7 @@ def copy_debian_fashion_mnist(raw: Path) -> None:
 
 def to_model_input(images_u8: torch.Tensor) -> torch.Tensor:
     """uint8 [N, 28, 28] -> float [N, 1, 32, 32] grey levels in [0, 1], zero-padded."""
-    return F.pad(images_u8.unsqueeze(1).float().div_(255.0), (2, 2, 2, 2))
+    return pad_to_32(images_u8.unsqueeze(1).float().div_(255.0))
 
 
 def binarize(grey: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
