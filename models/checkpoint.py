@@ -1,15 +1,19 @@
 """The checkpoint format: one plain dict, saved atomically, loaded without unpickling code.
 
-Layout (format version 1)::
+Layout (format version 2)::
 
     {
         "format": "mnist-vae-checkpoint",
-        "format_version": 1,
+        "format_version": 2,
         "model_config": {...VAEConfig fields...},
         "model_state": {...state_dict tensors...},
         "metadata": {preset, training args, epoch, metrics, dataset, sha256, versions, ...},
+        "prior": {...},       # optional: a learned prior over z (`models.prior.MixturePrior`)
         "train_state": {...}  # optional: optimizer and RNG state, only for --resume
     }
+
+Version 1 is version 2 without a prior; it still loads, and its prior is N(0, I), which is what
+it was trained with. A checkpoint without a `prior` entry also means N(0, I).
 
 Loading goes through `torch.load(weights_only=True)`, so a file that smuggles a pickled callable
 is refused instead of executed.
@@ -28,10 +32,12 @@ from typing import Any
 
 import torch
 
+from models.prior import LatentPrior, MixturePrior, PriorError, StandardNormalPrior
 from models.vae import ConvVAE, VAEConfig
 
 FORMAT_NAME = "mnist-vae-checkpoint"
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2
+READABLE_VERSIONS = (1, 2)
 
 
 class CheckpointError(Exception):
@@ -43,8 +49,12 @@ def save_checkpoint(
     model: ConvVAE,
     metadata: dict[str, Any],
     train_state: dict[str, Any] | None = None,
+    prior: MixturePrior | dict[str, Any] | None = None,
 ) -> Path:
-    """Writes next to `path` first and renames, so a crash never leaves a half-written file."""
+    """Writes next to `path` first and renames, so a crash never leaves a half-written file.
+
+    `prior` is a learned prior (or its stored dict, e.g. carried over from a checkpoint being
+    rewritten); without one the checkpoint's prior is N(0, I)."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     payload: dict[str, Any] = {
@@ -54,6 +64,8 @@ def save_checkpoint(
         "model_state": {k: v.detach().cpu() for k, v in model.state_dict().items()},
         "metadata": {**default_metadata(), **metadata},
     }
+    if prior is not None:
+        payload["prior"] = prior.to_dict() if isinstance(prior, MixturePrior) else prior
     if train_state is not None:
         payload["train_state"] = train_state
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
@@ -88,9 +100,10 @@ def read_checkpoint(path: str | os.PathLike) -> dict[str, Any]:
     if not isinstance(payload, dict) or payload.get("format") != FORMAT_NAME:
         raise CheckpointError(f"{path} is not a {FORMAT_NAME} file")
     version = payload.get("format_version")
-    if version != FORMAT_VERSION:
+    if version not in READABLE_VERSIONS:
         raise CheckpointError(
-            f"{path} has format version {version!r}; this build reads version {FORMAT_VERSION}"
+            f"{path} has format version {version!r}; this build reads versions "
+            f"{', '.join(map(str, READABLE_VERSIONS))}"
         )
     for key in ("model_config", "model_state", "metadata"):
         if not isinstance(payload.get(key), dict):
@@ -102,9 +115,37 @@ def load_checkpoint(
     path: str | os.PathLike, device: str | torch.device = "cpu"
 ) -> tuple[ConvVAE, dict[str, Any]]:
     """Returns (model in eval mode on `device`, metadata)."""
+    model, metadata, _ = load_checkpoint_and_prior(path, device)
+    return model, metadata
+
+
+def load_checkpoint_and_prior(
+    path: str | os.PathLike, device: str | torch.device = "cpu"
+) -> tuple[ConvVAE, dict[str, Any], LatentPrior]:
+    """Returns (model in eval mode on `device`, metadata, prior); the prior stays on the CPU,
+    where latents are drawn."""
     payload = read_checkpoint(path)
     model = model_from_payload(payload, source=str(path))
-    return model.to(device).eval(), payload["metadata"]
+    prior = prior_from_payload(payload, model.latent_dim, source=str(path))
+    return model.to(device).eval(), payload["metadata"], prior
+
+
+def prior_from_payload(
+    payload: dict[str, Any], latent_dim: int, source: str = "checkpoint"
+) -> LatentPrior:
+    """The checkpoint's learned prior, or N(0, I) when it has none (every version 1 file)."""
+    stored = payload.get("prior")
+    if stored is None:
+        return StandardNormalPrior(latent_dim)
+    try:
+        prior = MixturePrior.from_dict(stored)
+    except PriorError as exc:
+        raise CheckpointError(f"{source} has an invalid prior: {exc}") from exc
+    if prior.dim != latent_dim:
+        raise CheckpointError(
+            f"{source} has a prior over {prior.dim} dims for a {latent_dim}-dim latent"
+        )
+    return prior
 
 
 def model_from_payload(payload: dict[str, Any], source: str = "checkpoint") -> ConvVAE:

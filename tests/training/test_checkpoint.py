@@ -10,9 +10,11 @@ from models.checkpoint import (
     FORMAT_VERSION,
     CheckpointError,
     load_checkpoint,
+    load_checkpoint_and_prior,
     read_checkpoint,
     save_checkpoint,
 )
+from models.prior import GaussianMixture, MixturePrior, StandardNormalPrior
 from models.vae import build_model
 
 
@@ -103,4 +105,55 @@ def test_invalid_config(tmp_path):
     payload["model_config"]["activation"] = "sparkle"
     torch.save(payload, path)
     with pytest.raises(CheckpointError, match="invalid model config"):
+        load_checkpoint(path)
+
+
+def _mixture_prior(dim: int) -> MixturePrior:
+    """Two components per digit 0 and 1, with the class mixture doubling as the prior."""
+    gen = torch.Generator().manual_seed(0)
+    classes = GaussianMixture(
+        torch.full((4,), 0.25),
+        torch.randn(4, dim, generator=gen) * 3,
+        torch.eye(dim).expand(4, dim, dim) * 0.5,
+        labels=torch.tensor([0, 0, 1, 1]),
+    )
+    return MixturePrior(classes, classes=classes, accept_threshold=0.9, config={"fit": "test"})
+
+
+def test_a_learned_prior_round_trips_through_a_weights_only_load(tmp_path):
+    model = build_model("tiny").eval()
+    prior = _mixture_prior(model.latent_dim)
+    path = save_checkpoint(tmp_path / "m.pt", model, {}, prior=prior)
+    torch.load(path, weights_only=True)  # plain tensors and numbers only
+    loaded, _, back = load_checkpoint_and_prior(path)
+    assert read_checkpoint(path)["format_version"] == FORMAT_VERSION == 2
+    assert isinstance(back, MixturePrior) and back.digits() == [0, 1]
+    z = torch.randn(5, model.latent_dim)
+    assert torch.equal(back.log_prob(z), prior.log_prob(z))
+    assert back.config == {"fit": "test"} and back.accept_threshold == 0.9
+
+
+def test_without_a_prior_and_at_version_1_the_prior_is_the_standard_normal(tmp_path):
+    model = build_model("tiny").eval()
+    path = save_checkpoint(tmp_path / "m.pt", model, {})
+    assert isinstance(load_checkpoint_and_prior(path)[2], StandardNormalPrior)
+    payload = read_checkpoint(path)
+    payload["format_version"] = 1  # what every checkpoint written before priors looks like
+    torch.save(payload, path)
+    loaded, _, prior = load_checkpoint_and_prior(path)
+    assert isinstance(prior, StandardNormalPrior) and prior.dim == model.latent_dim
+    x = torch.rand(2, 1, 32, 32)
+    assert torch.equal(loaded.encode(x)[0], model.encode(x)[0])
+
+
+def test_a_broken_or_mismatched_prior_is_one_clear_error(tmp_path):
+    model = build_model("tiny")
+    path = save_checkpoint(tmp_path / "m.pt", model, {}, prior=_mixture_prior(model.latent_dim))
+    payload = read_checkpoint(path)
+    payload["prior"]["mixture"]["weights"] = torch.tensor([1.0, 1.0, 1.0, 1.0])
+    torch.save(payload, path)
+    with pytest.raises(CheckpointError, match="invalid prior: .*sum to 1"):
+        load_checkpoint(path)
+    save_checkpoint(path, model, {}, prior=_mixture_prior(model.latent_dim + 1))
+    with pytest.raises(CheckpointError, match="prior over 9 dims for a 8-dim latent"):
         load_checkpoint(path)
