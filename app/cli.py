@@ -1,4 +1,7 @@
-"""`vae-serve`: check the checkpoint, then run uvicorn (`VAE_*` variables configure the rest)."""
+"""`vae-serve`: check the checkpoint, then run uvicorn behind the guarded edge (`app.graceful`).
+
+`VAE_*` variables configure the rest; see `app.config.Settings`.
+"""
 
 from __future__ import annotations
 
@@ -6,10 +9,10 @@ import argparse
 import os
 import sys
 
-import uvicorn
 from pydantic import ValidationError
 
 from app.config import Settings
+from app.graceful import serve
 from models.checkpoint import CheckpointError, load_checkpoint
 from models.runtime import resolve_device
 
@@ -40,15 +43,7 @@ def main(argv: list[str] | None = None) -> int:
     except (CheckpointError, RuntimeError) as exc:
         print(f"vae-serve: cannot serve: {exc}", file=sys.stderr)
         return 2
-    uvicorn.run(
-        "app.main:app",
-        host=args.host,
-        port=args.port,
-        workers=args.workers,
-        log_level=settings.log_level,
-        access_log=False,
-        proxy_headers=True,
-    )
+    serve(settings, host=args.host, port=args.port, workers=args.workers)
     return 0
 
 

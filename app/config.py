@@ -30,6 +30,34 @@ class Settings(BaseSettings):
     max_upload_bytes: int = Field(5 * 1024 * 1024, ge=1)
     max_image_pixels: int = Field(4096 * 4096, ge=1)
 
+    # The HTTP edge (app/http_edge.py): what one client may cost before the app sees a request.
+    max_header_bytes: int = Field(
+        80 * 1024, ge=8 * 1024, description="request line plus headers; more gets 431 (or 414)"
+    )
+    max_headers: int = Field(100, ge=8, description="header fields per request; more gets 431")
+    header_timeout_s: float = Field(
+        10.0, gt=0, description="from connect (or the request's first byte) to its last header"
+    )
+    body_timeout_s: float = Field(
+        15.0, gt=0, description="a request body that sends nothing for this long gets 408"
+    )
+    keep_alive_s: float = Field(5.0, gt=0, description="idle keep-alive connections close after")
+    max_connections: int = Field(
+        1000, ge=1, description="open connections per worker; more are answered 503 and closed"
+    )
+    shutdown_grace_s: float = Field(
+        20.0, gt=0, le=300, description="SIGTERM to exit, draining included, whatever clients do"
+    )
+
+    # Admission (app/admission.py): image decoding is bounded like inference.
+    decode_concurrency: int = Field(2, ge=1, description="image decodes running at once")
+    decode_pixel_budget: int = Field(
+        2 * 4096 * 4096, ge=1, description="pixels being decoded at once, over all requests"
+    )
+
+    # /admin/reload loads only from here (default: the served checkpoint's folder).
+    checkpoint_dir: Path | None = None
+
     log_level: Literal["debug", "info", "warning", "error"] = "info"
     cors_origins: Annotated[list[str], NoDecode] = Field(default_factory=list)
 
@@ -51,8 +79,16 @@ class Settings(BaseSettings):
 
     @field_validator("api_key", "admin_token", mode="before")
     @classmethod
-    def _empty_is_unset(cls, value: object) -> object:
-        return None if isinstance(value, str) and not value.strip() else value
+    def _no_blank_secrets(cls, value: object) -> object:
+        """A blank key would silently turn auth off: refuse it (unset the variable instead)."""
+        if isinstance(value, str) and (not value.strip() or value != value.strip()):
+            raise ValueError("must not be empty or start or end with whitespace; unset it instead")
+        return value
+
+    @property
+    def reload_dir(self) -> Path:
+        """Where `/admin/reload` may load checkpoints from."""
+        return self.checkpoint_dir or self.checkpoint.parent
 
     @field_validator("log_level", mode="before")
     @classmethod

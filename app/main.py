@@ -22,6 +22,7 @@ from app.config import Settings
 from app.engine import Engine
 from app.errors import Overloaded, ServiceError
 from app.examples import ExampleStore
+from app.lifecycle import Lifecycle
 from app.logging import RequestContextMiddleware, configure_logging
 from app.routes import admin, examples, generate, images, ops
 from models.checkpoint import CheckpointError
@@ -66,6 +67,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.state.settings = settings
     app.state.engine = Engine(settings)
     app.state.examples = ExampleStore()
+    app.state.lifecycle = Lifecycle()
 
     app.include_router(ops.router)
     guarded = [Depends(require_api_key)]
