@@ -70,11 +70,10 @@ def server(tiny_checkpoint: Path) -> Iterator[str]:
     """`uvicorn app.main:app` in a subprocess on a free loopback port; yields its base URL."""
     port = _free_port()
     env = {
-        **os.environ,
+        **{k: v for k, v in os.environ.items() if k != "VAE_API_KEY"},
         "VAE_CHECKPOINT": str(tiny_checkpoint),
         "VAE_DEVICE": "cpu",
         "VAE_LOG_LEVEL": "warning",
-        "VAE_API_KEY": "",
     }
     cmd = [sys.executable, "-m", "uvicorn", "app.main:app", "--host", "127.0.0.1"]
     proc = subprocess.Popen([*cmd, "--port", str(port)], cwd=REPO, env=env)

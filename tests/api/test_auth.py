@@ -2,12 +2,18 @@
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
+from pathlib import Path
+
 import pytest
 from fastapi.testclient import TestClient
 
 from app.main import create_app
 
 KEY = "s3cret-key"
+REPO = Path(__file__).resolve().parents[2]
 
 
 @pytest.fixture(scope="module")
@@ -42,3 +48,25 @@ def test_health_and_metrics_stay_open(guarded, path):
 def test_401_says_what_is_missing(guarded):
     body = guarded.get("/model").json()
     assert "API key" in body["detail"]
+
+
+@pytest.mark.parametrize(
+    "variable, value", [("VAE_API_KEY", ""), ("VAE_API_KEY", "   "), ("VAE_ADMIN_TOKEN", " k")]
+)
+def test_a_blank_key_refuses_to_start_with_one_line(tiny_checkpoint, variable, value):
+    """A blank key used to turn auth off without a word; now the server does not start."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("VAE_")}
+    env.update({"VAE_CHECKPOINT": str(tiny_checkpoint), variable: value})
+    done = subprocess.run(
+        [sys.executable, "-m", "app.cli", "--port", "0"],
+        cwd=REPO,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert done.returncode == 2
+    assert done.stderr.strip().splitlines() == [
+        f"vae-serve: invalid configuration: {variable}: Value error, must not be empty or start "
+        "or end with whitespace; unset it instead"
+    ]

@@ -25,8 +25,9 @@ def free_port() -> int:
 
 def vae_serve(*args: str, env: dict[str, str]) -> subprocess.Popen:
     command = [sys.executable, "-m", "app.cli", *args]
+    inherited = {k: v for k, v in os.environ.items() if k not in ("VAE_API_KEY", "VAE_ADMIN_TOKEN")}
     return subprocess.Popen(
-        command, cwd=REPO, env={**os.environ, **env}, stderr=subprocess.PIPE, text=True
+        command, cwd=REPO, env={**inherited, **env}, stderr=subprocess.PIPE, text=True
     )
 
 
@@ -48,7 +49,7 @@ def wait_for_startup(server: subprocess.Popen) -> None:
 @pytest.fixture(scope="module")
 def server_url(tiny_checkpoint: Path) -> Iterator[str]:
     port = free_port()
-    env = {"VAE_CHECKPOINT": str(tiny_checkpoint), "VAE_DEVICE": "cpu", "VAE_API_KEY": ""}
+    env = {"VAE_CHECKPOINT": str(tiny_checkpoint), "VAE_DEVICE": "cpu"}
     server = vae_serve("--host", "127.0.0.1", "--port", str(port), env=env)
     try:
         wait_for_startup(server)
