@@ -1,7 +1,11 @@
-"""`vae-eval`: how good is a checkpoint? Negative ELBO, importance-weighted NLL, active units.
+"""`vae-eval`: how good is a checkpoint? Negative ELBO, importance-weighted NLL, active units,
+and how digit-like its samples are.
 
-All numbers are in nats per test image, on the 784 real pixels of dynamically binarized test
+Likelihoods are in nats per test image, on the 784 real pixels of dynamically binarized test
 digits drawn once with a fixed seed, so two checkpoints are compared on the very same bits.
+Sample quality (MNIST only) comes from the shipped classifier (`models/mnist-classifier.pt`):
+inception score, confident fraction and Frechet distance of seeded prior samples, beside the same
+scores for real digits (`training/sample_quality.py`).
 """
 
 from __future__ import annotations
@@ -11,6 +15,7 @@ import json
 import math
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import torch
@@ -25,13 +30,19 @@ from models.checkpoint import (
 )
 from models.runtime import resolve_device
 from models.vae import ConvVAE
-from training.data import binarize, load_split, to_model_input
+from training.classifier import DEFAULT_PATH as DEFAULT_CLASSIFIER
+from training.classifier import ClassifierError, load_classifier
+from training.data import Split, binarize, load_split, to_model_input
 from training.objective import (
     bernoulli_nll,
     gaussian_kl,
     log_normal,
     log_standard_normal,
 )
+from training.sample_quality import SampleJudge
+
+# (n, generator) -> n sampled images [n, 1, 32, 32] in [0, 1]; any prior plugs in through this.
+Sampler = Callable[[int, torch.Generator], torch.Tensor]
 
 ACTIVE_UNIT_THRESHOLD = 0.01
 
@@ -137,6 +148,49 @@ def evaluate(
     return metrics
 
 
+def standard_normal_sampler(model: ConvVAE, temperature: float = 1.0) -> Sampler:
+    """Decodes z ~ N(0, temperature^2 I): the prior the ELBO was trained with."""
+
+    def draw(n: int, generator: torch.Generator) -> torch.Tensor:
+        return model.sample(n, generator=generator, temperature=temperature)
+
+    return draw
+
+
+@torch.inference_mode()
+def draw_samples(sampler: Sampler, n: int, seed: int = 0, batch_size: int = 1000) -> torch.Tensor:
+    """n images on the CPU from one CPU generator seeded once: the same seed, the same images."""
+    generator = torch.Generator(device="cpu").manual_seed(seed)
+    batches = [sampler(min(batch_size, n - i), generator).cpu() for i in range(0, n, batch_size)]
+    return torch.cat(batches)
+
+
+def sample_quality(
+    judge: SampleJudge,
+    sampler: Sampler,
+    n: int = 10_000,
+    seed: int = 0,
+    labels: torch.Tensor | None = None,
+) -> dict:
+    """Scores n seeded samples; `labels` (the digit each was drawn for) adds per-digit accuracy."""
+    started = time.perf_counter()
+    result = judge.score(draw_samples(sampler, n, seed), labels)
+    result["seed"] = seed
+    result["seconds"] = round(time.perf_counter() - started, 1)
+    return result
+
+
+def real_digit_quality(judge: SampleJudge, test: Split, train: Split, n: int = 10_000) -> dict:
+    """The same scores for real digits, the ceiling samples are read against: the test digits'
+    inception score, confident fraction and per-digit accuracy (the classifier's own test
+    accuracy), and the Frechet distance of n training digits to the test set (0 for the test set
+    itself, so training digits give the floor a perfect sampler would reach)."""
+    test_scores = judge.score(to_model_input(test.images), test.labels)
+    del test_scores["fid"]
+    train_fid = judge.score(to_model_input(train.images[:n]))["fid"]
+    return {"test_digits": test_scores, "train_digits_fid": train_fid, "train_digits": n}
+
+
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(prog="vae-eval", description=__doc__.splitlines()[0])
     p.add_argument("checkpoint", type=Path)
@@ -148,6 +202,20 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--max-decodes", type=int, default=20_000, help="decoder batch bound")
     p.add_argument("--json", type=Path, default=None, help="write the metrics here")
     p.add_argument("--out-dir", type=Path, default=None, help="write sample/recon grids here")
+    p.add_argument(
+        "--samples",
+        type=int,
+        default=10_000,
+        help="prior samples scored by the MNIST classifier (0: skip sample quality)",
+    )
+    p.add_argument("--sample-seed", type=int, default=0, help="seed of the scored samples")
+    p.add_argument("--temperature", type=float, default=1.0, help="prior temperature of samples")
+    p.add_argument(
+        "--classifier",
+        type=Path,
+        default=DEFAULT_CLASSIFIER,
+        help="MNIST classifier that scores samples (python -m training.classifier trains one)",
+    )
     p.add_argument(
         "--update-checkpoint",
         action="store_true",
@@ -168,6 +236,26 @@ def main(argv: list[str] | None = None) -> int:
     test = load_split(args.data_dir, dataset, train=False)
     metrics = evaluate(model, test.images, args.k, args.limit, args.seed, args.max_decodes)
     metrics["device"] = str(device)
+    if args.samples > 0 and dataset == "mnist":
+        try:
+            classifier, classifier_meta = load_classifier(args.classifier, device)
+        except ClassifierError as exc:
+            print(f"vae-eval: {exc}", file=sys.stderr)
+            return 2
+        judge = SampleJudge.from_test_set(classifier, test.images)
+        sampler = standard_normal_sampler(model, args.temperature)
+        quality = sample_quality(judge, sampler, args.samples, args.sample_seed)
+        metrics["sample_quality"] = {
+            "prior": "standard_normal",
+            "temperature": args.temperature,
+            **quality,
+        }
+        train = load_split(args.data_dir, dataset, train=True)
+        metrics["sample_quality_real"] = {
+            **real_digit_quality(judge, test, train, args.samples),
+            "classifier": str(args.classifier),
+            "classifier_test_accuracy": classifier_meta.get("test_accuracy"),
+        }
     print(json.dumps(metrics, indent=2))
     if args.json:
         args.json.parent.mkdir(parents=True, exist_ok=True)
