@@ -27,8 +27,10 @@ class Settings(BaseSettings):
     queue_size: int = Field(2048, ge=1, description="queued requests before answering 503")
     request_timeout_s: float = Field(10.0, gt=0, description="per request, queue wait included")
 
-    max_upload_bytes: int = Field(5 * 1024 * 1024, ge=1)
-    max_image_pixels: int = Field(4096 * 4096, ge=1)
+    max_upload_bytes: int = Field(
+        5 * 1024 * 1024, ge=1, description="bytes per uploaded file (and decoded ?image=)"
+    )
+    max_image_pixels: int = Field(4096 * 4096, ge=1, description="width x height per upload")
 
     # The HTTP edge (app/http_edge.py): what one client may cost before the app sees a request.
     max_header_bytes: int = Field(
@@ -98,4 +100,6 @@ class Settings(BaseSettings):
 
 @lru_cache
 def get_settings() -> Settings:
+    """The process's settings, for code that runs outside any app (uvicorn's protocol in
+    `app.http_edge`); routes get their app's settings through `app.deps.SettingsDep`."""
     return Settings()

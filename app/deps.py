@@ -1,13 +1,18 @@
-"""Dependencies shared by the routes: settings, the engine, the model a request runs on, format."""
+"""Dependencies shared by the routes: settings, the engine, the examples, the model a request
+runs on, and the response format. Routes reach the app's state only through these, so a test or
+another app can hand them different ones."""
 
 from __future__ import annotations
 
 from typing import Annotated, Literal
 
-from fastapi import Depends, Query, Request
+import torch
+from fastapi import Depends, File, Query, Request, UploadFile
 
 from app.config import Settings
 from app.engine import Engine, LoadedModel
+from app.examples import ExampleStore
+from app.uploads import UPLOAD_DESCRIPTION, PreprocessQuery, read_upload, to_model_input
 
 
 async def get_settings(request: Request) -> Settings:
@@ -16,6 +21,10 @@ async def get_settings(request: Request) -> Settings:
 
 async def get_engine(request: Request) -> Engine:
     return request.app.state.engine
+
+
+async def get_examples(request: Request) -> ExampleStore:
+    return request.app.state.examples
 
 
 async def get_model(engine: Annotated[Engine, Depends(get_engine)]) -> LoadedModel:
@@ -39,5 +48,18 @@ async def wants_json(
 
 SettingsDep = Annotated[Settings, Depends(get_settings)]
 EngineDep = Annotated[Engine, Depends(get_engine)]
+ExamplesDep = Annotated[ExampleStore, Depends(get_examples)]
 ModelDep = Annotated[LoadedModel, Depends(get_model)]
 JsonDep = Annotated[bool, Depends(wants_json)]
+
+
+async def uploaded_image(
+    file: Annotated[UploadFile, File(description=UPLOAD_DESCRIPTION)],
+    settings: SettingsDep,
+    preprocess: PreprocessQuery = "auto",
+) -> torch.Tensor:
+    """The model input [1, 1, 32, 32] of the multipart `file`, within the upload limits."""
+    return await to_model_input(await read_upload(file, settings), settings, preprocess)
+
+
+UploadedImage = Annotated[torch.Tensor, Depends(uploaded_image)]

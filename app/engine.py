@@ -23,11 +23,18 @@ import torch
 
 from app import metrics
 from app.config import Settings
-from app.errors import InferenceTimeout, Overloaded, ServiceError
+from app.errors import (
+    CheckpointRejected,
+    InferenceFailed,
+    InferenceTimeout,
+    NotReady,
+    Overloaded,
+    ShuttingDown,
+)
 from models.checkpoint import CheckpointError, file_sha256, load_checkpoint
+from models.likelihood import bernoulli_nll, gaussian_kl
 from models.runtime import resolve_device
 from models.vae import ConvVAE
-from training.objective import bernoulli_nll, gaussian_kl
 
 log = logging.getLogger("app.engine")
 
@@ -179,11 +186,11 @@ class MicroBatcher(Generic[K]):
         while not self._queue.empty():
             job = self._queue.get_nowait()
             if not job.future.done():
-                job.future.set_exception(ServiceError("server is shutting down", 503))
+                job.future.set_exception(ShuttingDown())
 
     async def submit(self, key: K, rows: torch.Tensor) -> Output:
         if self._task is None:
-            raise ServiceError("model is not loaded yet", 503)
+            raise NotReady()
         future = asyncio.get_running_loop().create_future()
         try:
             self._queue.put_nowait(_Job(key, rows, future))
@@ -231,11 +238,11 @@ class MicroBatcher(Generic[K]):
         loop = asyncio.get_running_loop()
         try:
             out = await loop.run_in_executor(self._executor, self._fn, jobs[0].key, batch)
-        except Exception as exc:  # a failed batch fails its callers, never the batcher
+        except Exception:  # a failed batch fails its callers, never the batcher
             log.exception("batch of %d failed in %s", len(batch), self.name)
             for job in jobs:
                 if not job.future.done():
-                    job.future.set_exception(ServiceError(f"inference failed: {exc}", 500))
+                    job.future.set_exception(InferenceFailed())
             return
         counts = [len(j.rows) for j in jobs]
         parts = (
@@ -249,7 +256,8 @@ class MicroBatcher(Generic[K]):
 
 
 class Engine:
-    """The served model and its three batched operations: encode, decode, reconstruct."""
+    """The served model, its three batched operations (encode, decode, reconstruct) and the
+    latent-space operations built on them (sampling, interpolation)."""
 
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
@@ -273,7 +281,7 @@ class Engine:
     @property
     def current(self) -> LoadedModel:
         if self._current is None:
-            raise ServiceError("model is not loaded yet", 503)
+            raise NotReady()
         return self._current
 
     async def start(self) -> LoadedModel:
@@ -294,12 +302,21 @@ class Engine:
         self._executor.shutdown(wait=True)
 
     async def reload(self, path: Path | None = None) -> LoadedModel:
-        """Loads `path` beside the serving model and swaps; on `CheckpointError` nothing changes."""
+        """Loads `path` beside the serving model and swaps.
+
+        A checkpoint that cannot be served changes nothing: the caller gets `CheckpointRejected`
+        (with the one-line reason) while the old model keeps serving.
+        """
         s = self.settings
         async with self._reload_lock:
-            loaded = await asyncio.to_thread(
-                load_model, path or s.checkpoint, s.device, s.fp16, s.max_batch_size
-            )
+            try:
+                loaded = await asyncio.to_thread(
+                    load_model, path or s.checkpoint, s.device, s.fp16, s.max_batch_size
+                )
+            except CheckpointError as exc:
+                raise CheckpointRejected(
+                    f"reload refused, still serving the old model: {exc}"
+                ) from None
             self._install(loaded)
         return loaded
 
@@ -330,4 +347,13 @@ class Engine:
         matter which batch (or device) decodes them."""
         generator = torch.Generator().manual_seed(seed)
         z = torch.randn(n, m.latent_dim, generator=generator) * temperature
+        return z, await self.decode(m, z)
+
+    async def interpolate(
+        self, m: LoadedModel, start: torch.Tensor, end: torch.Tensor, steps: int
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """`steps` latents evenly spaced on the line from `start` to `end` (both included), decoded
+        in one batch: (latents [steps, latent_dim], images [steps, 1, 32, 32])."""
+        weights = torch.linspace(0.0, 1.0, steps).unsqueeze(1)
+        z = torch.lerp(start.unsqueeze(0), end.unsqueeze(0), weights)
         return z, await self.decode(m, z)

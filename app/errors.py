@@ -1,66 +1,84 @@
-"""One exception hierarchy for the service; `app.main` maps it to JSON error responses in one place.
+"""Every error the service answers with, each type bound to its HTTP status right here.
 
-Each error carries the HTTP status it means, so a route never decides a status code itself.
+Nothing else picks a status code: the engine, the routes and the image decoder raise these types,
+and `app.error_responses` turns any of them into a JSON body in one place. A 500 never carries an
+exception's text (it may hold paths or data); the log line with the same request id does.
 """
 
 from __future__ import annotations
 
 
 class ServiceError(Exception):
+    """Base type; `status_code` is the HTTP status, fixed per subclass by `status=`."""
+
     status_code: int = 400
 
-    def __init__(self, detail: str, status_code: int | None = None) -> None:
+    def __init_subclass__(cls, *, status: int | None = None, **kwargs: object) -> None:
+        super().__init_subclass__(**kwargs)
+        if status is not None:
+            cls.status_code = status
+
+    def __init__(self, detail: str) -> None:
         super().__init__(detail)
         self.detail = detail
-        if status_code is not None:
-            self.status_code = status_code
 
 
-class ImageError(ServiceError):
-    """The upload is not a usable image: empty, truncated, unsupported or undecodable (422)."""
-
-    status_code = 422
+class Unauthorized(ServiceError, status=401):
+    """The API key or the admin token is missing or wrong."""
 
 
-class UnsupportedImageFormat(ImageError):
-    status_code = 415
+class NotFound(ServiceError, status=404):
+    """No such bundled example (or other named resource)."""
 
 
-class PayloadTooLarge(ServiceError):
-    """Upload bytes or pixel count over the configured limits, refused before decoding (413)."""
-
-    status_code = 413
+class CheckpointRejected(ServiceError, status=409):
+    """A reload asked for a checkpoint that cannot be served; the old model keeps serving."""
 
 
-class NotFound(ServiceError):
-    status_code = 404
+class PayloadTooLarge(ServiceError, status=413):
+    """Upload bytes or pixel count over the configured limits, refused before decoding."""
 
 
-class Overloaded(ServiceError):
-    """The inference queue is full; the client should retry after a moment (503 + Retry-After)."""
+class ImageError(ServiceError, status=422):
+    """The upload is not a usable image: empty, truncated or undecodable."""
 
-    status_code = 503
+
+class UnsupportedImageFormat(ImageError, status=415):
+    """A real image, but in a format the service does not take."""
+
+
+class InvalidInput(ServiceError, status=422):
+    """Well-formed but unusable input, e.g. a latent of the wrong length."""
+
+
+class InferenceFailed(ServiceError, status=500):
+    """A forward pass raised; its callers get this, the batcher carries on, the log has why."""
+
+    def __init__(self, detail: str = "inference failed") -> None:
+        super().__init__(detail)
+
+
+class Overloaded(ServiceError, status=503):
+    """The inference queue is full; the client should retry after a moment (Retry-After)."""
 
     def __init__(self, detail: str = "server busy, retry shortly", retry_after: int = 1) -> None:
         super().__init__(detail)
         self.retry_after = retry_after
 
 
-class InferenceTimeout(ServiceError):
-    status_code = 504
+class NotReady(ServiceError, status=503):
+    """No model is loaded yet (start-up is still loading and warming it)."""
+
+    def __init__(self, detail: str = "model is not loaded yet") -> None:
+        super().__init__(detail)
 
 
-class Unauthorized(ServiceError):
-    status_code = 401
+class ShuttingDown(ServiceError, status=503):
+    """The server stopped while the request was still queued."""
+
+    def __init__(self, detail: str = "server is shutting down") -> None:
+        super().__init__(detail)
 
 
-class InvalidInput(ServiceError):
-    """Well-formed but unusable input, e.g. a latent of the wrong length (422)."""
-
-    status_code = 422
-
-
-class CheckpointRejected(ServiceError):
-    """A reload asked for a checkpoint that cannot be served; the old model keeps serving (409)."""
-
-    status_code = 409
+class InferenceTimeout(ServiceError, status=504):
+    """The request waited (queue included) longer than `VAE_REQUEST_TIMEOUT_S`."""

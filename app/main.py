@@ -7,12 +7,9 @@ import logging
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from pathlib import Path
-from typing import Any
 
-from fastapi import Depends, FastAPI, Request
-from fastapi.exceptions import RequestValidationError
+from fastapi import Depends, FastAPI
 from fastapi.middleware.cors import CORSMiddleware
-from fastapi.responses import JSONResponse
 from fastapi.staticfiles import StaticFiles
 from starlette.exceptions import HTTPException
 from starlette.types import Receive, Scope, Send
@@ -20,10 +17,11 @@ from starlette.types import Receive, Scope, Send
 from app.auth import require_api_key
 from app.config import Settings
 from app.engine import Engine
-from app.errors import Overloaded, ServiceError
+from app.error_responses import install_error_handlers
 from app.examples import ExampleStore
+from app.json_logs import configure_logging
 from app.lifecycle import Lifecycle
-from app.logging import RequestContextMiddleware, configure_logging
+from app.request_context import RequestContextMiddleware
 from app.routes import admin, examples, generate, images, ops
 from models.checkpoint import CheckpointError
 
@@ -36,6 +34,9 @@ DESCRIPTION = """A convolutional VAE trained on MNIST, served over HTTP.
 Image responses are PNG by default; `?format=json` or `Accept: application/json` gives JSON with
 base64 PNGs and the numbers behind them. When `VAE_API_KEY` is set, every route except
 `/healthz`, `/readyz` and `/metrics` needs `Authorization: Bearer <key>`.
+
+Uploads (and a decoded `?image=`) may be at most {max_upload_bytes} bytes
+(`VAE_MAX_UPLOAD_BYTES`) and {max_image_pixels} pixels (`VAE_MAX_IMAGE_PIXELS`).
 """
 
 
@@ -60,7 +61,10 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app = FastAPI(
         title="MNIST VAE",
         version="0.1.0",
-        description=DESCRIPTION,
+        description=DESCRIPTION.format(
+            max_upload_bytes=settings.max_upload_bytes,
+            max_image_pixels=settings.max_image_pixels,
+        ),
         lifespan=lifespan,
         max_body_size=2 * settings.max_upload_bytes + MULTIPART_OVERHEAD,
     )
@@ -76,7 +80,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     if settings.admin_token is not None:
         app.include_router(admin.router)
 
-    _install_error_handlers(app)
+    install_error_handlers(app, settings.max_upload_bytes)
     if settings.cors_origins:
         app.add_middleware(
             CORSMiddleware,
@@ -98,39 +102,6 @@ class StaticPages(StaticFiles):
         if scope["type"] == "http" and scope["method"] not in ("GET", "HEAD"):
             raise HTTPException(404, "Not Found")
         await super().__call__(scope, receive, send)
-
-
-def _install_error_handlers(app: FastAPI) -> None:
-    """The one place where errors become HTTP: `{"detail": ...}` bodies with the right status."""
-
-    @app.exception_handler(ServiceError)
-    async def service_error(request: Request, exc: ServiceError) -> JSONResponse:
-        headers = {"Retry-After": str(exc.retry_after)} if isinstance(exc, Overloaded) else None
-        if isinstance(exc, Overloaded) or exc.status_code >= 500:
-            log.warning("%s: %s", type(exc).__name__, exc.detail)
-        return JSONResponse({"detail": exc.detail}, exc.status_code, headers=headers)
-
-    @app.exception_handler(RequestValidationError)
-    async def invalid_request(request: Request, exc: RequestValidationError) -> JSONResponse:
-        return JSONResponse({"detail": [_safe_error(e) for e in exc.errors()]}, 422)
-
-    @app.exception_handler(HTTPException)
-    async def http_error(request: Request, exc: HTTPException) -> JSONResponse:
-        detail = exc.detail
-        if exc.status_code == 413:
-            limit = app.state.settings.max_upload_bytes
-            detail = f"request body too large: uploads may be at most {limit} bytes each"
-        return JSONResponse({"detail": detail}, exc.status_code, headers=exc.headers)
-
-    # Anything else is answered with a 500 by RequestContextMiddleware, which knows the request id.
-
-
-def _safe_error(error: dict[str, Any]) -> dict[str, Any]:
-    """Pydantic's error without the offending input (it may be NaN or megabytes) or raw ctx."""
-    safe = {k: error[k] for k in ("type", "loc", "msg") if k in error}
-    if "ctx" in error:
-        safe["ctx"] = {k: str(v) for k, v in error["ctx"].items()}
-    return safe
 
 
 app = create_app()

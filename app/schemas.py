@@ -145,5 +145,8 @@ class Status(BaseModel):
 
 class ReloadRequest(_Strict):
     checkpoint: str | None = Field(
-        None, max_length=4096, description="server-side path; default: the configured checkpoint"
+        None,
+        max_length=4096,
+        pattern=r"^[^\x00]*$",  # no OS takes a NUL in a path: refuse it here, not as a 500
+        description="server-side path; default: the configured checkpoint",
     )

@@ -1,7 +1,7 @@
 """The training objectives and the likelihood bounds, in nats per image.
 
-The Bernoulli ELBO counts only the 784 real MNIST pixels (the 2 px zero padding is cropped before
-the cross-entropy), so its numbers are comparable with published MNIST likelihoods.
+The per-image terms (`bernoulli_nll`, `gaussian_kl`) live in `models.likelihood`, which serving
+shares; they are re-exported here because the objectives and the evaluation are built on them.
 """
 
 from __future__ import annotations
@@ -12,7 +12,18 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
-from models.vae import PAD
+from models.likelihood import bernoulli_nll, gaussian_kl
+
+__all__ = [
+    "LOSSES",
+    "LossTerms",
+    "bernoulli_nll",
+    "elbo_loss",
+    "gaussian_kl",
+    "log_normal",
+    "log_standard_normal",
+    "seed_mse_loss",
+]
 
 LOG_2PI = math.log(2 * math.pi)
 
@@ -26,24 +37,6 @@ class LossTerms:
     @property
     def neg_elbo(self) -> torch.Tensor:
         return self.reconstruction + self.kl
-
-
-def crop_padding(x: torch.Tensor) -> torch.Tensor:
-    return x[..., PAD:-PAD, PAD:-PAD]
-
-
-def bernoulli_nll(logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
-    """-log p(x|z) per image, summed over the 28x28 real pixels: [N]."""
-    bce = F.binary_cross_entropy_with_logits(
-        crop_padding(logits).float(), crop_padding(target).float(), reduction="none"
-    )
-    return bce.flatten(1).sum(1)
-
-
-def gaussian_kl(mu: torch.Tensor, logvar: torch.Tensor) -> torch.Tensor:
-    """KL(N(mu, exp(logvar)) || N(0, I)) per image, summed over latent dims: [N]."""
-    mu, logvar = mu.float(), logvar.float()
-    return 0.5 * (mu.pow(2) + logvar.exp() - 1.0 - logvar).sum(1)
 
 
 def elbo_loss(

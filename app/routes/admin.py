@@ -9,11 +9,9 @@ from fastapi import APIRouter, Body, Depends
 
 from app.auth import require_admin
 from app.deps import EngineDep
-from app.errors import CheckpointRejected
-from app.routes.common import ERRORS
+from app.routes.openapi import ERRORS
 from app.routes.ops import model_info
 from app.schemas import ModelResponse, ReloadRequest
-from models.checkpoint import CheckpointError
 
 router = APIRouter(
     prefix="/admin",
@@ -33,8 +31,4 @@ async def reload(
     with 409 and the old model keeps serving.
     """
     path = Path(body.checkpoint) if body and body.checkpoint else None
-    try:
-        loaded = await engine.reload(path)
-    except CheckpointError as exc:
-        raise CheckpointRejected(f"reload refused, still serving the old model: {exc}") from None
-    return await model_info(loaded)
+    return await model_info(await engine.reload(path))

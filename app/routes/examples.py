@@ -2,28 +2,27 @@
 
 from __future__ import annotations
 
-from fastapi import APIRouter, Request, Response
+from fastapi import APIRouter, Response
 
-from app.routes.common import ERRORS, PNG_RESPONSE, png_response
+from app.deps import ExamplesDep
+from app.responses import png_response
+from app.routes.openapi import ERRORS, PNG_RESPONSE
 from app.schemas import Example, ExamplesResponse
 
 router = APIRouter(tags=["examples"], responses=ERRORS)
 
 
 @router.get("/examples", response_model=ExamplesResponse)
-async def list_examples(request: Request) -> ExamplesResponse:
+async def list_examples(examples: ExamplesDep) -> ExamplesResponse:
     """Ids are `<label>-<k>`; use them as `?example=` on /encode or in /interpolate."""
     return ExamplesResponse(
-        examples=[
-            Example(id=e.id, label=e.label, url=f"/examples/{e.id}.png")
-            for e in request.app.state.examples
-        ]
+        examples=[Example(id=e.id, label=e.label, url=f"/examples/{e.id}.png") for e in examples]
     )
 
 
 @router.get(
     "/examples/{example_id}.png", response_class=Response, responses={200: PNG_RESPONSE[200]}
 )
-async def example_png(example_id: str, request: Request) -> Response:
+async def example_png(example_id: str, examples: ExamplesDep) -> Response:
     """The 28x28 original, as stored."""
-    return png_response(request.app.state.examples.get(example_id).png)
+    return png_response(examples.get(example_id).png)

@@ -6,24 +6,14 @@ import secrets
 from typing import Annotated
 
 import torch
-from fastapi import APIRouter, File, Form, Query, Request, UploadFile
-from fastapi.responses import JSONResponse
+from fastapi import APIRouter, File, Form, Response, UploadFile
 
-from app import imaging
-from app.deps import EngineDep, JsonDep, ModelDep, SettingsDep
+from app.deps import EngineDep, ExamplesDep, JsonDep, ModelDep, SettingsDep
 from app.engine import Engine, LoadedModel
 from app.errors import InvalidInput
 from app.examples import ExampleStore
-from app.routes.common import (
-    ERRORS,
-    PNG_RESPONSE,
-    Preprocess,
-    b64,
-    grid_columns,
-    normalize,
-    png_response,
-    read_upload,
-)
+from app.responses import decode_response, interpolation_response, sample_response
+from app.routes.openapi import ERRORS, PNG_RESPONSE
 from app.schemas import (
     MAX_STEPS,
     DecodeRequest,
@@ -34,80 +24,57 @@ from app.schemas import (
     SampleRequest,
     SampleResponse,
 )
+from app.uploads import UPLOAD_DESCRIPTION, PreprocessQuery, read_upload, to_model_input
 
 router = APIRouter(tags=["generate"], responses=ERRORS)
 
 
 @router.post("/sample", response_model=SampleResponse, responses=PNG_RESPONSE)
-async def sample(body: SampleRequest, engine: EngineDep, m: ModelDep, as_json: JsonDep):
+async def sample(body: SampleRequest, engine: EngineDep, m: ModelDep, as_json: JsonDep) -> Response:
     """Draws `n` digits from the prior. PNG: one grid. The seed is echoed in `X-Seed`."""
     seed = body.seed if body.seed is not None else secrets.randbits(63)
     z, images = await engine.sample(m, body.n, seed, body.temperature)
-    headers = {"X-Seed": str(seed)}
-    if not as_json:
-        return png_response(imaging.grid_png(images, nrow=grid_columns(body.n)), headers)
-    return _json(
-        SampleResponse(
-            seed=seed,
-            temperature=body.temperature,
-            images=[b64(imaging.to_png(i)) for i in images],
-            latents=z.tolist(),
-        ),
-        headers,
-    )
+    return sample_response(seed, body.temperature, z, images, as_json)
 
 
 @router.post("/decode", response_model=DecodeResponse, responses=PNG_RESPONSE)
-async def decode(body: DecodeRequest, engine: EngineDep, m: ModelDep, as_json: JsonDep):
+async def decode(body: DecodeRequest, engine: EngineDep, m: ModelDep, as_json: JsonDep) -> Response:
     """Latent(s) -> image(s). One `z` gives one 32x32 PNG, `zs` a grid."""
-    z = _latents(body.latents, m)
-    images = await engine.decode(m, z)
-    if as_json:
-        return DecodeResponse(images=[b64(imaging.to_png(i)) for i in images])
-    if body.z is not None:
-        return png_response(imaging.to_png(images[0]))
-    return png_response(imaging.grid_png(images, nrow=grid_columns(len(images))))
+    images = await engine.decode(m, _latents(body.latents, m))
+    return decode_response(images, one_latent=body.z is not None, as_json=as_json)
 
 
 @router.post("/interpolate", response_model=InterpolateResponse, responses=PNG_RESPONSE)
 async def interpolate(
-    body: InterpolateRequest, request: Request, engine: EngineDep, m: ModelDep, as_json: JsonDep
-):
+    body: InterpolateRequest,
+    engine: EngineDep,
+    m: ModelDep,
+    examples: ExamplesDep,
+    as_json: JsonDep,
+) -> Response:
     """A strip from `start` to `end`, each a latent `z` or a bundled `example` id."""
-    examples: ExampleStore = request.app.state.examples
-    ends = [await _endpoint_latent(e, engine, m, examples) for e in (body.start, body.end)]
-    return await _strip(engine, m, ends[0], ends[1], body.steps, as_json)
+    start, end = [await _endpoint_latent(e, engine, m, examples) for e in (body.start, body.end)]
+    z, images = await engine.interpolate(m, start, end, body.steps)
+    return interpolation_response(z, images, as_json)
 
 
 @router.post("/interpolate/upload", response_model=InterpolateResponse, responses=PNG_RESPONSE)
 async def interpolate_uploads(
-    start: Annotated[UploadFile, File(description="first image")],
-    end: Annotated[UploadFile, File(description="last image")],
+    start: Annotated[UploadFile, File(description=f"first image: {UPLOAD_DESCRIPTION}")],
+    end: Annotated[UploadFile, File(description=f"last image: {UPLOAD_DESCRIPTION}")],
     engine: EngineDep,
     m: ModelDep,
     settings: SettingsDep,
     as_json: JsonDep,
     steps: Annotated[int, Form(ge=2, le=MAX_STEPS)] = 10,
-    preprocess: Annotated[Preprocess, Query()] = "auto",
-):
+    preprocess: PreprocessQuery = "auto",
+) -> Response:
     """A strip between the encodings (posterior means) of two uploaded images."""
     uploads = [await read_upload(f, settings) for f in (start, end)]
-    x = torch.cat([await normalize(data, settings, preprocess) for data in uploads])
+    x = torch.cat([await to_model_input(data, settings, preprocess) for data in uploads])
     mu, _ = await engine.encode(m, x)
-    return await _strip(engine, m, mu[0], mu[1], steps, as_json)
-
-
-async def _strip(
-    engine: Engine, m: LoadedModel, a: torch.Tensor, b: torch.Tensor, steps: int, as_json: bool
-):
-    weights = torch.linspace(0.0, 1.0, steps).unsqueeze(1)
-    z = torch.lerp(a.unsqueeze(0), b.unsqueeze(0), weights)
-    images = await engine.decode(m, z)
-    if not as_json:
-        return png_response(imaging.strip_png(images))
-    return InterpolateResponse(
-        steps=steps, images=[b64(imaging.to_png(i)) for i in images], latents=z.tolist()
-    )
+    z, images = await engine.interpolate(m, mu[0], mu[1], steps)
+    return interpolation_response(z, images, as_json)
 
 
 async def _endpoint_latent(
@@ -124,7 +91,3 @@ def _latents(rows: list[list[float]], m: LoadedModel) -> torch.Tensor:
     if bad:
         raise InvalidInput(f"latents must have {m.latent_dim} values; got {bad[0]}")
     return torch.tensor(rows, dtype=torch.float32)
-
-
-def _json(model: SampleResponse, headers: dict[str, str]) -> JSONResponse:
-    return JSONResponse(model.model_dump(mode="json"), headers=headers)

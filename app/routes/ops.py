@@ -6,12 +6,12 @@ import platform
 
 import fastapi
 import torch
-from fastapi import APIRouter, Depends, Request, Response
+from fastapi import APIRouter, Depends, Response
 from fastapi.responses import JSONResponse
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from app.auth import require_api_key
-from app.deps import ModelDep
+from app.deps import EngineDep, ModelDep
 from app.schemas import ModelResponse, Status
 
 router = APIRouter(tags=["operations"])
@@ -26,9 +26,9 @@ async def healthz() -> Response:
 
 
 @router.get("/readyz", response_model=Status, responses={503: {"model": Status}})
-async def readyz(request: Request) -> Response:
+async def readyz(engine: EngineDep) -> Response:
     """200 once the model is loaded and warmed up, 503 before."""
-    if request.app.state.engine.ready:
+    if engine.ready:
         return JSONResponse({"status": "ready"})
     return JSONResponse({"status": "loading"}, status_code=503)
 

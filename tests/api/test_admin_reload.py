@@ -43,6 +43,11 @@ def test_reload_swaps_to_a_second_checkpoint(admin_client, tiny_checkpoint, seco
     assert admin_client.post("/sample", json={"n": 4, "seed": 5}).content != sample_before
 
 
+def test_a_path_with_a_nul_byte_is_422_not_500(admin_client):
+    response = admin_client.post("/admin/reload", json={"checkpoint": "a\x00b"}, headers=AUTH)
+    assert response.status_code == 422
+
+
 def test_reload_without_body_rereads_the_configured_checkpoint(admin_client, tiny_checkpoint):
     response = admin_client.post("/admin/reload", headers=AUTH)
     assert response.status_code == 200

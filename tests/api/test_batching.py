@@ -10,7 +10,7 @@ import torch
 from prometheus_client.parser import text_string_to_metric_families
 
 from app.engine import MicroBatcher
-from app.errors import InferenceTimeout, Overloaded
+from app.errors import InferenceTimeout, Overloaded, ShuttingDown
 
 
 def batch_stats(metrics_text: str, op: str) -> tuple[float, float]:
@@ -58,16 +58,15 @@ def test_batched_results_match_one_at_a_time(settings, serving):
     assert alone == together
 
 
-def _doubling_batcher(**knobs) -> MicroBatcher:
+def _batcher(fn=lambda key, rows: rows * 2, **knobs) -> MicroBatcher:
+    """A batcher on its own thread; by default its "model" doubles every row."""
     defaults = dict(max_batch_size=8, max_wait_ms=1.0, queue_size=16, timeout_s=5.0)
-    return MicroBatcher(
-        "test", lambda key, rows: rows * 2, ThreadPoolExecutor(1), **{**defaults, **knobs}
-    )
+    return MicroBatcher("test", fn, ThreadPoolExecutor(1), **{**defaults, **knobs})
 
 
 def test_batcher_returns_each_caller_its_own_rows():
     async def run() -> list[torch.Tensor]:
-        batcher = _doubling_batcher()
+        batcher = _batcher()
         batcher.start()
         try:
             return await asyncio.gather(
@@ -82,7 +81,7 @@ def test_batcher_returns_each_caller_its_own_rows():
 
 def test_full_queue_answers_overloaded():
     async def run() -> list[object]:
-        batcher = _doubling_batcher(queue_size=2)
+        batcher = _batcher(queue_size=2)
         batcher.start()
         try:
             jobs = [batcher.submit("m", torch.ones(1, 1)) for _ in range(10)]
@@ -103,15 +102,7 @@ def test_slow_inference_times_out():
         return rows
 
     async def run() -> object:
-        batcher = MicroBatcher(
-            "slow",
-            stuck,
-            ThreadPoolExecutor(1),
-            max_batch_size=1,
-            max_wait_ms=0,
-            queue_size=4,
-            timeout_s=0.05,
-        )
+        batcher = _batcher(stuck, max_batch_size=1, max_wait_ms=0, timeout_s=0.05)
         batcher.start()
         try:
             return (
@@ -122,6 +113,27 @@ def test_slow_inference_times_out():
             await batcher.stop()
 
     assert isinstance(asyncio.run(run()), InferenceTimeout)
+
+
+def test_jobs_still_queued_at_shutdown_get_shutting_down():
+    release = threading.Event()
+
+    def stuck(key, rows):
+        release.wait(5)
+        return rows
+
+    async def run() -> list[object]:
+        batcher = _batcher(stuck, max_batch_size=1, max_wait_ms=0, timeout_s=1.0)
+        batcher.start()
+        jobs = [asyncio.ensure_future(batcher.submit("m", torch.ones(1))) for _ in range(3)]
+        await asyncio.sleep(0.05)  # the first is running, the others wait in the queue
+        await batcher.stop()
+        release.set()
+        return await asyncio.gather(*jobs, return_exceptions=True)
+
+    shut = [r for r in asyncio.run(run()) if isinstance(r, ShuttingDown)]
+    assert len(shut) >= 2
+    assert all(r.status_code == 503 for r in shut)
 
 
 def test_a_full_queue_is_503_with_retry_after_over_http(make_settings, serving):

@@ -1,0 +1,67 @@
+"""The one place where errors become HTTP: the status comes from the error's type, one JSON shape.
+
+Every error body is `{"detail": ...}`; a 500 adds the request id and says nothing more, because
+an exception's text may hold paths, data or internals. The log line with that id has the rest.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
+from starlette.exceptions import HTTPException
+
+from app.errors import Overloaded, ServiceError
+from app.request_id import current_request_id
+
+log = logging.getLogger("app")
+
+
+def error_response(status: int, detail: Any, headers: dict[str, str] | None = None) -> JSONResponse:
+    """`{"detail": ...}` with `status`; a 500 also names the request, to quote in a bug report."""
+    body: dict[str, Any] = {"detail": detail}
+    if status == 500:
+        body["request_id"] = current_request_id()
+    return JSONResponse(body, status, headers=headers)
+
+
+def internal_error() -> JSONResponse:
+    """The answer to a bug: a 500 with nothing in it but the request id."""
+    return error_response(500, "internal error")
+
+
+def install_error_handlers(app: FastAPI, max_upload_bytes: int) -> None:
+    """Maps the service's errors, FastAPI's validation errors and Starlette's HTTP errors.
+
+    Anything else is answered with `internal_error()` by `RequestContextMiddleware`.
+    """
+
+    @app.exception_handler(ServiceError)
+    async def service_error(request: Request, exc: ServiceError) -> JSONResponse:
+        overloaded = isinstance(exc, Overloaded)
+        if overloaded or exc.status_code >= 500:
+            log.warning("%s: %s", type(exc).__name__, exc.detail)
+        headers = {"Retry-After": str(exc.retry_after)} if overloaded else None
+        return error_response(exc.status_code, exc.detail, headers)
+
+    @app.exception_handler(RequestValidationError)
+    async def invalid_request(request: Request, exc: RequestValidationError) -> JSONResponse:
+        return error_response(422, [_safe_error(e) for e in exc.errors()])
+
+    @app.exception_handler(HTTPException)
+    async def http_error(request: Request, exc: HTTPException) -> JSONResponse:
+        detail = exc.detail
+        if exc.status_code == 413:
+            detail = f"request body too large: uploads may be at most {max_upload_bytes} bytes each"
+        return error_response(exc.status_code, detail, exc.headers)
+
+
+def _safe_error(error: dict[str, Any]) -> dict[str, Any]:
+    """Pydantic's error without the offending input (it may be NaN or megabytes) or raw ctx."""
+    safe = {k: error[k] for k in ("type", "loc", "msg") if k in error}
+    if "ctx" in error:
+        safe["ctx"] = {k: str(v) for k, v in error["ctx"].items()}
+    return safe
