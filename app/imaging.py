@@ -16,6 +16,7 @@ import io
 import numpy as np
 import torch
 from PIL import Image, ImageFilter, ImageOps, UnidentifiedImageError
+from scipy import ndimage
 from torchvision.utils import make_grid
 
 from app.errors import ImageError, PayloadTooLarge, UnsupportedImageFormat
@@ -30,6 +31,18 @@ MIN_INK_CONTRAST = 0.1  # less than this between paper and ink is a blank image,
 CROP_FRACTION = 0.25  # ink fainter than this share of the darkest stroke is noise, not the digit
 PAPER_FRACTION = 0.1  # the faintest tenth of the ink's range is paper tone and JPEG ringing
 RIM_FRACTION = 0.02  # ...unless it touches a stroke: the faint antialiased rim is part of the digit
+BACKGROUND_FRACTION = 6  # the paper's light is estimated in squares a 6th of the image wide
+MIN_BACKGROUND_SIDE = 21  # smaller images (MNIST, icons) have no lighting to take out
+MIN_LIGHT = 0.1  # paper darker than this is too dark to tell ink from noise by dividing
+LINE_SPAN = 0.9  # a piece of ink reaching across 90 % of the image...
+LINE_THICKNESS = 0.04  # ...and thinner than 4 % of its length is an edge or a ruled line
+INSIDE_MASS = 0.2  # ink inside the frame wins unless it is a speck beside what touches the frame
+GROUP_GAP = 0.25  # strokes within a quarter of the digit's size of it belong to it
+NO_DIGIT = (
+    "No digit found in the image: the only marks in it are long lines or edges across it (a"
+    " shadow, the page's edge, ruled lines). Photograph the digit in even light, filling"
+    " more of the picture, or crop the photo to the digit."
+)
 PADDING = (MODEL_SIDE - MNIST_SIDE) // 2
 BASE64_CLEANUP = str.maketrans({"\n": None, "\r": None, "\t": None, " ": "+", "-": "+", "_": "/"})
 
@@ -44,17 +57,19 @@ def normalize_upload(
     """Decodes an uploaded image into what the model sees: float32 [1, 32, 32] in [0, 1].
 
     With `preprocess`, MNIST's recipe: EXIF orientation, alpha onto a contrasting background,
-    greyscale, inversion when the paper is lighter than the ink, paper tone and lighting removed,
-    crop to the ink, longer side scaled to 20 px, placed in 28x28 by centre of mass, padded to 32.
-    An image with no ink in it (blank paper, one flat colour) comes back all black, so a caller
-    still gets an answer and can see what the model saw.
+    greyscale, inversion when the paper is lighter than the ink, the paper's tone and light
+    (shadows, the desk) removed, the digit picked among the pieces of ink (lines and edges across
+    the image are not strokes) and cropped, longer side scaled to 20 px, placed in 28x28 by centre
+    of mass, padded to 32. An image with no ink in it (blank paper, one flat colour) comes back all
+    black, so a caller still gets an answer and can see what the model saw.
 
     Without it the image is taken as already MNIST-like: greyscale, 28x28 padded to 32x32, 32x32
     as is, and any other size stretched to 28x28 (aspect not kept, antialiased) and padded.
 
     Raises PayloadTooLarge (413) past `max_bytes`, `max_pixels` or 4096 px a side, all read from
     the header before decoding; UnsupportedImageFormat (415) for a real image in another format;
-    ImageError (422) for anything that is not a decodable image.
+    ImageError (422) for anything that is not a decodable image, and for a photo whose only
+    marks are lines across it (a shadow's or the page's edge, ruled lines): no digit to show.
     """
     image = _open_limited(data, max_bytes=max_bytes, max_pixels=max_pixels)
     grey = _decode_grey(image, preprocess=preprocess)
@@ -155,11 +170,10 @@ def _contrasting_background(grey: np.ndarray, alpha: np.ndarray) -> float:
 def _mnist_digit(grey: Image.Image) -> np.ndarray:
     """MNIST's recipe from greyscale: ink made white on black, cropped, 20 px, centred in 28x28."""
     ink = _ink(np.asarray(_smooth(_shrink(grey)), dtype=np.float32) / 255.0)
-    box = _ink_box(ink)
-    if box is None:
+    digit = _digit_region(ink)
+    if digit is None:
         return np.zeros((MNIST_SIDE, MNIST_SIDE), dtype=np.float32)
-    top, bottom, left, right = box
-    return _place_by_centre_of_mass(_scale_longer_side(ink[top:bottom, left:right], DIGIT_SIDE))
+    return _place_by_centre_of_mass(_scale_longer_side(digit, DIGIT_SIDE))
 
 
 def _shrink(grey: Image.Image) -> Image.Image:
@@ -181,15 +195,17 @@ def _ink(grey: np.ndarray) -> np.ndarray:
     """Makes the ink white on black and stretches it so the paper is 0 and the darkest ink 1.
 
     Paper is the bulk of the image, so its level is the median; ink is the extreme furthest from
-    it, so a vignetted or unevenly lit page cannot outweigh a thin stroke. After flattening, the
-    paper is what fills the border: its median plus three robust standard deviations (or a tenth
-    of the ink's range, whichever is more) becomes 0, unless the border is perfectly flat, as in
-    MNIST or a drawing. Median and MAD still hold when a tightly cropped digit hits the edges.
+    it, so a vignetted or unevenly lit page cannot outweigh a thin stroke. After the light is
+    taken out, the paper is what fills the border: its median plus three robust standard
+    deviations (or a tenth of the ink's range, whichever is more) becomes 0, unless the border is
+    perfectly flat, as in MNIST or a drawing. Median and MAD still hold when a tightly cropped
+    digit hits the edges.
     """
     paper = float(np.median(grey))
-    if paper - float(grey.min()) > float(grey.max()) - paper:
+    dark_ink = paper - float(grey.min()) > float(grey.max()) - paper
+    if dark_ink:
         grey = 1.0 - grey
-    grey = _flatten_paper(grey)
+    grey = _remove_light(grey, reflective=dark_ink)
     border = _border(grey)
     level = float(np.median(border))
     peak = float(grey.max())
@@ -201,47 +217,118 @@ def _ink(grey: np.ndarray) -> np.ndarray:
     return np.clip((grey - floor) / (peak - floor), 0.0, 1.0)
 
 
-def _flatten_paper(ink: np.ndarray) -> np.ndarray:
-    """Subtracts the paper's level cell by cell, so uneven lighting and vignetting are not ink.
+def _remove_light(ink: np.ndarray, *, reflective: bool) -> np.ndarray:
+    """Takes the paper's light out, so shadows, uneven lighting and the desk are not ink.
 
-    A cell's paper is the lowest median among it and its neighbours (a stroke rarely fills a
-    3x3 block of cells), capped at the brightest paper among the outer cells so dense strokes are
-    never taken for paper. MNIST-sized images are left alone.
+    The paper under the ink is the image opened (eroded, then dilated) with a square wider than
+    any stroke: strokes vanish from it, while a shadow or a desk, wider than the square, keeps its
+    level right up to its edge, sharp or soft; light and shade come from outside the frame, so the
+    paper is nowhere darker than the darkest paper along the border (a drawing's tight knot of
+    strokes stays ink). What stands above it is ink. On paper (dark ink)
+    that is divided by the paper's own brightness, which is the light falling there, so a stroke
+    in a shadow is as strong as one in the light. MNIST-sized images are left alone.
     """
-    height, width = ink.shape
-    cell = max(height, width) // 16
-    if cell < 8 or min(height, width) < cell:
+    side = max(ink.shape) // BACKGROUND_FRACTION
+    if side < MIN_BACKGROUND_SIDE:
         return ink
-    rows, cols = height // cell, width // cell
-    cells = ink[: rows * cell, : cols * cell].reshape(rows, cell, cols, cell)
-    medians = Image.fromarray(np.median(cells, axis=(1, 3)).astype(np.float32))
-    paper = np.asarray(medians.filter(ImageFilter.MinFilter(3)))
-    paper = np.minimum(paper, _border(paper).max()).astype(np.float32)
-    level = Image.fromarray(paper).resize((width, height), Image.BILINEAR)
-    return np.clip(ink - np.asarray(level, dtype=np.float32), 0.0, None)
+    levels = np.rint(ink * 255.0).astype(np.uint8)  # exact: the image has 8-bit levels; faster
+    paper = ndimage.grey_opening(levels, size=(side, side), mode="nearest") / np.float32(255.0)
+    paper = np.minimum(paper, _border(paper).max())  # strokes are never paper, even dense ones
+    strokes = ink - paper
+    if reflective:
+        strokes /= np.maximum(1.0 - paper, MIN_LIGHT)
+    return strokes
 
 
 def _border(grey: np.ndarray) -> np.ndarray:
-    """The outer ring, a 30th of the shorter side thick (at least one pixel or cell)."""
+    """The outer ring, a 30th of the shorter side thick (at least one pixel)."""
     ring = max(1, min(grey.shape) // 30)
     mask = np.ones(grey.shape, dtype=bool)
     mask[ring:-ring, ring:-ring] = False
     return grey[mask]
 
 
-def _ink_box(ink: np.ndarray) -> tuple[int, int, int, int] | None:
-    """Bounding box (top, bottom, left, right) of the ink.
+def _digit_region(ink: np.ndarray) -> np.ndarray | None:
+    """The digit's crop of the ink, other ink blanked, darkest stroke 1; None for a blank image.
 
-    Strokes are what passes a quarter of the darkest ink; their faint antialiased rims count too,
-    but faint specks away from any stroke (grain, dust, noise) do not.
+    Strokes are what passes a quarter of the darkest ink; each connected piece is a candidate,
+    except lines that run across the image (a shadow's or the page's edge, a ruled line). Pieces
+    that touch the frame (the desk, a shadow's ragged edge) give way to pieces inside it, as in a
+    photo of a page; only a digit cropped tightly fills the frame. The digit is the heaviest
+    candidate, weighted towards the middle, with the candidates close to it (a 4 or a 5 drawn in
+    several strokes). Their faint antialiased rims count too, but faint specks away from any
+    stroke (grain, dust, noise) do not.
+
+    Raises ImageError (422) when there is ink but all of it is lines across the image.
     """
     peak = float(ink.max())
     if peak <= 0.0:
         return None
-    strokes = Image.fromarray((ink > CROP_FRACTION * peak).astype(np.uint8) * 255)
-    near_strokes = np.asarray(strokes.filter(ImageFilter.MaxFilter(3))) > 0
-    rows, cols = np.nonzero(near_strokes & (ink > RIM_FRACTION * peak))
-    return int(rows.min()), int(rows.max()) + 1, int(cols.min()), int(cols.max()) + 1
+    labels, count = ndimage.label(ink > CROP_FRACTION * peak, structure=np.ones((3, 3)))
+    slices = ndimage.find_objects(labels)
+    boxes = np.array([(y.start, y.stop, x.start, x.stop) for y, x in slices], dtype=np.int64)
+    index = np.arange(1, count + 1)
+    areas = np.bincount(labels.ravel(), minlength=count + 1)[1:]
+    masses = np.bincount(labels.ravel(), weights=ink.ravel(), minlength=count + 1)[1:]
+    candidates = ~_lines_across(boxes, areas, ink.shape)
+    if not candidates.any():
+        raise ImageError(NO_DIGIT)
+    inside = candidates & ~_touching_frame(boxes, ink.shape)
+    if not inside.any() or masses[inside].max() < INSIDE_MASS * masses[candidates].max():
+        inside = candidates  # a tightly cropped digit: the frame is the digit's own box
+    chosen = _group(boxes, inside, _heaviest_near_middle(boxes, masses, inside, ink.shape))
+    top, bottom = int(boxes[chosen, 0].min()), int(boxes[chosen, 1].max())
+    left, right = int(boxes[chosen, 2].min()), int(boxes[chosen, 3].max())
+    top, left = max(top - 1, 0), max(left - 1, 0)  # and the rim just outside the strokes
+    box = (slice(top, bottom + 1), slice(left, right + 1))
+    near_strokes = ndimage.maximum_filter(np.isin(labels[box], index[chosen]), size=3)
+    digit = np.where(near_strokes & (ink[box] > RIM_FRACTION * peak), ink[box], 0.0)
+    rows, cols = np.nonzero(digit)
+    digit = digit[rows.min() : rows.max() + 1, cols.min() : cols.max() + 1]
+    return digit / float(digit.max())
+
+
+def _lines_across(boxes: np.ndarray, areas: np.ndarray, shape: tuple[int, int]) -> np.ndarray:
+    """Pieces that reach across most of the image and are thin for their length: not strokes."""
+    heights, widths = boxes[:, 1] - boxes[:, 0], boxes[:, 3] - boxes[:, 2]
+    across = (heights >= LINE_SPAN * shape[0]) | (widths >= LINE_SPAN * shape[1])
+    length = np.maximum(heights, widths).astype(np.float64)
+    return across & (areas < LINE_THICKNESS * length**2)
+
+
+def _touching_frame(boxes: np.ndarray, shape: tuple[int, int]) -> np.ndarray:
+    return (
+        (boxes[:, 0] == 0)
+        | (boxes[:, 2] == 0)
+        | (boxes[:, 1] == shape[0])
+        | (boxes[:, 3] == shape[1])
+    )
+
+
+def _heaviest_near_middle(
+    boxes: np.ndarray, masses: np.ndarray, candidates: np.ndarray, shape: tuple[int, int]
+) -> int:
+    """The candidate with the most ink, ink far from the middle counting for less."""
+    centre_y = (boxes[:, 0] + boxes[:, 1]) / 2 / shape[0] - 0.5
+    centre_x = (boxes[:, 2] + boxes[:, 3]) / 2 / shape[1] - 0.5
+    weight = 1.0 / (1.0 + (centre_y**2 + centre_x**2) / 0.125)
+    return int(np.argmax(np.where(candidates, masses * weight, -1.0)))
+
+
+def _group(boxes: np.ndarray, candidates: np.ndarray, main: int) -> np.ndarray:
+    """The main candidate plus every candidate within a quarter of the group's size of it."""
+    chosen = np.zeros(len(boxes), dtype=bool)
+    chosen[main] = True
+    while True:
+        top, bottom = boxes[chosen, 0].min(), boxes[chosen, 1].max()
+        left, right = boxes[chosen, 2].min(), boxes[chosen, 3].max()
+        reach = GROUP_GAP * max(bottom - top, right - left)
+        gap_y = np.maximum(np.maximum(boxes[:, 0] - bottom, top - boxes[:, 1]), 0)
+        gap_x = np.maximum(np.maximum(boxes[:, 2] - right, left - boxes[:, 3]), 0)
+        near = candidates & ~chosen & (np.maximum(gap_y, gap_x) <= reach)
+        if not near.any():
+            return chosen
+        chosen |= near
 
 
 def _scale_longer_side(digit: np.ndarray, side: int) -> np.ndarray:
