@@ -23,11 +23,12 @@ from torchvision.utils import save_image
 
 from models.checkpoint import (
     CheckpointError,
-    load_checkpoint,
+    load_checkpoint_and_prior,
     model_from_payload,
     read_checkpoint,
     save_checkpoint,
 )
+from models.prior import LatentPrior, StandardNormalPrior
 from models.runtime import resolve_device
 from models.vae import ConvVAE
 from training.classifier import DEFAULT_PATH as DEFAULT_CLASSIFIER
@@ -37,7 +38,6 @@ from training.objective import (
     bernoulli_nll,
     gaussian_kl,
     log_normal,
-    log_standard_normal,
 )
 from training.sample_quality import SampleJudge
 
@@ -53,15 +53,24 @@ def binarized_test_set(images_u8: torch.Tensor, seed: int, device: torch.device)
 
 
 @torch.inference_mode()
-def elbo_terms(model: ConvVAE, x: torch.Tensor, batch_size: int = 500) -> dict[str, float]:
-    """Mean negative ELBO, reconstruction and KL over x (one posterior sample per digit)."""
+def elbo_terms(
+    model: ConvVAE, x: torch.Tensor, batch_size: int = 500, prior: LatentPrior | None = None
+) -> dict[str, float]:
+    """Mean negative ELBO, reconstruction and KL over x (one posterior sample per digit).
+
+    Against N(0, I) (`prior` None or standard) the KL is exact; against a learned prior it has
+    no closed form and is estimated from that same sample: log q(z|x) - log p(z)."""
     generator = torch.Generator(device=x.device).manual_seed(0)
+    learned = prior is not None and not isinstance(prior, StandardNormalPrior)
     rec_sum = kl_sum = 0.0
     for chunk in x.split(batch_size):
         mu, logvar = model.encode(chunk)
         z = model.reparameterize(mu, logvar, generator)
         rec_sum += bernoulli_nll(model.decode_logits(z), chunk).sum().item()
-        kl_sum += gaussian_kl(mu, logvar).sum().item()
+        if learned:
+            kl_sum += (log_normal(z, mu, logvar) - prior.log_prob(z.float())).sum().item()
+        else:
+            kl_sum += gaussian_kl(mu, logvar).sum().item()
     n = len(x)
     return {"neg_elbo": (rec_sum + kl_sum) / n, "reconstruction": rec_sum / n, "kl": kl_sum / n}
 
@@ -73,20 +82,38 @@ def iwae_log_likelihood(
     k: int = 1000,
     max_decodes: int = 20_000,
     seed: int = 0,
+    prior: LatentPrior | None = None,
 ) -> torch.Tensor:
     """log p(x) ~ logsumexp_k[log p(x|z_k) + log p(z_k) - log q(z_k|x)] - log k, per digit [N].
 
     It is a lower bound on log p(x) that tightens as k grows (Burda et al., 2016). Work is split
-    so that at most `max_decodes` images go through the decoder at once.
+    so that at most `max_decodes` images go through the decoder at once. `prior` is p(z)
+    (default N(0, I)).
     """
+    priors = {"p": prior or StandardNormalPrior(model.latent_dim)}
+    return iwae_log_likelihoods(model, x, priors, k, max_decodes, seed)["p"]
+
+
+@torch.inference_mode()
+def iwae_log_likelihoods(
+    model: ConvVAE,
+    x: torch.Tensor,
+    priors: dict[str, LatentPrior],
+    k: int = 1000,
+    max_decodes: int = 20_000,
+    seed: int = 0,
+) -> dict[str, torch.Tensor]:
+    """`iwae_log_likelihood` under several priors from the same draws z_k ~ q(z|x): the decoder
+    (all the cost) runs once, and the priors are compared on identical samples."""
     generator = torch.Generator(device=x.device).manual_seed(seed)
     images_per_chunk = max(1, min(len(x), max_decodes // k))
     samples_per_pass = max(1, min(k, max_decodes // images_per_chunk))
-    out = []
+    priors = {name: p.to(x.device) for name, p in priors.items()}
+    out: dict[str, list[torch.Tensor]] = {name: [] for name in priors}
     for chunk in x.split(images_per_chunk):
         mu, logvar = model.encode(chunk)
         std = torch.exp(0.5 * logvar)
-        log_w = []
+        log_w: dict[str, list[torch.Tensor]] = {name: [] for name in priors}
         for start in range(0, k, samples_per_pass):
             s = min(samples_per_pass, k - start)
             eps = torch.randn((s, *mu.shape), generator=generator, device=x.device)
@@ -94,9 +121,12 @@ def iwae_log_likelihood(
             logits = model.decode_logits(z.flatten(0, 1))
             target = chunk.expand(s, *chunk.shape).flatten(0, 1)
             log_px_z = -bernoulli_nll(logits, target).view(s, -1)
-            log_w.append(log_px_z + log_standard_normal(z) - log_normal(z, mu, logvar))
-        out.append(torch.logsumexp(torch.cat(log_w), dim=0) - math.log(k))
-    return torch.cat(out)
+            log_q = log_normal(z, mu, logvar)
+            for name, prior in priors.items():
+                log_w[name].append(log_px_z + prior.log_prob(z.float()) - log_q)
+        for name in priors:
+            out[name].append(torch.logsumexp(torch.cat(log_w[name]), dim=0) - math.log(k))
+    return {name: torch.cat(parts) for name, parts in out.items()}
 
 
 @torch.inference_mode()
@@ -133,15 +163,28 @@ def evaluate(
     limit: int | None = None,
     seed: int = 0,
     max_decodes: int = 20_000,
+    prior: LatentPrior | None = None,
 ) -> dict[str, float]:
+    """The checkpoint's numbers under `prior` (default N(0, I)). With a learned prior the
+    N(0, I) numbers come too, as `*_standard_prior`, from the very same posterior samples."""
     device = next(model.parameters()).device
     model.eval()
     x = binarized_test_set(test_images_u8[:limit] if limit else test_images_u8, seed, device)
-    metrics: dict[str, float] = dict(elbo_terms(model, x))
+    learned = prior is not None and not isinstance(prior, StandardNormalPrior)
+    metrics: dict[str, float] = dict(elbo_terms(model, x, prior=prior))
+    if learned:
+        standard = elbo_terms(model, x)
+        metrics.update({f"{key}_standard_prior": value for key, value in standard.items()})
     metrics["active_units"] = active_units(model, x)
     if k > 0:
         started = time.perf_counter()
-        metrics["iwae_nll"] = -iwae_log_likelihood(model, x, k, max_decodes, seed).mean().item()
+        priors = {"prior": prior or StandardNormalPrior(model.latent_dim)}
+        if learned:
+            priors["standard"] = StandardNormalPrior(model.latent_dim)
+        ll = iwae_log_likelihoods(model, x, priors, k, max_decodes, seed)
+        metrics["iwae_nll"] = -ll["prior"].mean().item()
+        if learned:
+            metrics["iwae_nll_standard_prior"] = -ll["standard"].mean().item()
         metrics["iwae_k"] = k
         metrics["iwae_seconds"] = round(time.perf_counter() - started, 1)
     metrics["test_images"] = len(x)
@@ -200,6 +243,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--data-dir", type=Path, default=Path("data"))
     p.add_argument("--device", default="auto", help="auto | cpu | cuda")
     p.add_argument("--max-decodes", type=int, default=20_000, help="decoder batch bound")
+    p.add_argument(
+        "--prior",
+        choices=("checkpoint", "standard"),
+        default="checkpoint",
+        help="p(z) for the ELBO and NLL: the checkpoint's own (N(0, I) if it has none) or N(0, I)",
+    )
     p.add_argument("--json", type=Path, default=None, help="write the metrics here")
     p.add_argument("--out-dir", type=Path, default=None, help="write sample/recon grids here")
     p.add_argument(
@@ -228,13 +277,18 @@ def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     device = resolve_device(args.device)
     try:
-        model, metadata = load_checkpoint(args.checkpoint, device)
+        model, metadata, prior = load_checkpoint_and_prior(args.checkpoint, device)
     except CheckpointError as exc:
         print(f"vae-eval: {exc}", file=sys.stderr)
         return 2
+    if args.prior == "standard":
+        prior = StandardNormalPrior(model.latent_dim)
     dataset = metadata.get("dataset", {}).get("name", "mnist")
     test = load_split(args.data_dir, dataset, train=False)
-    metrics = evaluate(model, test.images, args.k, args.limit, args.seed, args.max_decodes)
+    metrics = evaluate(
+        model, test.images, args.k, args.limit, args.seed, args.max_decodes, prior=prior
+    )
+    metrics["prior"] = prior.name
     metrics["device"] = str(device)
     if args.samples > 0 and dataset == "mnist":
         try:
@@ -271,7 +325,11 @@ def main(argv: list[str] | None = None) -> int:
         meta = {**payload["metadata"]}
         meta["metrics"] = {**meta.get("metrics", {}), **metrics}
         save_checkpoint(
-            args.checkpoint, model_from_payload(payload), meta, payload.get("train_state")
+            args.checkpoint,
+            model_from_payload(payload),
+            meta,
+            payload.get("train_state"),
+            prior=payload.get("prior"),  # the rewrite keeps the learned prior
         )
     return 0
 

@@ -191,6 +191,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--classifier", type=Path, default=None, help="filter the per-digit fits")
     p.add_argument("--filter-confidence", type=float, default=None)
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--limit", type=int, default=None, help="fit on the first N training digits")
     p.add_argument("--search", action="store_true", help="compare settings on held-out digits")
     p.add_argument("--holdout", type=int, default=10_000)
     p.add_argument("--search-components", type=int, nargs="*", default=[10, 50, 100])
@@ -210,6 +211,8 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     dataset = payload["metadata"].get("dataset", {}).get("name", "mnist")
     train = load_split(args.data_dir, dataset, train=True)
+    if args.limit:
+        train = train.subset(args.limit)
     mu = posterior_means(model, train.images)
     if args.search:
         rows = search(mu, train.labels, args)

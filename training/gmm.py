@@ -71,8 +71,8 @@ def fit_gaussian_mixture(
     covariance: str = "full",
     *,
     generator: torch.Generator,
-    max_iterations: int = 200,
-    tol: float = 1e-4,
+    max_iterations: int = 100,
+    tol: float = 1e-3,
     reg: float = 1e-4,
 ) -> FitResult:
     """Maximum-likelihood mixture of x [N, D] by EM; stops when the mean log-likelihood per point
@@ -86,6 +86,7 @@ def fit_gaussian_mixture(
     assign = lloyd(x, kmeans_plus_plus(x, n_components, generator))
     resp = torch.nn.functional.one_hot(assign, n_components).double()
     previous = -float("inf")
+    mean_ll = previous
     converged = False
     iteration = 0
     for iteration in range(1, max_iterations + 1):  # noqa: B007 - reported below
