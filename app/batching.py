@@ -1,0 +1,165 @@
+"""`MicroBatcher`: merges concurrent requests into forward passes without waiting for nothing.
+
+When the model is idle a request runs at once; requests that arrive while a batch runs queue up
+and form the next batch, so batches grow with the load by themselves and a lone request never
+waits for company. `max_wait_ms > 0` is an opt-in for those who prefer fuller batches to latency:
+a batch then waits that long after its first job before it closes. A job larger than
+`max_batch_size` rows is split into batches of at most that size, and its rows come back in order.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Callable
+from concurrent.futures import Executor
+from dataclasses import dataclass
+from typing import Generic, TypeVar
+
+import torch
+
+from app import metrics
+from app.errors import InferenceTimeout, Overloaded, ServiceError
+
+log = logging.getLogger("app.engine")
+
+K = TypeVar("K")
+Output = torch.Tensor | tuple[torch.Tensor, ...]
+
+
+@dataclass(eq=False, slots=True)
+class _Job(Generic[K]):
+    key: K
+    rows: torch.Tensor
+    future: asyncio.Future
+
+
+class MicroBatcher(Generic[K]):
+    """Merges concurrent `submit` calls into one call of `fn(key, rows)` on the executor.
+
+    `fn` takes a batch along dim 0 and returns a tensor (or tuple of tensors) with the same leading
+    size; each caller gets its own rows back. Jobs are only merged when they share `key` (the model
+    they started on). One batch runs at a time per batcher; the next is whatever queued meanwhile.
+    """
+
+    def __init__(
+        self,
+        name: str,
+        fn: Callable[[K, torch.Tensor], Output],
+        executor: Executor,
+        *,
+        max_batch_size: int,
+        max_wait_ms: float = 0.0,
+        queue_size: int,
+        timeout_s: float,
+    ) -> None:
+        self.name = name
+        self._fn = fn
+        self._executor = executor
+        self._max_rows = max_batch_size
+        self._max_wait = max_wait_ms / 1000.0
+        self._timeout = timeout_s
+        self._queue: asyncio.Queue[_Job[K]] = asyncio.Queue(maxsize=queue_size)
+        self._task: asyncio.Task | None = None
+        self._batch_sizes = metrics.BATCH_SIZE.labels(op=name)
+        metrics.QUEUE_DEPTH.labels(op=name).set_function(self._queue.qsize)
+
+    def start(self) -> None:
+        loop = asyncio.get_running_loop()
+        self._task = loop.create_task(self._run(), name=f"batcher-{self.name}")
+
+    async def stop(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            await asyncio.gather(self._task, return_exceptions=True)
+            self._task = None
+        while not self._queue.empty():
+            job = self._queue.get_nowait()
+            if not job.future.done():
+                job.future.set_exception(ServiceError("server is shutting down", 503))
+
+    async def submit(self, key: K, rows: torch.Tensor) -> Output:
+        """Queues `rows` (split into `max_batch_size` chunks) and waits for their outputs."""
+        if self._task is None:
+            raise ServiceError("model is not loaded yet", 503)
+        chunks = rows.split(self._max_rows) if len(rows) > self._max_rows else (rows,)
+        if self._queue.maxsize - self._queue.qsize() < len(chunks):
+            raise Overloaded(f"{self.name} queue is full, retry shortly")
+        loop = asyncio.get_running_loop()
+        futures = [loop.create_future() for _ in chunks]
+        for chunk, future in zip(chunks, futures, strict=True):
+            self._queue.put_nowait(_Job(key, chunk, future))
+        try:
+            async with asyncio.timeout(self._timeout):
+                if len(futures) == 1:
+                    return await futures[0]
+                return _concat(await asyncio.gather(*futures))
+        except TimeoutError:
+            raise InferenceTimeout(f"inference took longer than {self._timeout:g} s") from None
+        finally:
+            for future in futures:  # a timed-out or failed job's other chunks are not run
+                future.cancel()
+
+    async def _run(self) -> None:
+        carry: _Job[K] | None = None
+        while True:
+            first = carry if carry is not None else await self._queue.get()
+            jobs, carry = await self._collect(first)
+            jobs = [j for j in jobs if not j.future.done()]  # timed out while queued
+            if jobs:
+                await self._execute(jobs)
+
+    async def _collect(self, first: _Job[K]) -> tuple[list[_Job[K]], _Job[K] | None]:
+        """`first` and whatever queued behind it that fits; waits only when `max_wait` opts in."""
+        jobs, rows = [first], len(first.rows)
+        deadline = time.monotonic() + self._max_wait if self._max_wait > 0 else 0.0
+        while rows < self._max_rows:
+            try:
+                job = self._queue.get_nowait()
+            except asyncio.QueueEmpty:
+                remaining = deadline - time.monotonic() if deadline else 0.0
+                if remaining <= 0:
+                    break
+                try:
+                    async with asyncio.timeout(remaining):
+                        job = await self._queue.get()
+                except TimeoutError:
+                    break
+            if job.key is not first.key or rows + len(job.rows) > self._max_rows:
+                return jobs, job
+            jobs.append(job)
+            rows += len(job.rows)
+        return jobs, None
+
+    async def _execute(self, jobs: list[_Job[K]]) -> None:
+        batch = jobs[0].rows if len(jobs) == 1 else torch.cat([j.rows for j in jobs])
+        self._batch_sizes.observe(len(batch))
+        loop = asyncio.get_running_loop()
+        try:
+            out = await loop.run_in_executor(self._executor, self._fn, jobs[0].key, batch)
+        except Exception as exc:  # a failed batch fails its callers, never the batcher
+            log.exception("batch of %d failed in %s", len(batch), self.name)
+            for job in jobs:
+                if not job.future.done():
+                    job.future.set_exception(ServiceError(f"inference failed: {exc}", 500))
+            return
+        if len(jobs) == 1:
+            parts: list[Output] = [out]
+        else:
+            counts = [len(j.rows) for j in jobs]
+            parts = (
+                list(zip(*(t.split(counts) for t in out), strict=True))
+                if isinstance(out, tuple)
+                else list(out.split(counts))
+            )
+        for job, part in zip(jobs, parts, strict=True):
+            if not job.future.done():
+                job.future.set_result(part)
+
+
+def _concat(parts: list[Output]) -> Output:
+    """A split job's outputs, back in one piece in the order of its rows."""
+    if isinstance(parts[0], tuple):
+        return tuple(torch.cat(column) for column in zip(*parts, strict=True))
+    return torch.cat(parts)  # type: ignore[arg-type]

@@ -1,0 +1,106 @@
+"""Every inference backend matches eager PyTorch within its bound, and one that does not (or that
+cannot be built) is replaced by eager PyTorch with one log line."""
+
+from __future__ import annotations
+
+import logging
+
+import pytest
+import torch
+
+from app import backends
+from app.backends import FP32_BOUND, REDUCED_BOUND, TorchRunner, select_runner
+from app.cuda_graphs import BucketedRunner, buckets_up_to
+from app.examples import ExampleStore
+from models.checkpoint import load_checkpoint
+
+BOUNDS = {"onnxruntime": FP32_BOUND, "openvino": FP32_BOUND, "openvino-bf16": REDUCED_BOUND}
+
+
+@pytest.fixture(scope="module")
+def reference(tiny_checkpoint) -> TorchRunner:
+    model, _ = load_checkpoint(tiny_checkpoint)
+    return TorchRunner(
+        model.to(memory_format=torch.channels_last), torch.device("cpu"), torch.float32
+    )
+
+
+@pytest.fixture(scope="module")
+def digits() -> torch.Tensor:
+    """Real MNIST test digits (the bundled examples), unlike the check's own inputs."""
+    return torch.stack([e.tensor for e in list(ExampleStore())[:12]])
+
+
+def _worst(got, want) -> float:
+    pairs = zip(got, want, strict=True) if isinstance(got, tuple) else [(got, want)]
+    return max(((g - w) / w.abs().clamp(min=1)).abs().max().item() for g, w in pairs)
+
+
+@pytest.mark.parametrize("name", list(BOUNDS))
+def test_every_backend_matches_eager_within_its_bound(name, reference, digits, caplog):
+    with caplog.at_level(logging.WARNING, logger="app.backends"):
+        runner, info = select_runner(name, reference, threads=1)
+    assert info.name == name and info.fallback_reason is None, caplog.text
+    assert info.bound == BOUNDS[name] and info.max_error <= info.bound
+    z = torch.randn(5, reference.model.latent_dim, generator=torch.Generator().manual_seed(3))
+    assert _worst(runner.decode(z), reference.decode(z)) <= BOUNDS[name]
+    assert _worst(runner.encode(digits), reference.encode(digits)) <= BOUNDS[name]
+    assert _worst(runner.reconstruct(digits), reference.reconstruct(digits)) <= BOUNDS[name]
+    if name != "openvino-bf16":  # fp32 is much closer than its bound
+        assert _worst(runner.decode(z), reference.decode(z)) < 1e-5
+
+
+def test_same_input_same_backend_same_numbers(reference):
+    runner, _ = select_runner("onnxruntime", reference, threads=1)
+    z = torch.randn(4, reference.model.latent_dim, generator=torch.Generator().manual_seed(9))
+    assert torch.equal(runner.decode(z), runner.decode(z.clone()))
+
+
+def test_auto_is_onnxruntime_on_the_cpu(reference):
+    _, info = select_runner("auto", reference, threads=1)
+    assert (info.requested, info.name, info.precision) == ("auto", "onnxruntime", "f32")
+
+
+def test_a_backend_that_returns_wrong_numbers_falls_back_to_torch(reference, monkeypatch, caplog):
+    real_decode = backends.OnnxRuntimeRunner.decode
+    monkeypatch.setattr(
+        backends.OnnxRuntimeRunner, "decode", lambda self, z: real_decode(self, z) + 1e-3
+    )
+    with caplog.at_level(logging.WARNING, logger="app.backends"):
+        runner, info = select_runner("onnxruntime", reference, threads=1)
+    assert runner is reference
+    assert info.name == "torch" and info.requested == "onnxruntime"
+    assert "differs from eager" in info.fallback_reason
+    [line] = [r for r in caplog.records if r.name == "app.backends"]
+    assert "serving with torch" in line.getMessage()
+
+
+def test_a_backend_that_cannot_be_built_falls_back_to_torch(reference, monkeypatch):
+    def broken(graphs, threads):
+        raise ImportError("No module named 'onnxruntime'")
+
+    monkeypatch.setattr(backends, "OnnxRuntimeRunner", broken)
+    runner, info = select_runner("onnxruntime", reference, threads=1)
+    assert runner is reference and "could not be built" in info.fallback_reason
+
+
+def test_bucketed_runs_pad_to_the_bucket_and_return_only_the_callers_rows(reference):
+    """The CUDA-graph runner's padding, exercised on the CPU with eager forward passes."""
+    seen: list[int] = []
+
+    class EagerBuckets(BucketedRunner):
+        def _run_bucket(self, op, padded):
+            seen.append(len(padded))
+            out = getattr(reference, op)(padded)
+            return out if isinstance(out, tuple) else (out,)
+
+    assert buckets_up_to(64) == (1, 2, 4, 8, 16, 32, 64)
+    assert buckets_up_to(48) == (1, 2, 4, 8, 16, 32, 48)
+    runner = EagerBuckets(reference, buckets_up_to(8))
+    z = torch.randn(5, reference.model.latent_dim, generator=torch.Generator().manual_seed(1))
+    images = runner.decode(z)
+    assert seen == [8] and images.shape == (5, 1, 32, 32)
+    assert _worst(images, reference.decode(z)) < 1e-5
+    assert backends.check(runner, reference) < 1e-5
+    big = torch.randn(9, reference.model.latent_dim)
+    assert runner.decode(big).shape[0] == 9  # over the largest bucket: eager, not an error

@@ -1,0 +1,138 @@
+"""The batcher never waits for nothing: a lone request runs at once, a burst shares a batch, and a
+job larger than `max_batch_size` is split and comes back in order."""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
+
+import torch
+
+from app.batching import MicroBatcher
+from app.config import Settings
+
+
+class Recorder:
+    """`fn` for a batcher: doubles its rows, records each batch's size, and can hold a batch."""
+
+    def __init__(self) -> None:
+        self.sizes: list[int] = []
+        self.started = threading.Event()
+        self.release = threading.Event()
+        self.release.set()
+
+    def __call__(self, key: str, rows: torch.Tensor) -> torch.Tensor:
+        self.sizes.append(len(rows))
+        self.started.set()
+        assert self.release.wait(5)
+        return rows * 2
+
+
+def batcher(fn: Recorder, **knobs) -> MicroBatcher:
+    defaults = dict(max_batch_size=8, queue_size=64, timeout_s=10.0)
+    return MicroBatcher("test", fn, ThreadPoolExecutor(1), **{**defaults, **knobs})
+
+
+def test_the_default_is_not_to_wait():
+    assert Settings(_env_file=None).max_wait_ms == 0
+
+
+def test_a_lone_request_does_not_wait_for_a_batch():
+    """With `max_wait_ms=5000` opted in, a lone request would wait 5 s; by default it runs now."""
+
+    async def run(**knobs) -> float:
+        fn = Recorder()
+        b = batcher(fn, **knobs)
+        b.start()
+        try:
+            start = time.perf_counter()
+            out = await b.submit("m", torch.ones(1, 2))
+            assert out.tolist() == [[2.0, 2.0]]
+            assert fn.sizes == [1]
+            return time.perf_counter() - start
+        finally:
+            await b.stop()
+
+    assert asyncio.run(run()) < 1.0
+    assert asyncio.run(run(max_wait_ms=1500)) >= 1.4  # the opt-in still waits for company
+
+
+def test_requests_arriving_during_a_batch_form_the_next_batch():
+    fn = Recorder()
+
+    async def run() -> list[torch.Tensor]:
+        b = batcher(fn)
+        b.start()
+        try:
+            fn.release.clear()
+            first = asyncio.ensure_future(b.submit("m", torch.zeros(1, 1)))
+            assert await asyncio.to_thread(fn.started.wait, 5)  # the lone job runs at once
+            burst = [asyncio.ensure_future(b.submit("m", torch.full((1, 1), i))) for i in range(11)]
+            await asyncio.sleep(0.05)  # all eleven are queued behind the running batch
+            fn.release.set()
+            return [await first, *await asyncio.gather(*burst)]
+        finally:
+            fn.release.set()
+            await b.stop()
+
+    results = asyncio.run(run())
+    assert [r.item() for r in results] == [0.0] + [2.0 * i for i in range(11)]
+    assert fn.sizes == [1, 8, 3]  # the burst filled the next batch up to max_batch_size
+
+
+def test_a_job_larger_than_max_batch_size_is_split_and_reassembled_in_order():
+    fn = Recorder()
+
+    async def run() -> torch.Tensor:
+        b = batcher(fn, max_batch_size=4)
+        b.start()
+        try:
+            return await b.submit("m", torch.arange(10.0).unsqueeze(1))
+        finally:
+            await b.stop()
+
+    out = asyncio.run(run())
+    assert out.squeeze(1).tolist() == [2.0 * i for i in range(10)]
+    assert fn.sizes == [4, 4, 2]
+
+
+def test_a_split_job_keeps_tuple_outputs_in_order():
+    async def run() -> tuple[torch.Tensor, torch.Tensor]:
+        b = MicroBatcher(
+            "pairs",
+            lambda key, rows: (rows + 1, rows * 10),
+            ThreadPoolExecutor(1),
+            max_batch_size=3,
+            queue_size=16,
+            timeout_s=5.0,
+        )
+        b.start()
+        try:
+            return await b.submit("m", torch.arange(7.0))
+        finally:
+            await b.stop()
+
+    plus, times = asyncio.run(run())
+    assert plus.tolist() == [i + 1.0 for i in range(7)]
+    assert times.tolist() == [i * 10.0 for i in range(7)]
+
+
+def test_a_split_job_that_cannot_fit_in_the_queue_is_refused_whole():
+    from app.errors import Overloaded
+
+    fn = Recorder()
+
+    async def run() -> object:
+        b = batcher(fn, max_batch_size=2, queue_size=3)
+        b.start()
+        try:
+            return (await asyncio.gather(b.submit("m", torch.ones(8, 1)), return_exceptions=True))[
+                0
+            ]
+        finally:
+            await b.stop()
+
+    assert isinstance(asyncio.run(run()), Overloaded)
+    assert fn.sizes == []  # no chunk of it ran
