@@ -22,8 +22,8 @@ from typing import Protocol
 import torch
 from torch import nn
 
+from models.likelihood import bernoulli_nll, crop_padding, gaussian_kl
 from models.vae import ConvVAE
-from training.objective import bernoulli_nll, crop_padding, gaussian_kl
 
 log = logging.getLogger("app.backends")
 

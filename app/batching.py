@@ -20,7 +20,7 @@ from typing import Generic, TypeVar
 import torch
 
 from app import metrics
-from app.errors import InferenceTimeout, Overloaded, ServiceError
+from app.errors import InferenceFailed, InferenceTimeout, NotReady, Overloaded, ShuttingDown
 
 log = logging.getLogger("app.engine")
 
@@ -77,12 +77,12 @@ class MicroBatcher(Generic[K]):
         while not self._queue.empty():
             job = self._queue.get_nowait()
             if not job.future.done():
-                job.future.set_exception(ServiceError("server is shutting down", 503))
+                job.future.set_exception(ShuttingDown())
 
     async def submit(self, key: K, rows: torch.Tensor) -> Output:
         """Queues `rows` (split into `max_batch_size` chunks) and waits for their outputs."""
         if self._task is None:
-            raise ServiceError("model is not loaded yet", 503)
+            raise NotReady()
         chunks = rows.split(self._max_rows) if len(rows) > self._max_rows else (rows,)
         if self._queue.maxsize - self._queue.qsize() < len(chunks):
             raise Overloaded(f"{self.name} queue is full, retry shortly")
@@ -138,11 +138,11 @@ class MicroBatcher(Generic[K]):
         loop = asyncio.get_running_loop()
         try:
             out = await loop.run_in_executor(self._executor, self._fn, jobs[0].key, batch)
-        except Exception as exc:  # a failed batch fails its callers, never the batcher
+        except Exception:  # a failed batch fails its callers, never the batcher
             log.exception("batch of %d failed in %s", len(batch), self.name)
             for job in jobs:
                 if not job.future.done():
-                    job.future.set_exception(ServiceError(f"inference failed: {exc}", 500))
+                    job.future.set_exception(InferenceFailed())
             return
         if len(jobs) == 1:
             parts: list[Output] = [out]

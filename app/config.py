@@ -21,9 +21,16 @@ class Settings(BaseSettings):
     torch_threads: int = Field(
         0, ge=0, description="intra-op CPU threads for inference; 0: one core left for HTTP"
     )
+    backend: Literal["auto", "torch", "onnxruntime", "openvino", "openvino-bf16"] = Field(
+        "auto",
+        description="auto: ONNX Runtime on the CPU, PyTorch on CUDA; each checked against eager",
+    )
+    cuda_graphs: bool = Field(True, description="CUDA graphs per batch-size bucket on CUDA")
 
     max_batch_size: int = Field(64, ge=1, le=4096, description="rows per forward pass")
-    max_wait_ms: float = Field(2.0, ge=0, le=1000, description="how long a batch waits to fill")
+    max_wait_ms: float = Field(
+        0.0, ge=0, le=1000, description="opt-in: how long a batch waits to fill; 0: never waits"
+    )
     queue_size: int = Field(2048, ge=1, description="queued requests before answering 503")
     request_timeout_s: float = Field(10.0, gt=0, description="per request, queue wait included")
 
@@ -92,7 +99,7 @@ class Settings(BaseSettings):
         """Where `/admin/reload` may load checkpoints from."""
         return self.checkpoint_dir or self.checkpoint.parent
 
-    @field_validator("log_level", mode="before")
+    @field_validator("log_level", "backend", mode="before")
     @classmethod
     def _lower(cls, value: object) -> object:
         return value.lower() if isinstance(value, str) else value

@@ -1,9 +1,10 @@
 """The model on its device, behind micro-batchers that merge concurrent requests.
 
-The seam follows LitServe: `load_model` is setup, the `run_*` functions are `predict` over one
-batch, and `MicroBatcher` owns queueing, batching, timeouts and the inference thread. Nothing here
-knows about HTTP. A reload builds and warms a new `LoadedModel` on the side and swaps one reference;
-each request holds the model it started with, so requests in flight finish on the old one.
+The seam follows LitServe: `load_model` is setup (load, pick and check the backend, warm up), the
+`run_*` functions are `predict` over one batch, and `MicroBatcher` (`app/batching.py`) owns
+queueing, batching, timeouts and the inference thread. Nothing here knows about HTTP. A reload
+builds and warms a new `LoadedModel` on the side and swaps one reference; each request holds the
+model it started with, so requests in flight finish on the old one.
 """
 
 from __future__ import annotations
@@ -11,35 +12,26 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
-import time
-from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any, Generic, TypeVar
+from typing import Any
 
 import torch
 
 from app import metrics
+from app.backends import BackendInfo, Runner, TorchRunner, select_runner
+from app.batching import MicroBatcher
 from app.config import Settings
-from app.errors import (
-    CheckpointRejected,
-    InferenceFailed,
-    InferenceTimeout,
-    NotReady,
-    Overloaded,
-    ShuttingDown,
-)
+from app.errors import CheckpointRejected, NotReady
 from models.checkpoint import CheckpointError, file_sha256, load_checkpoint
-from models.likelihood import bernoulli_nll, gaussian_kl
 from models.runtime import resolve_device
 from models.vae import ConvVAE
 
 log = logging.getLogger("app.engine")
 
-K = TypeVar("K")
-Output = torch.Tensor | tuple[torch.Tensor, ...]
+__all__ = ["Engine", "LoadedModel", "MicroBatcher", "inference_threads", "load_model"]
 
 
 @dataclass(frozen=True, eq=False)
@@ -52,6 +44,8 @@ class LoadedModel:
     sha256: str
     device: torch.device
     dtype: torch.dtype
+    runner: Runner  # where the forward passes run; checked against eager at load
+    backend: BackendInfo
     loaded_at: str = field(default_factory=lambda: datetime.now(UTC).isoformat(timespec="seconds"))
 
     @property
@@ -60,9 +54,18 @@ class LoadedModel:
 
 
 def load_model(
-    path: str | Path, device: str = "auto", fp16: bool = False, max_batch_size: int = 64
+    path: str | Path,
+    device: str = "auto",
+    fp16: bool = False,
+    max_batch_size: int = 64,
+    *,
+    backend: str = "auto",
+    threads: int = 1,
+    cuda_graphs: bool = True,
 ) -> LoadedModel:
-    """Loads, moves and warms a checkpoint; raises `CheckpointError` with a one-line reason."""
+    """Loads, moves and warms a checkpoint, and picks its backend (`app.backends.select_runner`:
+    the requested one if it matches eager, else eager torch); raises `CheckpointError` with a
+    one-line reason."""
     dev = resolve_device(device)
     before = _file_identity(path)
     model, metadata = load_checkpoint(path, device=dev)
@@ -72,7 +75,21 @@ def load_model(
     dtype = torch.float16 if fp16 and dev.type == "cuda" else torch.float32
     # channels_last lets oneDNN/cuDNN pick their fastest convolutions: 1.45x per batch on the CPU.
     model = model.to(dtype=dtype, memory_format=torch.channels_last)
-    loaded = LoadedModel(model, metadata, Path(path), sha256, dev, dtype)
+    reference = TorchRunner(model, dev, dtype)
+    try:
+        reference.decode(torch.zeros(1, model.latent_dim))
+        reference.encode(torch.zeros(1, 1, 32, 32))
+    except Exception as exc:  # e.g. a valid config for another input size: not servable here
+        raise CheckpointError(f"{path}: the model does not run on 1x32x32 digits: {exc}") from exc
+    runner, info = select_runner(
+        backend,
+        reference,
+        threads,
+        cache_key=sha256,
+        cuda_graphs=cuda_graphs,
+        max_batch_size=max_batch_size,
+    )
+    loaded = LoadedModel(model, metadata, Path(path), sha256, dev, dtype, runner, info)
     # On CUDA every batch shape gets its kernels picked once, so warm them all; on the CPU a few.
     sizes = range(1, max_batch_size + 1) if dev.type == "cuda" else (1, 8, max_batch_size)
     try:
@@ -99,7 +116,7 @@ def inference_threads(requested: int = 0) -> int:
     """
     if requested > 0:
         return requested
-    return max(1, min(4, (os.cpu_count() or 1) - 1))
+    return max(1, min(4, len(os.sched_getaffinity(0)) - 1))
 
 
 def warm_up(m: LoadedModel, batch_sizes: tuple[int, ...] = (1, 8, 64)) -> None:
@@ -115,144 +132,17 @@ def warm_up(m: LoadedModel, batch_sizes: tuple[int, ...] = (1, 8, 64)) -> None:
 
 def run_encode(m: LoadedModel, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """x [N,1,32,32] -> (mu, logvar), each [N, latent_dim] float32 on the CPU."""
-    with torch.inference_mode():
-        mu, logvar = m.model.encode(x.to(m.device, m.dtype))
-        return mu.float().cpu(), logvar.float().cpu()
+    return m.runner.encode(x)
 
 
 def run_decode(m: LoadedModel, z: torch.Tensor) -> torch.Tensor:
     """z [N, latent_dim] -> images [N,1,32,32] in [0,1], float32 on the CPU."""
-    with torch.inference_mode():
-        return m.model.decode(z.to(m.device, m.dtype)).float().cpu()
+    return m.runner.decode(z)
 
 
 def run_reconstruct(m: LoadedModel, x: torch.Tensor) -> tuple[torch.Tensor, ...]:
     """x -> (mu, logvar, reconstruction at the posterior mean, -ELBO at z=mu in nats)."""
-    with torch.inference_mode():
-        xd = x.to(m.device, m.dtype)
-        mu, logvar = m.model.encode(xd)
-        logits = m.model.decode_logits(mu)
-        neg_elbo = bernoulli_nll(logits, xd) + gaussian_kl(mu, logvar)
-        recon = m.model.logits_to_means(logits)
-        return mu.float().cpu(), logvar.float().cpu(), recon.cpu(), neg_elbo.float().cpu()
-
-
-@dataclass(eq=False)
-class _Job(Generic[K]):
-    key: K
-    rows: torch.Tensor
-    future: asyncio.Future
-
-
-class MicroBatcher(Generic[K]):
-    """Merges concurrent `submit` calls into one call of `fn(key, rows)` on a worker thread.
-
-    `fn` takes a batch along dim 0 and returns a tensor (or tuple of tensors) with the same leading
-    size; each caller gets its own rows back. Jobs are only merged when they share `key` (the model
-    they started on). A batch closes at `max_batch_size` rows or `max_wait_ms` after its first job.
-    """
-
-    def __init__(
-        self,
-        name: str,
-        fn: Callable[[K, torch.Tensor], Output],
-        executor: ThreadPoolExecutor,
-        *,
-        max_batch_size: int,
-        max_wait_ms: float,
-        queue_size: int,
-        timeout_s: float,
-    ) -> None:
-        self.name = name
-        self._fn = fn
-        self._executor = executor
-        self._max_rows = max_batch_size
-        self._max_wait = max_wait_ms / 1000.0
-        self._timeout = timeout_s
-        self._queue: asyncio.Queue[_Job[K]] = asyncio.Queue(maxsize=queue_size)
-        self._task: asyncio.Task | None = None
-        self._batch_sizes = metrics.BATCH_SIZE.labels(op=name)
-        metrics.QUEUE_DEPTH.labels(op=name).set_function(self._queue.qsize)
-
-    def start(self) -> None:
-        loop = asyncio.get_running_loop()
-        self._task = loop.create_task(self._run(), name=f"batcher-{self.name}")
-
-    async def stop(self) -> None:
-        if self._task is not None:
-            self._task.cancel()
-            await asyncio.gather(self._task, return_exceptions=True)
-            self._task = None
-        while not self._queue.empty():
-            job = self._queue.get_nowait()
-            if not job.future.done():
-                job.future.set_exception(ShuttingDown())
-
-    async def submit(self, key: K, rows: torch.Tensor) -> Output:
-        if self._task is None:
-            raise NotReady()
-        future = asyncio.get_running_loop().create_future()
-        try:
-            self._queue.put_nowait(_Job(key, rows, future))
-        except asyncio.QueueFull:
-            raise Overloaded(f"{self.name} queue is full, retry shortly") from None
-        try:
-            async with asyncio.timeout(self._timeout):
-                return await future
-        except TimeoutError:
-            raise InferenceTimeout(f"inference took longer than {self._timeout:g} s") from None
-
-    async def _run(self) -> None:
-        carry: _Job[K] | None = None
-        while True:
-            first = carry if carry is not None else await self._queue.get()
-            jobs, carry = await self._collect(first)
-            jobs = [j for j in jobs if not j.future.done()]  # timed out while queued
-            if jobs:
-                await self._execute(jobs)
-
-    async def _collect(self, first: _Job[K]) -> tuple[list[_Job[K]], _Job[K] | None]:
-        jobs, rows = [first], len(first.rows)
-        deadline = time.monotonic() + self._max_wait
-        while rows < self._max_rows:
-            try:
-                job = self._queue.get_nowait()
-            except asyncio.QueueEmpty:
-                remaining = deadline - time.monotonic()
-                if remaining <= 0:
-                    break
-                try:
-                    async with asyncio.timeout(remaining):
-                        job = await self._queue.get()
-                except TimeoutError:
-                    break
-            if job.key is not first.key or rows + len(job.rows) > self._max_rows:
-                return jobs, job
-            jobs.append(job)
-            rows += len(job.rows)
-        return jobs, None
-
-    async def _execute(self, jobs: list[_Job[K]]) -> None:
-        batch = jobs[0].rows if len(jobs) == 1 else torch.cat([j.rows for j in jobs])
-        self._batch_sizes.observe(len(batch))
-        loop = asyncio.get_running_loop()
-        try:
-            out = await loop.run_in_executor(self._executor, self._fn, jobs[0].key, batch)
-        except Exception:  # a failed batch fails its callers, never the batcher
-            log.exception("batch of %d failed in %s", len(batch), self.name)
-            for job in jobs:
-                if not job.future.done():
-                    job.future.set_exception(InferenceFailed())
-            return
-        counts = [len(j.rows) for j in jobs]
-        parts = (
-            list(zip(*(t.split(counts) for t in out), strict=True))
-            if isinstance(out, tuple)
-            else out.split(counts)
-        )
-        for job, part in zip(jobs, parts, strict=True):
-            if not job.future.done():
-                job.future.set_result(part)
+    return m.runner.reconstruct(x)
 
 
 class Engine:
@@ -288,9 +178,7 @@ class Engine:
         """Loads and warms the configured checkpoint off the event loop, then starts batching."""
         s = self.settings
         torch.set_num_threads(inference_threads(s.torch_threads))
-        loaded = await asyncio.to_thread(
-            load_model, s.checkpoint, s.device, s.fp16, s.max_batch_size
-        )
+        loaded = await asyncio.to_thread(self._load, s.checkpoint)
         self._install(loaded)
         for batcher in (self.encoder, self.decoder, self.reconstructor):
             batcher.start()
@@ -310,9 +198,7 @@ class Engine:
         s = self.settings
         async with self._reload_lock:
             try:
-                loaded = await asyncio.to_thread(
-                    load_model, path or s.checkpoint, s.device, s.fp16, s.max_batch_size
-                )
+                loaded = await asyncio.to_thread(self._load, path or s.checkpoint)
             except CheckpointError as exc:
                 raise CheckpointRejected(
                     f"reload refused, still serving the old model: {exc}"
@@ -320,15 +206,28 @@ class Engine:
             self._install(loaded)
         return loaded
 
+    def _load(self, path: Path) -> LoadedModel:
+        s = self.settings
+        return load_model(
+            path,
+            s.device,
+            s.fp16,
+            s.max_batch_size,
+            backend=s.backend,
+            threads=inference_threads(s.torch_threads),
+            cuda_graphs=s.cuda_graphs,
+        )
+
     def _install(self, loaded: LoadedModel) -> None:
         self._current = loaded
         metrics.set_model_info(loaded)
         log.info(
-            "serving %s (sha256 %s, latent %d) on %s",
+            "serving %s (sha256 %s, latent %d) on %s with %s",
             loaded.checkpoint,
             loaded.sha256[:12],
             loaded.latent_dim,
             loaded.device,
+            loaded.backend.name,
         )
 
     async def encode(self, m: LoadedModel, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:

@@ -42,6 +42,7 @@ def set_model_info(m: LoadedModel) -> None:
             "latent_dim": str(m.latent_dim),
             "device": str(m.device),
             "dtype": str(m.dtype).removeprefix("torch."),
+            "backend": m.backend.name,
             "torch": str(torch.__version__),
             "python": platform.python_version(),
         }

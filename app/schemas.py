@@ -125,6 +125,22 @@ class ExamplesResponse(BaseModel):
     examples: list[Example]
 
 
+class BackendResponse(BaseModel):
+    """Where the forward passes run, and how close that is to eager PyTorch."""
+
+    requested: str = Field(description="VAE_BACKEND: auto, torch, onnxruntime, openvino, ...")
+    name: str = Field(description="what serves: torch, torch+cuda-graphs, onnxruntime, ...")
+    precision: str = Field(description="f32, f16 or bf16")
+    max_error: float | None = Field(
+        description="largest difference from eager PyTorch on the load-time check "
+        "(absolute, relative above 1); null for eager itself"
+    )
+    bound: float | None = Field(description="the most `max_error` may be for it to serve")
+    fallback_reason: str | None = Field(
+        description="why the requested backend is not serving (eager torch serves instead)"
+    )
+
+
 class ModelResponse(BaseModel):
     checkpoint: str
     sha256: str
@@ -133,6 +149,7 @@ class ModelResponse(BaseModel):
     config: dict[str, Any]
     device: str
     dtype: str
+    backend: BackendResponse
     metrics: dict[str, Any] = Field(description="the checkpoint's final evaluation")
     training: dict[str, Any] = Field(description="everything else the checkpoint records")
     versions: dict[str, str]

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import platform
 
 import fastapi
@@ -12,7 +13,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from app.auth import require_api_key
 from app.deps import EngineDep, ModelDep
-from app.schemas import ModelResponse, Status
+from app.schemas import BackendResponse, ModelResponse, Status
 
 router = APIRouter(tags=["operations"])
 
@@ -51,6 +52,7 @@ async def model_info(m: ModelDep) -> ModelResponse:
         config=m.model.config.to_dict(),
         device=str(m.device),
         dtype=str(m.dtype).removeprefix("torch."),
+        backend=BackendResponse(**dataclasses.asdict(m.backend)),
         metrics=meta.get("metrics") or {},
         training={k: v for k, v in meta.items() if k not in ("metrics", "preset")},
         versions={

@@ -3,6 +3,7 @@ cannot be built) is replaced by eager PyTorch with one log line."""
 
 from __future__ import annotations
 
+import asyncio
 import logging
 
 import pytest
@@ -104,3 +105,34 @@ def test_bucketed_runs_pad_to_the_bucket_and_return_only_the_callers_rows(refere
     assert backends.check(runner, reference) < 1e-5
     big = torch.randn(9, reference.model.latent_dim)
     assert runner.decode(big).shape[0] == 9  # over the largest bucket: eager, not an error
+
+
+@pytest.mark.parametrize("name", ["onnxruntime", "openvino-bf16"])
+def test_model_says_which_backend_serves_and_a_seed_gives_the_same_bytes(
+    name, make_settings, serving
+):
+    async def run():
+        async with serving(make_settings(backend=name)) as client:
+            info = (await client.get("/model")).json()["backend"]
+            first = await client.post("/sample", json={"n": 4, "seed": 11})
+            again = await client.post("/sample", json={"n": 4, "seed": 11})
+            return info, first, again
+
+    info, first, again = asyncio.run(run())
+    assert info["requested"] == name and info["name"] == name
+    assert info["max_error"] <= info["bound"] and info["fallback_reason"] is None
+    assert first.status_code == 200 and first.content == again.content
+
+
+def test_model_reports_a_fallback(make_settings, serving, monkeypatch):
+    monkeypatch.setattr(
+        backends.OnnxRuntimeRunner, "encode", lambda self, x: (x.new_zeros(len(x), 8),) * 2
+    )
+
+    async def run():
+        async with serving(make_settings(backend="onnxruntime")) as client:
+            return (await client.get("/model")).json()["backend"]
+
+    info = asyncio.run(run())
+    assert info["name"] == "torch" and info["requested"] == "onnxruntime"
+    assert "differs from eager" in info["fallback_reason"]

@@ -9,7 +9,7 @@ from concurrent.futures import ThreadPoolExecutor
 import torch
 from prometheus_client.parser import text_string_to_metric_families
 
-from app.engine import MicroBatcher
+from app.batching import MicroBatcher
 from app.errors import InferenceTimeout, Overloaded, ShuttingDown
 
 
