@@ -15,8 +15,9 @@ SECRET = "/srv/private/weights.pt: CUDA error 700 at 0xdeadbeef"
 
 @pytest.fixture
 def broken_decoder_client(make_settings, monkeypatch):
-    """A served app whose decoder raises (after warm-up), with a message that must not leak."""
-    with TestClient(create_app(make_settings())) as client:
+    """A served app whose decoder raises (after warm-up), with a message that must not leak.
+    Eager torch serves, so patching the model's `decode` reaches the forward pass."""
+    with TestClient(create_app(make_settings(backend="torch"))) as client:
 
         def broken_decode(z: torch.Tensor) -> torch.Tensor:
             raise RuntimeError(SECRET)
