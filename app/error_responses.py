@@ -2,10 +2,13 @@
 
 Every error body is `{"detail": ...}`; a 500 adds the request id and says nothing more, because
 an exception's text may hold paths, data or internals. The log line with that id has the rest.
+Under `/v2/` (the Open Inference Protocol) the same errors read `{"error": "..."}`, the shape that
+protocol's clients parse.
 """
 
 from __future__ import annotations
 
+import json
 import logging
 from typing import Any
 
@@ -20,9 +23,21 @@ from app.request_id import current_request_id
 log = logging.getLogger("app")
 
 
-def error_response(status: int, detail: Any, headers: dict[str, str] | None = None) -> JSONResponse:
-    """`{"detail": ...}` with `status`; a 500 also names the request, to quote in a bug report."""
-    body: dict[str, Any] = {"detail": detail}
+PROTOCOL_PREFIX = "/v2"
+
+
+def error_response(
+    status: int, detail: Any, headers: dict[str, str] | None = None, *, protocol: bool = False
+) -> JSONResponse:
+    """`{"detail": ...}` with `status`; a 500 also names the request, to quote in a bug report.
+
+    `protocol`: the Open Inference Protocol's `{"error": "<text>"}` instead.
+    """
+    body: dict[str, Any]
+    if protocol:
+        body = {"error": detail if isinstance(detail, str) else json.dumps(detail)}
+    else:
+        body = {"detail": detail}
     if status == 500:
         body["request_id"] = current_request_id()
     return JSONResponse(body, status, headers=headers)
@@ -45,18 +60,25 @@ def install_error_handlers(app: FastAPI, max_upload_bytes: int) -> None:
         if overloaded or exc.status_code >= 500:
             log.warning("%s: %s", type(exc).__name__, exc.detail)
         headers = {"Retry-After": str(exc.retry_after)} if overloaded else None
-        return error_response(exc.status_code, exc.detail, headers)
+        return error_response(exc.status_code, exc.detail, headers, protocol=_protocol(request))
 
     @app.exception_handler(RequestValidationError)
     async def invalid_request(request: Request, exc: RequestValidationError) -> JSONResponse:
-        return error_response(422, [_safe_error(e) for e in exc.errors()])
+        errors = [_safe_error(e) for e in exc.errors()]
+        return error_response(422, errors, protocol=_protocol(request))
 
     @app.exception_handler(HTTPException)
     async def http_error(request: Request, exc: HTTPException) -> JSONResponse:
         detail = exc.detail
         if exc.status_code == 413:
             detail = f"request body too large: uploads may be at most {max_upload_bytes} bytes each"
-        return error_response(exc.status_code, detail, exc.headers)
+        return error_response(exc.status_code, detail, exc.headers, protocol=_protocol(request))
+
+
+def _protocol(request: Request) -> bool:
+    """Whether the request went to the Open Inference Protocol's routes (`/v2`, `/v2/...`)."""
+    path = request.url.path
+    return path == PROTOCOL_PREFIX or path.startswith(PROTOCOL_PREFIX + "/")
 
 
 def _safe_error(error: dict[str, Any]) -> dict[str, Any]:

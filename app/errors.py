@@ -23,6 +23,12 @@ class ServiceError(Exception):
         self.detail = detail
 
 
+class BadInferenceRequest(ServiceError, status=400):
+    """An Open Inference Protocol request the protocol cannot take: bad JSON, an unknown tensor,
+    a wrong shape or datatype. The protocol asks for 400 here, where the service's own routes
+    answer 422."""
+
+
 class Unauthorized(ServiceError, status=401):
     """The API key or the admin token is missing or wrong."""
 

@@ -22,7 +22,7 @@ from app.examples import ExampleStore
 from app.json_logs import configure_logging
 from app.lifecycle import Lifecycle
 from app.request_context import RequestContextMiddleware
-from app.routes import admin, examples, generate, images, ops
+from app.routes import admin, examples, generate, images, oip, ops
 from models.checkpoint import CheckpointError
 
 log = logging.getLogger("app")
@@ -74,8 +74,9 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.state.lifecycle = Lifecycle()
 
     app.include_router(ops.router)
+    app.include_router(oip.health_router)
     guarded = [Depends(require_api_key)]
-    for module in (generate, images, examples):
+    for module in (generate, images, examples, oip):
         app.include_router(module.router, dependencies=guarded)
     if settings.admin_token is not None:
         app.include_router(admin.router)

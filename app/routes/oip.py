@@ -1,0 +1,177 @@
+"""Open Inference Protocol (KServe v2 REST) routes, beside the service's own, on the same batchers.
+
+Two models come out of one checkpoint: `<dataset>-vae-decoder` (`z` -> `image`) and
+`<dataset>-vae-encoder` (`image` -> `mu`, `logvar`), both versioned by the checkpoint's sha256
+prefix, so a reload shows up as a new version. Inference goes through `Engine.decode` and
+`Engine.encode`, the micro-batchers that `/decode` and `/encode` use, so requests of both APIs
+share batches. Errors are `{"error": "..."}` as the protocol says (`app.error_responses`).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from typing import Annotated
+
+import numpy as np
+import torch
+from fastapi import APIRouter, Header, Request, Response
+
+from app.deps import EngineDep, ModelDep
+from app.engine import Engine, LoadedModel
+from app.error_responses import PROTOCOL_PREFIX
+from app.errors import BadInferenceRequest, NotFound
+from app.inference_protocol import (
+    BINARY_EXTENSION,
+    HEADER_LENGTH,
+    TensorSpec,
+    encode_infer_response,
+    parse_infer_request,
+    select_outputs,
+)
+from app.schemas import MAX_SAMPLES
+
+PREFIX = PROTOCOL_PREFIX  # the error shape follows the prefix
+SERVER_NAME = "mnist-vae"
+SERVER_VERSION = "0.1.0"
+PLATFORM = "pytorch"
+IMAGE_SHAPE = (-1, 1, 32, 32)
+
+Run = Callable[[Engine, LoadedModel, dict[str, torch.Tensor]], Awaitable[dict[str, torch.Tensor]]]
+
+health_router = APIRouter(prefix=PREFIX, tags=["open inference protocol"])
+router = APIRouter(prefix=PREFIX, tags=["open inference protocol"])
+
+
+@dataclass(frozen=True)
+class ProtocolModel:
+    """One model as the protocol sees it: its name, version, tensors and how to run a batch."""
+
+    name: str
+    version: str
+    inputs: list[TensorSpec]
+    outputs: list[TensorSpec]
+    run: Run
+
+    def metadata(self) -> dict:
+        return {
+            "name": self.name,
+            "versions": [self.version],
+            "platform": PLATFORM,
+            "inputs": [spec.metadata() for spec in self.inputs],
+            "outputs": [spec.metadata() for spec in self.outputs],
+        }
+
+
+async def _decode(engine: Engine, m: LoadedModel, inputs: dict[str, torch.Tensor]):
+    return {"image": await engine.decode(m, inputs["z"])}
+
+
+async def _encode(engine: Engine, m: LoadedModel, inputs: dict[str, torch.Tensor]):
+    mu, logvar = await engine.encode(m, inputs["image"])
+    return {"mu": mu, "logvar": logvar}
+
+
+def protocol_models(m: LoadedModel) -> dict[str, ProtocolModel]:
+    """The decoder and the encoder of the served checkpoint, named after its dataset."""
+    dataset = (m.metadata.get("dataset") or {}).get("name") or "mnist"
+    version = m.sha256[:12]
+    latent = (-1, m.latent_dim)
+    decoder = ProtocolModel(
+        f"{dataset}-vae-decoder",
+        version,
+        [TensorSpec("z", "FP32", latent)],
+        [TensorSpec("image", "FP32", IMAGE_SHAPE)],
+        _decode,
+    )
+    encoder = ProtocolModel(
+        f"{dataset}-vae-encoder",
+        version,
+        [TensorSpec("image", "FP32", IMAGE_SHAPE)],
+        [TensorSpec("mu", "FP32", latent), TensorSpec("logvar", "FP32", latent)],
+        _encode,
+    )
+    return {decoder.name: decoder, encoder.name: encoder}
+
+
+def find_model(m: LoadedModel, name: str, version: str | None = None) -> ProtocolModel:
+    models = protocol_models(m)
+    if name not in models:
+        raise NotFound(f"unknown model {name!r}; this server has {', '.join(sorted(models))}")
+    model = models[name]
+    if version is not None and version != model.version:
+        raise NotFound(f"model {name!r} has no version {version!r}; it has {model.version!r}")
+    return model
+
+
+@health_router.get("/health/live", status_code=200, response_class=Response)
+async def server_live() -> Response:
+    """200 while the process answers (the protocol's liveness; no body)."""
+    return Response(status_code=200)
+
+
+@health_router.get("/health/ready", status_code=200, response_class=Response)
+async def server_ready(engine: EngineDep) -> Response:
+    """200 once the model is loaded and warmed, 503 before (no body), as `/readyz`."""
+    return Response(status_code=200 if engine.ready else 503)
+
+
+@router.get("")
+async def server_metadata() -> dict:
+    """Server name, version and the protocol extensions it speaks."""
+    return {"name": SERVER_NAME, "version": SERVER_VERSION, "extensions": [BINARY_EXTENSION]}
+
+
+@router.post("/repository/index")
+async def repository_index(m: ModelDep) -> list[dict]:
+    """Triton's model-repository index: the model names a client can call, all ready."""
+    return [
+        {"name": model.name, "version": model.version, "state": "READY", "reason": ""}
+        for model in protocol_models(m).values()
+    ]
+
+
+@router.get("/models/{name}")
+@router.get("/models/{name}/versions/{version}")
+async def model_metadata(m: ModelDep, name: str, version: str | None = None) -> dict:
+    """Inputs and outputs with their datatypes and shapes (-1: any batch size)."""
+    return find_model(m, name, version).metadata()
+
+
+@router.get("/models/{name}/ready", response_class=Response)
+@router.get("/models/{name}/versions/{version}/ready", response_class=Response)
+async def model_ready(m: ModelDep, name: str, version: str | None = None) -> Response:
+    """200 when the model is loaded (it always is once the server is ready); 404 if unknown."""
+    find_model(m, name, version)
+    return Response(status_code=200)
+
+
+@router.post("/models/{name}/infer", response_class=Response)
+@router.post("/models/{name}/versions/{version}/infer", response_class=Response)
+async def infer(
+    request: Request,
+    engine: EngineDep,
+    m: ModelDep,
+    name: str,
+    version: str | None = None,
+    header_length: Annotated[str | None, Header(alias=HEADER_LENGTH)] = None,
+) -> Response:
+    """Runs a batch through the model: JSON tensors, or JSON + binary tensors (`tritonclient`)."""
+    model = find_model(m, name, version)
+    encoding = request.headers.get("content-encoding", "identity").lower()
+    if encoding != "identity":
+        raise BadInferenceRequest(f"Content-Encoding {encoding!r} is not supported; send plain")
+    parsed = parse_infer_request(await request.body(), header_length, model.inputs)
+    outputs = select_outputs(parsed, model.outputs)
+    for array in parsed.inputs.values():
+        if not 1 <= len(array) <= MAX_SAMPLES:
+            raise BadInferenceRequest(f"the batch size must be 1..{MAX_SAMPLES}; got {len(array)}")
+    tensors = {k: torch.from_numpy(np.array(v, copy=True)) for k, v in parsed.inputs.items()}
+    results = await model.run(engine, m, tensors)
+    body, headers = encode_infer_response(
+        model.name,
+        model.version,
+        parsed.id,
+        [(spec, binary, results[spec.name].numpy()) for spec, binary in outputs],
+    )
+    return Response(body, headers=headers)
