@@ -35,6 +35,8 @@ import torch
 from models.prior import LatentPrior, MixturePrior, PriorError, StandardNormalPrior
 from models.vae import ConvVAE, VAEConfig
 
+MAX_PARAMETERS = 200_000_000  # 100x the shipped model; refused before anything is allocated
+MAX_WIDTH = 4096
 FORMAT_NAME = "mnist-vae-checkpoint"
 FORMAT_VERSION = 2
 READABLE_VERSIONS = (1, 2)
@@ -153,6 +155,7 @@ def model_from_payload(payload: dict[str, Any], source: str = "checkpoint") -> C
         config = VAEConfig.from_dict(payload["model_config"])
     except (TypeError, ValueError) as exc:
         raise CheckpointError(f"{source} has an invalid model config: {exc}") from exc
+    check_model_size(config, payload["model_state"], source)
     model = ConvVAE(config)
     try:
         model.load_state_dict(payload["model_state"], strict=True)
@@ -161,6 +164,29 @@ def model_from_payload(payload: dict[str, Any], source: str = "checkpoint") -> C
             f"{source}: weights do not match its model config: {_first_line(exc)}"
         ) from exc
     return model
+
+
+def check_model_size(config: VAEConfig, state: dict[str, Any], source: str = "checkpoint") -> None:
+    """Refuses a config whose network would be absurdly large, or larger than its weights, before
+    a byte of it is allocated: a few numbers in a 1 KB file once made the server allocate 1.1 GB
+    only to find that the weights did not fit. The network is built on the meta device (shapes,
+    no memory) and its size compared with `MAX_PARAMETERS` and with the stored tensors."""
+    widths = [*config.channels, config.latent_dim, config.image_size]
+    if min(widths) < 1 or max(widths) > MAX_WIDTH or len(config.channels) > 8:
+        raise CheckpointError(
+            f"{source}: model config out of range (channels, latent_dim and image_size must be "
+            f"1..{MAX_WIDTH}, at most 8 stages): {config.to_dict()}"
+        )
+    if config.res_blocks > 16:
+        raise CheckpointError(f"{source}: model config has {config.res_blocks} residual blocks")
+    with torch.device("meta"):
+        wanted = sum(t.numel() for t in ConvVAE(config).state_dict().values())
+    stored = sum(t.numel() for t in state.values() if isinstance(t, torch.Tensor))
+    if wanted > MAX_PARAMETERS or wanted != stored:
+        raise CheckpointError(
+            f"{source}: its model config needs {wanted:,} values but the file holds {stored:,} "
+            f"(limit {MAX_PARAMETERS:,})"
+        )
 
 
 def file_sha256(path: str | os.PathLike) -> str:

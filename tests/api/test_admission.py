@@ -1,0 +1,118 @@
+"""Admission control (issue 12, problem 3): decodes are bounded and budgeted, floods get 503."""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+import time
+
+import pytest
+
+from app.admission import DecodeGate, InferenceGate, image_pixels
+from app.errors import Overloaded
+
+
+def test_image_pixels_reads_the_header_only(digit_png):
+    assert image_pixels(digit_png) == 28 * 28
+    assert image_pixels(b"not an image") == 1
+
+
+def test_decodes_never_exceed_the_thread_count_or_the_pixel_budget():
+    gate = DecodeGate(concurrency=3, pixel_budget=1000)
+    lock = threading.Lock()
+    running = {"jobs": 0, "pixels": 0, "max_jobs": 0, "max_pixels": 0}
+
+    def work(pixels: int):
+        def fn() -> int:
+            with lock:
+                running["jobs"] += 1
+                running["pixels"] += pixels
+                running["max_jobs"] = max(running["max_jobs"], running["jobs"])
+                running["max_pixels"] = max(running["max_pixels"], running["pixels"])
+            time.sleep(0.02)
+            with lock:
+                running["jobs"] -= 1
+                running["pixels"] -= pixels
+            return pixels
+
+        return fn
+
+    sizes = [600, 300, 100, 100, 900, 50, 50, 50, 400, 500] * 2
+
+    async def main() -> list[int]:
+        return await asyncio.gather(*[gate.run(p, work(p), time_left_s=60) for p in sizes])
+
+    results = asyncio.run(main())
+    assert results == sizes
+    assert running["max_jobs"] <= 3
+    assert running["max_pixels"] <= 1000
+    assert gate._running == 0 and gate._pixels_running == 0 and not gate._waiters
+
+
+def test_a_decode_that_cannot_finish_in_time_gets_503_with_retry_after():
+    gate = DecodeGate(concurrency=1, pixel_budget=10_000)
+    gate.seconds_per_pixel = 1e-4  # 10,000 pixels: 1 s
+
+    async def main() -> Overloaded:
+        first = asyncio.ensure_future(gate.run(10_000, lambda: time.sleep(0.3), time_left_s=5))
+        await asyncio.sleep(0.05)
+        with pytest.raises(Overloaded) as refused:
+            await gate.run(10_000, lambda: None, time_left_s=1.5)  # 1 s ahead + 1 s own
+        await first
+        return refused.value
+
+    refused = asyncio.run(main())
+    assert refused.status_code == 503 and refused.retry_after >= 1
+
+
+def test_a_request_that_gives_up_frees_its_place_and_its_budget():
+    gate = DecodeGate(concurrency=1, pixel_budget=100)
+    release = threading.Event()
+
+    async def main() -> str:
+        first = asyncio.ensure_future(gate.run(100, release.wait, time_left_s=60))
+        await asyncio.sleep(0.05)
+        waiting = asyncio.ensure_future(gate.run(100, lambda: "late", time_left_s=60))
+        await asyncio.sleep(0.05)
+        waiting.cancel()  # e.g. the request's deadline passed while queued
+        await asyncio.gather(waiting, return_exceptions=True)
+        assert not gate._waiters and gate._pixels_waiting == 0
+        release.set()
+        await first
+        return await gate.run(100, lambda: "next", time_left_s=60)
+
+    assert asyncio.run(main()) == "next"
+    assert gate._running == 0 and gate._pixels_running == 0
+
+
+def test_inference_gate_refuses_work_that_would_wait_past_the_timeout():
+    gate = InferenceGate(timeout_s=1.0)
+    gate.seconds_per_row["decode"] = 0.001  # 256 rows: 0.256 s
+
+    async def main() -> tuple[int, int]:
+        admitted, refused = 0, 0
+        holders = []
+        for _ in range(10):
+            cm = gate.admit("decode", 256)
+            try:
+                await cm.__aenter__()
+            except Overloaded as exc:
+                assert exc.retry_after >= 1
+                refused += 1
+            else:
+                admitted += 1
+                holders.append(cm)
+        for cm in holders:
+            await cm.__aexit__(None, None, None)
+        return admitted, refused
+
+    assert asyncio.run(main()) == (3, 7)  # 3 x 0.256 s fit in 1 s; the 4th would wait too long
+    assert gate.pending_s == 0
+
+
+def test_inference_gate_learns_seconds_per_row_from_the_batches():
+    gate = InferenceGate(timeout_s=10)
+    timed = gate.timed("encode", lambda key, batch: time.sleep(0.01 * len(batch)) or batch)
+    for _ in range(20):
+        timed(None, [0] * 4)
+    assert 0.008 < gate.seconds_per_row["encode"] < 0.03
