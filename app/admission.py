@@ -22,10 +22,10 @@ import contextlib
 import io
 import math
 import time
+import warnings
 from collections import deque
-from collections.abc import AsyncIterator, Callable
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
-from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
@@ -46,8 +46,10 @@ def image_pixels(data: bytes) -> int:
     """Width x height from the image header, without decoding; 1 when the header is unreadable
     (the decoder then reports what is wrong with it)."""
     try:
-        with Image.open(io.BytesIO(data)) as image:
-            width, height = image.size
+        with warnings.catch_warnings():  # a bomb's size is what we want to know, not a warning
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+            with Image.open(io.BytesIO(data)) as image:
+                width, height = image.size
     except Exception:  # noqa: BLE001 - any malformed header; the decoder answers it properly
         return 1
     return max(1, width * height)
@@ -175,8 +177,9 @@ class InferenceGate:
 
         return run
 
-    @asynccontextmanager
-    async def admit(self, op: str, rows: int) -> AsyncIterator[None]:
+    def reserve(self, op: str, rows: int) -> float:
+        """Books `rows` of `op` and returns their estimated seconds, to `release` when done;
+        raises `Overloaded` (503) when the work already booked would outlast the timeout."""
         cost = rows * self.seconds_per_row.get(op, PRIOR_INFERENCE_S_PER_ROW)
         if self.pending_s > 0 and self.pending_s + cost > self.timeout_s:
             raise Overloaded(
@@ -184,7 +187,7 @@ class InferenceGate:
                 retry_after=retry_after(self.pending_s),
             )
         self.pending_s += cost
-        try:
-            yield
-        finally:
-            self.pending_s = max(0.0, self.pending_s - cost)
+        return cost
+
+    def release(self, cost: float) -> None:
+        self.pending_s = max(0.0, self.pending_s - cost)

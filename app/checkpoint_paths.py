@@ -13,7 +13,7 @@ import os
 import stat
 from pathlib import Path
 
-from app.errors import NotFound, ServiceError
+from app.errors import InvalidInput, NotFound, PayloadTooLarge, ServiceError
 
 MAX_PATH_CHARS = 4096
 MAX_COMPONENT_BYTES = 255
@@ -21,10 +21,8 @@ MAX_CHECKPOINT_BYTES = 1 << 30  # the shipped model is 8.4 MB
 FORBIDDEN_ROOTS = (Path("/proc"), Path("/sys"), Path("/dev"))
 
 
-class ReloadPathRefused(ServiceError):
-    """A path outside the checkpoint directory, or not a path at all (403 or 422)."""
-
-    status_code = 403
+class ReloadPathRefused(ServiceError, status=403):
+    """A path outside the checkpoint directory (or a link out of it)."""
 
 
 def checkpoint_root(configured: Path) -> Path:
@@ -39,8 +37,8 @@ def checkpoint_root(configured: Path) -> Path:
 def resolve_checkpoint(requested: str, root: Path) -> Path:
     """The file that `requested` (relative to `root`, or absolute inside it) names.
 
-    Raises `ReloadPathRefused` (422 for malformed text, 403 for anything outside `root`) or
-    `NotFound` (404) when no regular file of a sane size is there.
+    Raises `InvalidInput` (422) for malformed text, `ReloadPathRefused` (403) for anything
+    outside `root`, `NotFound` (404) when no regular file is there, `PayloadTooLarge` (413).
     """
     _check_text(requested)
     candidate = Path(requested) if os.path.isabs(requested) else root / requested
@@ -54,9 +52,8 @@ def resolve_checkpoint(requested: str, root: Path) -> Path:
     if info is None or not stat.S_ISREG(info.st_mode):
         raise NotFound(f"no checkpoint file {requested!r} in the checkpoint directory")
     if info.st_size > MAX_CHECKPOINT_BYTES:
-        raise ReloadPathRefused(
-            f"{requested!r} is {info.st_size} bytes, over the {MAX_CHECKPOINT_BYTES} byte limit",
-            413,
+        raise PayloadTooLarge(
+            f"{requested!r} is {info.st_size} bytes, over the {MAX_CHECKPOINT_BYTES} byte limit"
         )
     return resolved
 
@@ -78,4 +75,4 @@ def _check_text(requested: str) -> None:
             if any(len(p) > MAX_COMPONENT_BYTES for p in parts):
                 problem = f"has a name longer than {MAX_COMPONENT_BYTES} bytes"
     if problem:
-        raise ReloadPathRefused(f"the checkpoint path {problem}", 422)
+        raise InvalidInput(f"the checkpoint path {problem}")

@@ -9,6 +9,7 @@ from typing import Annotated, Literal
 import torch
 from fastapi import Depends, File, Query, Request, UploadFile
 
+from app.admission import DecodeGate
 from app.config import Settings
 from app.engine import Engine, LoadedModel
 from app.examples import ExampleStore
@@ -25,6 +26,10 @@ async def get_engine(request: Request) -> Engine:
 
 async def get_examples(request: Request) -> ExampleStore:
     return request.app.state.examples
+
+
+async def get_decode_gate(request: Request) -> DecodeGate:
+    return request.app.state.decode_gate
 
 
 async def get_model(engine: Annotated[Engine, Depends(get_engine)]) -> LoadedModel:
@@ -51,15 +56,17 @@ EngineDep = Annotated[Engine, Depends(get_engine)]
 ExamplesDep = Annotated[ExampleStore, Depends(get_examples)]
 ModelDep = Annotated[LoadedModel, Depends(get_model)]
 JsonDep = Annotated[bool, Depends(wants_json)]
+DecodeGateDep = Annotated[DecodeGate, Depends(get_decode_gate)]
 
 
 async def uploaded_image(
     file: Annotated[UploadFile, File(description=UPLOAD_DESCRIPTION)],
     settings: SettingsDep,
+    gate: DecodeGateDep,
     preprocess: PreprocessQuery = "auto",
 ) -> torch.Tensor:
     """The model input [1, 1, 32, 32] of the multipart `file`, within the upload limits."""
-    return await to_model_input(await read_upload(file, settings), settings, preprocess)
+    return await to_model_input(await read_upload(file, settings), settings, preprocess, gate)
 
 
 UploadedImage = Annotated[torch.Tensor, Depends(uploaded_image)]

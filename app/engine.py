@@ -21,6 +21,7 @@ from typing import Any
 import torch
 
 from app import metrics
+from app.admission import InferenceGate
 from app.backends import BackendInfo, Runner, TorchRunner, select_runner
 from app.batching import MicroBatcher
 from app.config import Settings
@@ -160,9 +161,18 @@ class Engine:
             queue_size=settings.queue_size,
             timeout_s=settings.request_timeout_s,
         )
-        self.encoder = MicroBatcher("encode", run_encode, self._executor, **knobs)
-        self.decoder = MicroBatcher("decode", run_decode, self._executor, **knobs)
-        self.reconstructor = MicroBatcher("reconstruct", run_reconstruct, self._executor, **knobs)
+        # Learns each operation's seconds per row, and answers 503 up front when the work
+        # already queued would outlast the request timeout (rather than a 504 at its end).
+        self.admission = gate = InferenceGate(settings.request_timeout_s)
+        self.encoder = MicroBatcher(
+            "encode", gate.timed("encode", run_encode), self._executor, **knobs
+        )
+        self.decoder = MicroBatcher(
+            "decode", gate.timed("decode", run_decode), self._executor, **knobs
+        )
+        self.reconstructor = MicroBatcher(
+            "reconstruct", gate.timed("reconstruct", run_reconstruct), self._executor, **knobs
+        )
 
     @property
     def ready(self) -> bool:
@@ -231,13 +241,25 @@ class Engine:
         )
 
     async def encode(self, m: LoadedModel, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        return await self.encoder.submit(m, x)
+        cost = self.admission.reserve("encode", len(x))
+        try:
+            return await self.encoder.submit(m, x)
+        finally:
+            self.admission.release(cost)
 
     async def decode(self, m: LoadedModel, z: torch.Tensor) -> torch.Tensor:
-        return await self.decoder.submit(m, z)
+        cost = self.admission.reserve("decode", len(z))
+        try:
+            return await self.decoder.submit(m, z)
+        finally:
+            self.admission.release(cost)
 
     async def reconstruct(self, m: LoadedModel, x: torch.Tensor) -> tuple[torch.Tensor, ...]:
-        return await self.reconstructor.submit(m, x)
+        cost = self.admission.reserve("reconstruct", len(x))
+        try:
+            return await self.reconstructor.submit(m, x)
+        finally:
+            self.admission.release(cost)
 
     async def sample(
         self, m: LoadedModel, n: int, seed: int, temperature: float

@@ -17,7 +17,7 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException
 
-from app.errors import Overloaded, ServiceError
+from app.errors import Overloaded, ServiceError, Unauthorized
 from app.request_id import current_request_id
 
 log = logging.getLogger("app")
@@ -59,7 +59,11 @@ def install_error_handlers(app: FastAPI, max_upload_bytes: int) -> None:
         overloaded = isinstance(exc, Overloaded)
         if overloaded or exc.status_code >= 500:
             log.warning("%s: %s", type(exc).__name__, exc.detail)
-        headers = {"Retry-After": str(exc.retry_after)} if overloaded else None
+        headers = None
+        if overloaded:
+            headers = {"Retry-After": str(exc.retry_after)}
+        elif isinstance(exc, Unauthorized):
+            headers = {"WWW-Authenticate": "Bearer"}
         return error_response(exc.status_code, exc.detail, headers, protocol=_protocol(request))
 
     @app.exception_handler(RequestValidationError)

@@ -10,19 +10,19 @@ from pathlib import Path
 
 from fastapi import Depends, FastAPI
 from fastapi.middleware.cors import CORSMiddleware
-from fastapi.staticfiles import StaticFiles
-from starlette.exceptions import HTTPException
-from starlette.types import Receive, Scope, Send
 
+from app.admission import DecodeGate
 from app.auth import require_api_key
 from app.config import Settings
 from app.engine import Engine
 from app.error_responses import install_error_handlers
 from app.examples import ExampleStore
+from app.guard import RequestGuardMiddleware, start_deadline
 from app.json_logs import configure_logging
 from app.lifecycle import Lifecycle
 from app.request_context import RequestContextMiddleware
 from app.routes import admin, examples, generate, images, oip, ops
+from app.static_pages import StaticPages
 from models.checkpoint import CheckpointError
 
 log = logging.getLogger("app")
@@ -57,6 +57,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             yield
         finally:
             await app.state.engine.stop()
+            app.state.decode_gate.shutdown()
 
     app = FastAPI(
         title="MNIST VAE",
@@ -72,16 +73,18 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.state.engine = Engine(settings)
     app.state.examples = ExampleStore()
     app.state.lifecycle = Lifecycle()
+    app.state.decode_gate = DecodeGate(settings.decode_concurrency, settings.decode_pixel_budget)
 
     app.include_router(ops.router)
     app.include_router(oip.health_router)
-    guarded = [Depends(require_api_key)]
+    guarded = [Depends(require_api_key), Depends(start_deadline)]
     for module in (generate, images, examples, oip):
         app.include_router(module.router, dependencies=guarded)
     if settings.admin_token is not None:
         app.include_router(admin.router)
 
     install_error_handlers(app, settings.max_upload_bytes)
+    app.add_middleware(RequestGuardMiddleware, settings=settings, lifecycle=app.state.lifecycle)
     if settings.cors_origins:
         app.add_middleware(
             CORSMiddleware,
@@ -94,15 +97,6 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     if STATIC_DIR.is_dir():
         app.mount("/", StaticPages(directory=STATIC_DIR, html=True), name="static")
     return app
-
-
-class StaticPages(StaticFiles):
-    """The web page at `/`; other methods get 404 (not 405), so unknown API routes read as such."""
-
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] == "http" and scope["method"] not in ("GET", "HEAD"):
-            raise HTTPException(404, "Not Found")
-        await super().__call__(scope, receive, send)
 
 
 app = create_app()

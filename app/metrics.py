@@ -36,7 +36,7 @@ MODEL_LOADS = Counter("vae_model_loads_total", "Checkpoints loaded (start-up and
 def set_model_info(m: LoadedModel) -> None:
     MODEL_INFO.info(
         {
-            "checkpoint": str(m.checkpoint),
+            "checkpoint": m.checkpoint.name,  # the file name only: /metrics is open to all
             "sha256": m.sha256,
             "preset": str(m.metadata.get("preset", "unknown")),
             "latent_dim": str(m.latent_dim),

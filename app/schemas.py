@@ -17,7 +17,10 @@ B64Png = Annotated[str, Field(description="a PNG file, base64-encoded")]
 
 
 class _Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    """Request bodies: unknown fields are errors, and so are wrong JSON types (`{"n": true}` or
+    `{"n": "16"}` is a 422, not 1 or 16); an integer is still a valid float."""
+
+    model_config = ConfigDict(extra="forbid", strict=True)
 
 
 class SampleRequest(_Strict):
@@ -165,5 +168,6 @@ class ReloadRequest(_Strict):
         None,
         max_length=4096,
         pattern=r"^[^\x00]*$",  # no OS takes a NUL in a path: refuse it here, not as a 500
-        description="server-side path; default: the configured checkpoint",
+        description="a file in VAE_CHECKPOINT_DIR, by name or absolute path; default: the "
+        "configured checkpoint",
     )

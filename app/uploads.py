@@ -7,7 +7,7 @@ costs neither memory nor CPU.
 
 from __future__ import annotations
 
-import asyncio
+import functools
 import math
 from typing import Annotated, Literal
 
@@ -15,8 +15,10 @@ import torch
 from fastapi import Query, UploadFile
 
 from app import imaging
+from app.admission import DecodeGate, image_pixels
 from app.config import Settings
 from app.errors import PayloadTooLarge
+from app.guard import time_left_s
 
 Preprocess = Literal["auto", "none"]
 PreprocessQuery = Annotated[
@@ -43,14 +45,19 @@ def decode_base64url(text: str, settings: Settings) -> bytes:
     return imaging.decode_base64_image(text)
 
 
-async def to_model_input(data: bytes, settings: Settings, preprocess: Preprocess) -> torch.Tensor:
-    """Upload bytes -> [1, 1, 32, 32], decoded off the event loop: a few KB of PNG can hold
-    4096x4096 pixels, so the byte size says nothing about the decoding cost."""
-    image = await asyncio.to_thread(
+async def to_model_input(
+    data: bytes, settings: Settings, preprocess: Preprocess, gate: DecodeGate
+) -> torch.Tensor:
+    """Upload bytes -> [1, 1, 32, 32], decoded on the decode gate's threads: a few KB of PNG can
+    hold 4096x4096 pixels, so the byte size says nothing about the decoding cost, and the gate
+    bounds how many pixels are being decoded at once (503 when it cannot finish in time)."""
+    decode = functools.partial(
         imaging.normalize_upload,
         data,
         preprocess=preprocess != "none",
         max_bytes=settings.max_upload_bytes,
         max_pixels=settings.max_image_pixels,
     )
+    pixels = min(image_pixels(data), settings.max_image_pixels)
+    image = await gate.run(pixels, decode, time_left_s(settings.request_timeout_s))
     return image.unsqueeze(0)

@@ -202,11 +202,14 @@ def measure_cost(args: argparse.Namespace) -> dict:
         for _ in range(args.rounds):  # interleaved, so background load hits both alike
             for endpoint in ("healthz", "sample"):
                 for label, server in servers.items():
+                    cpu = server.cpu_s()
                     cell = load_process(endpoint, server.port, 64, args.duration)
+                    cell["cpu_us_per_request"] = (server.cpu_s() - cpu) / cell["total"] * 1e6
                     cells.setdefault(f"{label}/{endpoint}", []).append(cell)
                     log(
                         f"cost {label:5} {endpoint:7} c=64 {cell['rps']:8.0f} req/s "
-                        f"p99 {cell['p99_ms']:.1f} ms errors {cell['errors']}"
+                        f"p99 {cell['p99_ms']:.1f} ms, server CPU "
+                        f"{cell['cpu_us_per_request']:.0f} us/request, errors {cell['errors']}"
                     )
         for server in servers.values():
             server.stop()
@@ -222,11 +225,15 @@ def measure_cost(args: argparse.Namespace) -> dict:
             "errors": sum(r["errors"] for r in runs),
         }
     for endpoint in ("healthz", "sample"):
-        ratio = (
-            result["cells"][f"edge/{endpoint}"]["rps"] / result["cells"][f"plain/{endpoint}"]["rps"]
+        edge, plain = result["cells"][f"edge/{endpoint}"], result["cells"][f"plain/{endpoint}"]
+        ratio = edge["rps"] / plain["rps"]
+        cpu_ratio = edge["cpu_us_per_request"] / plain["cpu_us_per_request"]
+        result[f"{endpoint}_rps_edge_vs_plain"] = ratio
+        result[f"{endpoint}_cpu_per_request_edge_vs_plain"] = cpu_ratio
+        log(
+            f"cost {endpoint}: edge/plain req/s {ratio:.3f}, server CPU per request "
+            f"{cpu_ratio:.3f} (medians of {args.rounds} rounds)"
         )
-        result[f"{endpoint}_edge_vs_plain"] = ratio
-        log(f"cost {endpoint}: edge/plain = {ratio:.3f} (median of {args.rounds} rounds)")
     return result
 
 

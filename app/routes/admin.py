@@ -2,13 +2,13 @@
 
 from __future__ import annotations
 
-from pathlib import Path
 from typing import Annotated
 
 from fastapi import APIRouter, Body, Depends
 
 from app.auth import require_admin
-from app.deps import EngineDep
+from app.checkpoint_paths import checkpoint_root, resolve_checkpoint
+from app.deps import EngineDep, SettingsDep
 from app.routes.openapi import ERRORS
 from app.routes.ops import model_info
 from app.schemas import ModelResponse, ReloadRequest
@@ -17,18 +17,30 @@ router = APIRouter(
     prefix="/admin",
     tags=["admin"],
     dependencies=[Depends(require_admin)],
-    responses={401: ERRORS[401], 409: {"description": "checkpoint refused; old model serving"}},
+    responses={
+        401: ERRORS[401],
+        403: {"description": "outside the checkpoint directory"},
+        404: {"description": "no such file in the checkpoint directory"},
+        409: {"description": "checkpoint refused; old model serving"},
+    },
 )
 
 
 @router.post("/reload", response_model=ModelResponse)
 async def reload(
-    engine: EngineDep, body: Annotated[ReloadRequest | None, Body()] = None
+    engine: EngineDep,
+    settings: SettingsDep,
+    body: Annotated[ReloadRequest | None, Body()] = None,
 ) -> ModelResponse:
     """Loads and warms a checkpoint beside the serving one, then swaps atomically.
+
+    `checkpoint` is a file in `VAE_CHECKPOINT_DIR` (default: the served checkpoint's folder),
+    by name or by absolute path; anything else is refused with 403, 404 or 422.
 
     Requests already running finish on the old model. A checkpoint that fails to load is refused
     with 409 and the old model keeps serving.
     """
-    path = Path(body.checkpoint) if body and body.checkpoint else None
+    path = None
+    if body is not None and body.checkpoint is not None:
+        path = resolve_checkpoint(body.checkpoint, checkpoint_root(settings.reload_dir))
     return await model_info(await engine.reload(path))

@@ -8,7 +8,7 @@ from typing import Annotated
 import torch
 from fastapi import APIRouter, File, Form, Response, UploadFile
 
-from app.deps import EngineDep, ExamplesDep, JsonDep, ModelDep, SettingsDep
+from app.deps import DecodeGateDep, EngineDep, ExamplesDep, JsonDep, ModelDep, SettingsDep
 from app.engine import Engine, LoadedModel
 from app.errors import InvalidInput
 from app.examples import ExampleStore
@@ -65,13 +65,14 @@ async def interpolate_uploads(
     engine: EngineDep,
     m: ModelDep,
     settings: SettingsDep,
+    gate: DecodeGateDep,
     as_json: JsonDep,
     steps: Annotated[int, Form(ge=2, le=MAX_STEPS)] = 10,
     preprocess: PreprocessQuery = "auto",
 ) -> Response:
     """A strip between the encodings (posterior means) of two uploaded images."""
     uploads = [await read_upload(f, settings) for f in (start, end)]
-    x = torch.cat([await to_model_input(data, settings, preprocess) for data in uploads])
+    x = torch.cat([await to_model_input(d, settings, preprocess, gate) for d in uploads])
     mu, _ = await engine.encode(m, x)
     z, images = await engine.interpolate(m, mu[0], mu[1], steps)
     return interpolation_response(z, images, as_json)

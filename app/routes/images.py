@@ -7,9 +7,18 @@ from typing import Annotated
 import torch
 from fastapi import APIRouter, Query, Response
 
-from app.deps import EngineDep, ExamplesDep, JsonDep, ModelDep, SettingsDep, UploadedImage
+from app.deps import (
+    DecodeGateDep,
+    EngineDep,
+    ExamplesDep,
+    JsonDep,
+    ModelDep,
+    SettingsDep,
+    UploadedImage,
+)
 from app.engine import Engine, LoadedModel
 from app.errors import InvalidInput
+from app.http_edge import MAX_URL_BYTES
 from app.responses import latent_response, reconstruction_response
 from app.routes.openapi import ERRORS, PNG_RESPONSE
 from app.schemas import LatentResponse, ReconstructResponse
@@ -32,10 +41,15 @@ async def encode_query(
     engine: EngineDep,
     m: ModelDep,
     settings: SettingsDep,
+    gate: DecodeGateDep,
     examples: ExamplesDep,
     image: Annotated[
         str | None,
-        Query(description="the image file, base64url-encoded; the upload limit applies"),
+        Query(
+            description="the image file, base64url-encoded. The whole URL may be at most 65,535 "
+            "bytes, so this carries files up to about 48 KB; upload larger ones with POST",
+            max_length=MAX_URL_BYTES,
+        ),
     ] = None,
     example: Annotated[
         str | None, Query(description="a bundled example id (GET /examples)", max_length=64)
@@ -48,7 +62,8 @@ async def encode_query(
     if example is not None:
         x = examples.get(example).tensor.unsqueeze(0)
     else:
-        x = await to_model_input(decode_base64url(image or "", settings), settings, preprocess)
+        data = decode_base64url(image or "", settings)
+        x = await to_model_input(data, settings, preprocess, gate)
     return await _encode(engine, m, x)
 
 

@@ -7,7 +7,7 @@ import platform
 
 import fastapi
 import torch
-from fastapi import APIRouter, Depends, Response
+from fastapi import APIRouter, Depends, Request, Response
 from fastapi.responses import JSONResponse
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
@@ -27,8 +27,11 @@ async def healthz() -> Response:
 
 
 @router.get("/readyz", response_model=Status, responses={503: {"model": Status}})
-async def readyz(engine: EngineDep) -> Response:
-    """200 once the model is loaded and warmed up, 503 before."""
+async def readyz(engine: EngineDep, request: Request) -> Response:
+    """200 once the model is loaded and warmed up; 503 before, and from the moment a shutdown
+    begins (SIGTERM), so load balancers stop sending work while requests in flight finish."""
+    if request.app.state.lifecycle.draining:
+        return JSONResponse({"status": "draining"}, status_code=503)
     if engine.ready:
         return JSONResponse({"status": "ready"})
     return JSONResponse({"status": "loading"}, status_code=503)

@@ -15,8 +15,11 @@ AUTH = {"Authorization": f"Bearer {TOKEN}"}
 
 
 @pytest.fixture
-def admin_client(make_settings):
-    with TestClient(create_app(make_settings(admin_token=TOKEN))) as client:
+def admin_client(make_settings, tmp_path_factory):
+    """Reloads may come from anywhere under pytest's temporary folder (VAE_CHECKPOINT_DIR)."""
+    anywhere = tmp_path_factory.getbasetemp()
+    settings = make_settings(admin_token=TOKEN, checkpoint_dir=anywhere)
+    with TestClient(create_app(settings)) as client:
         yield client
 
 
@@ -71,15 +74,15 @@ def test_missing_checkpoint_is_refused(admin_client, tmp_path):
     response = admin_client.post(
         "/admin/reload", json={"checkpoint": str(tmp_path / "absent.pt")}, headers=AUTH
     )
-    assert response.status_code == 409
-    assert "not found" in response.json()["detail"]
+    assert response.status_code == 404
+    assert "no checkpoint file" in response.json()["detail"]
 
 
 def test_requests_in_flight_finish_on_one_model_or_the_other(
     make_settings, serving, second_checkpoint
 ):
     """A reload racing 64 identical requests: each answer is wholly the old or the new model's."""
-    settings = make_settings(admin_token=TOKEN)
+    settings = make_settings(admin_token=TOKEN, checkpoint_dir=second_checkpoint.parent)
 
     async def race() -> tuple[bytes, bytes, list[int], list[bytes]]:
         async with serving(settings) as client:

@@ -89,24 +89,16 @@ def test_inference_gate_refuses_work_that_would_wait_past_the_timeout():
     gate = InferenceGate(timeout_s=1.0)
     gate.seconds_per_row["decode"] = 0.001  # 256 rows: 0.256 s
 
-    async def main() -> tuple[int, int]:
-        admitted, refused = 0, 0
-        holders = []
-        for _ in range(10):
-            cm = gate.admit("decode", 256)
-            try:
-                await cm.__aenter__()
-            except Overloaded as exc:
-                assert exc.retry_after >= 1
-                refused += 1
-            else:
-                admitted += 1
-                holders.append(cm)
-        for cm in holders:
-            await cm.__aexit__(None, None, None)
-        return admitted, refused
-
-    assert asyncio.run(main()) == (3, 7)  # 3 x 0.256 s fit in 1 s; the 4th would wait too long
+    admitted, refused = [], 0
+    for _ in range(10):
+        try:
+            admitted.append(gate.reserve("decode", 256))
+        except Overloaded as exc:
+            assert exc.retry_after >= 1
+            refused += 1
+    for cost in admitted:
+        gate.release(cost)
+    assert (len(admitted), refused) == (3, 7)  # 3 x 0.256 s fit in 1 s; the 4th would wait too long
     assert gate.pending_s == 0
 
 
