@@ -95,6 +95,11 @@ class Settings(BaseSettings):
         return value
 
     @property
+    def max_body_bytes(self) -> int:
+        """A whole request body: two uploads (`/interpolate/upload`) plus multipart framing."""
+        return 2 * self.max_upload_bytes + 64 * 1024
+
+    @property
     def reload_dir(self) -> Path:
         """Where `/admin/reload` may load checkpoints from."""
         return self.checkpoint_dir or self.checkpoint.parent

@@ -12,6 +12,7 @@ attribute checks:
 - a request head not complete `header_timeout_s` after connect (or after its first byte): 408,
   or a silent close when nothing was sent at all;
 - a request body that sends nothing for `body_timeout_s`: 408, and the app sees a disconnect;
+- a body over `max_body_bytes` (by its Content-Length, or counted as it arrives): 413;
 - more than `max_connections` open connections: the new one gets 503 with `Retry-After`, closed;
 - idle keep-alive connections close after `keep_alive_s` (uvicorn's own timer).
 
@@ -44,6 +45,7 @@ class EdgeLimits:
     header_timeout_s: float
     body_timeout_s: float
     max_connections: int
+    max_body_bytes: int
 
     @classmethod
     def from_settings(cls, s: Settings) -> EdgeLimits:
@@ -53,6 +55,7 @@ class EdgeLimits:
             header_timeout_s=s.header_timeout_s,
             body_timeout_s=s.body_timeout_s,
             max_connections=s.max_connections,
+            max_body_bytes=s.max_body_bytes,
         )
 
 
@@ -74,6 +77,7 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
         self._reading_head = True
         self._head_bytes = 0
         self._header_count = 0
+        self._content_length = 0
         self._head_timer: asyncio.TimerHandle | None = None
         self._body_timer: asyncio.TimerHandle | None = None
         self._body_bytes = 0
@@ -122,7 +126,9 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
                 )
         elif self.cycle is not None and self.cycle.more_body:
             self._body_bytes += len(data)
-            if self._body_timer is None:
+            if self._body_bytes > self._limits.max_body_bytes:  # chunked, without a length
+                self._refuse(413, self._body_too_large())
+            elif self._body_timer is None:
                 self._body_bytes_seen = self._body_bytes
                 self._body_timer = self.loop.call_later(
                     self._limits.body_timeout_s, self._body_watch
@@ -140,6 +146,8 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
         self._reading_head = True
         self._head_bytes = 0
         self._header_count = 0
+        self._content_length = 0
+        self._body_bytes = 0
 
     def on_url(self, url: bytes) -> None:
         if len(self.url) + len(url) > MAX_URL_BYTES:
@@ -153,8 +161,13 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
             self._refusal = (431, f"more than {self._limits.max_headers} header fields")
             raise _Refused
         super().on_header(name, value)
+        if self.headers[-1][0] == b"content-length":
+            self._content_length = int(value) if value.isdigit() else 0  # the parser checks it
 
     def on_headers_complete(self) -> None:
+        if self._content_length > self._limits.max_body_bytes:
+            self._refusal = (413, self._body_too_large())
+            raise _Refused
         self._reading_head = False
         if self._head_timer is not None:
             self._head_timer.cancel()
@@ -203,6 +216,9 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
         if len(self.url) > MAX_URL_BYTES:
             return f"URL longer than {MAX_URL_BYTES} bytes"
         return f"request line and headers over {self._limits.max_header_bytes} bytes"
+
+    def _body_too_large(self) -> str:
+        return f"request body over {self._limits.max_body_bytes} bytes (see VAE_MAX_UPLOAD_BYTES)"
 
     def send_400_response(self, msg: str) -> None:
         """uvicorn's own 400 is plain text; every error here is JSON."""

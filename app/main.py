@@ -27,7 +27,6 @@ from models.checkpoint import CheckpointError
 
 log = logging.getLogger("app")
 STATIC_DIR = Path(__file__).resolve().parent / "static"
-MULTIPART_OVERHEAD = 64 * 1024
 
 DESCRIPTION = """A convolutional VAE trained on MNIST, served over HTTP.
 
@@ -67,7 +66,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             max_image_pixels=settings.max_image_pixels,
         ),
         lifespan=lifespan,
-        max_body_size=2 * settings.max_upload_bytes + MULTIPART_OVERHEAD,
+        max_body_size=settings.max_body_bytes,  # vae-serve's edge refuses these first (JSON)
     )
     app.state.settings = settings
     app.state.engine = Engine(settings)

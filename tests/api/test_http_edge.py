@@ -175,3 +175,30 @@ def test_idle_keep_alive_connections_close(edge):
     response = read_all(sock, timeout=10)  # the answer, then the close after VAE_KEEP_ALIVE_S
     assert status_and_body(response)[0] == 200
     assert time.monotonic() - start < 4
+
+
+def test_a_body_over_the_limit_by_its_length_gets_a_json_413_before_it_is_sent(edge):
+    sock = edge.connect()
+    sock.sendall(
+        b"POST /reconstruct HTTP/1.1\r\nHost: x\r\nContent-Length: 99999999\r\n"
+        b"Content-Type: multipart/form-data; boundary=b\r\n\r\n"
+    )
+    assert "request body over" in json_error(read_all(sock), 413)
+    assert not any("Traceback" in line for line in edge.log)
+
+
+def test_a_chunked_body_over_the_limit_gets_a_json_413(edge):
+    sock = edge.connect()
+    sock.sendall(
+        b"POST /reconstruct HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n"
+        b"Content-Type: multipart/form-data; boundary=b\r\n\r\n"
+    )
+    part = b'--b\r\nContent-Disposition: form-data; name="file"; filename="x.png"\r\n\r\n'
+    sock.sendall(b"%x\r\n" % len(part) + part + b"\r\n")
+    chunk = b"%x\r\n" % 65536 + b"a" * 65536 + b"\r\n"
+    try:
+        for _ in range(200):  # 13 MB, over the 10.1 MB default
+            sock.sendall(chunk)
+    except OSError:
+        pass
+    assert "request body over" in json_error(read_all(sock), 413)
