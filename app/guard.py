@@ -27,7 +27,8 @@ from app.config import Settings
 from app.error_responses import error_response
 from app.lifecycle import Lifecycle
 
-OPEN_PATHS = frozenset({"/healthz", "/readyz", "/metrics"})
+# Health, readiness (also the Open Inference Protocol's) and metrics: for probes and scrapers.
+OPEN_PATHS = frozenset({"/healthz", "/readyz", "/metrics", "/v2/health/live", "/v2/health/ready"})
 DEADLINE_KEY = "vae.deadline"
 REQUEST_DEADLINE: ContextVar[float | None] = ContextVar("request_deadline", default=None)
 UNAUTHORIZED = "missing or invalid API key (Authorization: Bearer <VAE_API_KEY>)"

@@ -111,9 +111,10 @@ async def server_live() -> Response:
 
 
 @health_router.get("/health/ready", status_code=200, response_class=Response)
-async def server_ready(engine: EngineDep) -> Response:
-    """200 once the model is loaded and warmed, 503 before (no body), as `/readyz`."""
-    return Response(status_code=200 if engine.ready else 503)
+async def server_ready(engine: EngineDep, request: Request) -> Response:
+    """200 once the model is loaded and warmed, 503 before and while draining, as `/readyz`."""
+    ready = engine.ready and not request.app.state.lifecycle.draining
+    return Response(status_code=200 if ready else 503)
 
 
 @router.get("")
