@@ -77,14 +77,16 @@ def clean_page(digit: np.ndarray, seed: int = 0) -> bytes:
     return _photograph(_digit_reflectance(digit, rng, 240), _lighting(rng), rng)
 
 
-def shadow_band(digit: np.ndarray, side: str, seed: int = 0, depth: float = 0.45) -> bytes:
-    """A hand's or phone's shadow over a third of the page from `side`, its edge a few px soft.
+def shadow_band(
+    digit: np.ndarray, side: str, seed: int = 0, depth: float = 0.45, width: float = 1 / 3
+) -> bytes:
+    """A hand's or phone's shadow over `width` of the page from `side`, its edge a few px soft.
 
     The shadow lets through `depth` of the light; the digit stays near the middle, so the edge
-    runs close to it and sometimes across a stroke.
+    of a shadow over a third runs close to it and sometimes across a stroke.
     """
     rng = np.random.default_rng(seed)
-    light = _lighting(rng) * (1 - (1 - depth) * _band(side, 1 / 3, edge_blur=2.0))
+    light = _lighting(rng) * (1 - (1 - depth) * _band(side, width, edge_blur=2.0))
     return _photograph(_digit_reflectance(digit, rng, 240), light, rng)
 
 

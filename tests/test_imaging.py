@@ -14,12 +14,13 @@ import struct
 import zlib
 
 import numpy as np
+import photo_scenes as scenes
 import pytest
 import torch
 import torch.nn.functional as F
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-from PIL import Image
+from PIL import Image, ImageDraw
 
 from app.errors import ImageError, PayloadTooLarge, ServiceError, UnsupportedImageFormat
 from app.imaging import decode_base64_image, grid_png, normalize_upload, strip_png, to_png
@@ -224,6 +225,104 @@ def test_an_upload_over_max_bytes_is_refused_413(digits: np.ndarray) -> None:
         normalize_upload(data, max_bytes=len(data) - 1)
     assert caught.value.status_code == 413
     assert str(len(data) - 1) in caught.value.detail
+
+
+PHOTO_SCENES = {
+    **{
+        f"shadow-{side}": lambda d, i, side=side: scenes.shadow_band(d, side, i)
+        for side in scenes.SIDES
+    },
+    **{
+        f"page-edge-{side}": lambda d, i, side=side: scenes.page_edge(d, side, i)
+        for side in scenes.SIDES
+    },
+    "ruled-page": scenes.ruled_page,
+}
+
+
+@pytest.mark.parametrize("scene", PHOTO_SCENES)
+def test_shadows_page_edges_and_ruled_lines_are_not_taken_for_ink(
+    digits: np.ndarray, scene: str
+) -> None:
+    """Without the light taken out and the digit picked, these score 0.0 to 0.3 (ruled: 0.85)."""
+    scores = [
+        correlation(normalize_upload(PHOTO_SCENES[scene](d, i)), padded(d))
+        for i, d in enumerate(digits[:8])
+    ]
+    assert np.mean(scores) > 0.9, np.round(scores, 2)
+    assert min(scores) > 0.7, np.round(scores, 2)
+
+
+def test_a_digit_half_in_a_deep_shadow_is_as_strong_as_one_in_the_light(
+    digits: np.ndarray,
+) -> None:
+    """The ink is divided by the light falling on the paper, so a shaded stroke is not faint.
+
+    The shadow's edge runs through the middle of the digit; by subtraction alone the shaded half
+    keeps 30 % of its strength and the correlation falls to 0.1-0.65 for four of these eight.
+    """
+    for i, digit in enumerate(digits[:8]):
+        lit = normalize_upload(scenes.clean_page(digit, seed=i))
+        shaded = normalize_upload(scenes.shadow_band(digit, "left", i, depth=0.3, width=0.45))
+        assert correlation(shaded, lit) > 0.95
+        assert float(shaded.sum()) == pytest.approx(float(lit.sum()), rel=0.15)
+
+
+def test_only_lines_and_a_shadow_edge_is_refused_422() -> None:
+    with pytest.raises(ImageError) as caught:
+        normalize_upload(scenes.lines_only(seed=0))
+    assert caught.value.status_code == 422
+    assert "No digit found" in caught.value.detail and "shadow" in caught.value.detail
+
+
+def test_a_shadow_on_blank_paper_is_no_ink_and_comes_back_all_black() -> None:
+    blank = np.zeros((28, 28), dtype=np.uint8)
+    out = normalize_upload(scenes.shadow_band(blank, "right", seed=1))
+    assert float(out.max()) == 0.0
+
+
+def test_a_digit_in_separate_strokes_is_kept_whole(digits: np.ndarray) -> None:
+    """A 4 (digits[4]) cut in two by a 1 px gap at 28x28 (20 px in the photo) stays one digit."""
+    four = digits[4].copy()
+    four[14, :] = 0
+    photo = scenes.clean_page(four, seed=3)
+    assert correlation(normalize_upload(photo), padded(four)) > 0.9
+
+
+def canvas_drawing(strokes: list[list[tuple[int, int]]]) -> bytes:
+    """The web page's drawing pad: white 20 px round strokes on a black 280x280 canvas."""
+    canvas = Image.new("L", (280, 280), 0)
+    draw = ImageDraw.Draw(canvas)
+    for points in strokes:
+        draw.line(points, fill=255, width=20, joint="curve")
+        for x, y in (points[0], points[-1]):
+            draw.ellipse((x - 10, y - 10, x + 10, y + 10), fill=255)
+    return encode(canvas)
+
+
+def test_a_drawing_from_the_web_page_is_centred_like_mnist() -> None:
+    seven = canvas_drawing([[(70, 60), (200, 60), (120, 230)]])
+    out = normalize_upload(seven)[0]
+    rows, cols = torch.nonzero(out > 0.5, as_tuple=True)
+    assert int(rows.max() - rows.min()) + 1 in (19, 20, 21)  # the longer side is 20 px
+    mass = float(out.sum())
+    centre_y = float((out.sum(1) * torch.arange(32)).sum()) / mass
+    centre_x = float((out.sum(0) * torch.arange(32)).sum()) / mass
+    assert abs(centre_y - 16) <= 1 and abs(centre_x - 16) <= 1
+
+
+@pytest.mark.parametrize(
+    "strokes",
+    [
+        pytest.param([[(140, 0), (140, 279)]], id="a-1-from-edge-to-edge"),
+        pytest.param([[(0, 140), (279, 140)]], id="a-bar-from-edge-to-edge"),
+        pytest.param([[(10, 10), (270, 270)]], id="a-diagonal-corner-to-corner"),
+        pytest.param([[(140, 140), (141, 141)]], id="a-dot"),
+    ],
+)
+def test_drawn_strokes_across_the_canvas_are_still_ink(strokes) -> None:
+    """Pen strokes are thick for their length: only thin lines across the image are refused."""
+    assert float(normalize_upload(canvas_drawing(strokes)).max()) > 0.9
 
 
 @pytest.mark.parametrize(
