@@ -68,6 +68,9 @@ class Settings(BaseSettings):
     checkpoint_dir: Path | None = None
 
     log_level: Literal["debug", "info", "warning", "error"] = "info"
+    access_log_sample: float = Field(
+        1.0, ge=0, le=1, description="share of successful requests in the access log; errors: all"
+    )
     cors_origins: Annotated[list[str], NoDecode] = Field(default_factory=list)
 
     api_key: SecretStr | None = None

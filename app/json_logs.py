@@ -11,6 +11,7 @@ import logging
 import sys
 from datetime import UTC, datetime
 
+from app.access_log import ACCESS_LOG
 from app.request_id import current_request_id
 
 _RESERVED = set(vars(logging.makeLogRecord({}))) | {"message", "asctime"}
@@ -35,11 +36,12 @@ class JsonFormatter(logging.Formatter):
         return json.dumps(entry, default=str)
 
 
-def configure_logging(level: str = "info") -> None:
+def configure_logging(level: str = "info", access_log_sample: float = 1.0) -> None:
     """Routes the app's and uvicorn's loggers through one JSON handler on stderr.
 
     uvicorn's own access log is switched off: `RequestContextMiddleware` writes one that knows
-    the route template, the request id and the latency.
+    the route template, the request id and the latency, through `app.access_log` (same stream,
+    same JSON shape, built without `logging`'s per-record cost).
     """
     handler = logging.StreamHandler(sys.stderr)
     handler.setFormatter(JsonFormatter())
@@ -50,3 +52,4 @@ def configure_logging(level: str = "info") -> None:
         logging.getLogger(name).handlers[:] = []
         logging.getLogger(name).propagate = True
     logging.getLogger("uvicorn.access").disabled = True
+    ACCESS_LOG.configure(sys.stderr, access_log_sample)

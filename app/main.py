@@ -17,6 +17,7 @@ from app.config import Settings
 from app.engine import Engine
 from app.error_responses import install_error_handlers
 from app.examples import ExampleStore
+from app.fast_sample import FastSample
 from app.guard import RequestGuardMiddleware, start_deadline
 from app.json_logs import configure_logging
 from app.lifecycle import Lifecycle
@@ -44,7 +45,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-        configure_logging(settings.log_level)
+        configure_logging(settings.log_level, settings.access_log_sample)
         try:
             await app.state.engine.start()
         except CheckpointError as exc:  # `vae-serve` checks first; plain `uvicorn` lands here
@@ -83,6 +84,9 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         app.include_router(admin.router)
 
     install_error_handlers(app, settings.max_upload_bytes)
+    # Inside the guard (API key, drain, deadline), CORS and the request context (ids, metrics,
+    # access log); outside the framework's routing.
+    app.add_middleware(FastSample, fastapi_app=app)
     app.add_middleware(RequestGuardMiddleware, settings=settings, lifecycle=app.state.lifecycle)
     if settings.cors_origins:
         app.add_middleware(

@@ -9,14 +9,15 @@ from __future__ import annotations
 
 import logging
 import time
+from typing import Any
 
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from app import metrics
+from app.access_log import ACCESS_LOG
 from app.error_responses import internal_error
 from app.request_id import REQUEST_ID, request_id_for
 
-access_log = logging.getLogger("app.access")
 log = logging.getLogger("app")
 
 
@@ -25,6 +26,8 @@ class RequestContextMiddleware:
 
     def __init__(self, app: ASGIApp) -> None:
         self.app = app
+        # Prometheus' `labels()` validates and locks on every call; the children are permanent.
+        self._series: dict[tuple[str, str, int], tuple[Any, Any]] = {}
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -57,13 +60,15 @@ class RequestContextMiddleware:
             route = scope.get("route")
             template = getattr(route, "path", None) or "unmatched"
             method = scope["method"]
-            metrics.REQUESTS.labels(method, template, str(status)).inc()
-            metrics.LATENCY.labels(method, template).observe(elapsed)
-            access_log.info(
-                "%s %s %d",
-                method,
-                scope["path"],
-                status,
-                extra={"status": status, "route": template, "ms": round(elapsed * 1000, 2)},
+            series = self._series.get((method, template, status))
+            if series is None:
+                series = self._series[(method, template, status)] = (
+                    metrics.REQUESTS.labels(method, template, str(status)),
+                    metrics.LATENCY.labels(method, template),
+                )
+            series[0].inc()
+            series[1].observe(elapsed)
+            ACCESS_LOG.record(
+                method, scope["path"], status, template, round(elapsed * 1000, 2), request_id
             )
             REQUEST_ID.reset(token)

@@ -1,0 +1,104 @@
+"""`POST /sample` through its fast path answers exactly what the FastAPI route answers."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+
+from app.access_log import ACCESS_LOG
+
+
+def test_the_fast_path_and_the_route_give_the_same_bytes(settings, serving):
+    async def run():
+        async with serving(settings) as client:
+            fast = await client.post("/sample", json={"n": 1, "seed": 5})
+            grid = await client.post("/sample", json={"n": 4, "seed": 5, "temperature": 0.7})
+            # `?format=png` is the same answer, but the query string sends it down the route
+            slow = await client.post("/sample?format=png", json={"n": 1, "seed": 5})
+            slow_grid = await client.post(
+                "/sample?format=png", json={"n": 4, "seed": 5, "temperature": 0.7}
+            )
+            as_json = await client.post("/sample?format=json", json={"n": 1, "seed": 5})
+            return fast, grid, slow, slow_grid, as_json
+
+    fast, grid, slow, slow_grid, as_json = asyncio.run(run())
+    assert fast.status_code == slow.status_code == 200
+    assert fast.content == slow.content and grid.content == slow_grid.content
+    assert fast.headers["content-type"] == slow.headers["content-type"] == "image/png"
+    assert fast.headers["x-seed"] == slow.headers["x-seed"] == "5"
+    assert fast.headers["x-request-id"]
+    assert as_json.json()["seed"] == 5
+
+
+def test_invalid_bodies_get_the_routes_own_422(settings, serving):
+    bodies = [b'{"n": 0}', b'{"n": 1, "extra": 1}', b"{not json", b'{"temperature": NaN}']
+
+    async def run():
+        async with serving(settings) as client:
+            headers = {"content-type": "application/json"}
+            return [await client.post("/sample", content=body, headers=headers) for body in bodies]
+
+    for response in asyncio.run(run()):
+        assert response.status_code == 422
+        assert isinstance(response.json()["detail"], list)
+
+
+def test_service_errors_have_the_handlers_shape(make_settings, serving):
+    settings = make_settings(queue_size=1, max_batch_size=1)
+
+    async def flood():
+        async with serving(settings) as client:
+            return await asyncio.gather(
+                *[client.post("/sample", json={"n": 1, "seed": i}) for i in range(40)]
+            )
+
+    responses = asyncio.run(flood())
+    refused = [r for r in responses if r.status_code == 503]
+    assert refused and all(r.headers["retry-after"] == "1" for r in refused)
+    assert refused[0].json() == {"detail": "decode queue is full, retry shortly"}
+
+
+def test_the_fast_path_is_counted_under_its_route(settings, serving):
+    async def run():
+        async with serving(settings) as client:
+            await client.post("/sample", json={"n": 1, "seed": 1})
+            return (await client.get("/metrics")).text
+
+    text = asyncio.run(run())
+    assert 'vae_http_requests_total{method="POST",route="/sample",status="200"}' in text
+
+
+def test_access_lines_are_json_with_every_field(tmp_path):
+    stream = (tmp_path / "access.log").open("w")
+    ACCESS_LOG.configure(stream, sample=1.0)
+    try:
+        ACCESS_LOG.record("POST", "/sample", 200, "/sample", 1.25, "req-1")
+        ACCESS_LOG.record("GET", "/nowhere", 404, "unmatched", 0.5, None)
+        ACCESS_LOG.flush()
+    finally:
+        ACCESS_LOG.configure(None)
+        stream.close()
+    first, second = [
+        json.loads(line) for line in (tmp_path / "access.log").read_text().splitlines()
+    ]
+    assert list(first) == ["ts", "level", "logger", "msg", "request_id", "status", "route", "ms"]
+    assert first["msg"] == "POST /sample 200" and first["logger"] == "app.access"
+    assert first["ts"].endswith("+00:00") and len(first["ts"]) == len(
+        "2026-01-01T00:00:00.000+00:00"
+    )
+    assert second["status"] == 404 and "request_id" not in second
+
+
+def test_access_log_sampling_keeps_every_error(tmp_path):
+    stream = (tmp_path / "access.log").open("w")
+    ACCESS_LOG.configure(stream, sample=0.0)
+    try:
+        for _ in range(20):
+            ACCESS_LOG.record("POST", "/sample", 200, "/sample", 1.0, "ok")
+        ACCESS_LOG.record("POST", "/sample", 503, "/sample", 1.0, "busy")
+        ACCESS_LOG.flush()
+    finally:
+        ACCESS_LOG.configure(None)
+        stream.close()
+    lines = [json.loads(line) for line in (tmp_path / "access.log").read_text().splitlines()]
+    assert [line["status"] for line in lines] == [503]
