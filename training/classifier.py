@@ -189,6 +189,7 @@ def save_classifier(path: str | os.PathLike, model: DigitClassifier, metadata: d
     try:
         with os.fdopen(fd, "wb") as fh:
             torch.save(payload, fh)
+        os.chmod(tmp, 0o644)  # mkstemp makes it 0600; weights are for everyone to read
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
