@@ -14,18 +14,33 @@ from app.config import Settings
 from app.main import create_app
 from models.checkpoint import load_checkpoint, save_checkpoint
 from training import train
+from training.data import provision
 
 REPO = Path(__file__).resolve().parent.parent
 
 
 @pytest.fixture(scope="session")
-def tiny_checkpoint(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """A real `tiny` VAE, one epoch on 2000 MNIST digits (about 10 s on a CPU)."""
+def mnist_dir() -> Path:
+    """The repository's data folder, provisioned once (download, else the offline source)."""
+    data_dir = REPO / "data"
+    provision(data_dir, "mnist")
+    return data_dir
+
+
+@pytest.fixture(scope="session")
+def tiny_run(mnist_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The one training run of a test session: the `tiny` preset, two epochs on 2,000 digits
+    (seconds on a CPU). Its folder holds everything `vae-train` writes."""
     out = tmp_path_factory.mktemp("tiny-run")
-    argv = ["--preset", "tiny", "--epochs", "1", "--subset", "2000", "--eval-limit", "500"]
-    argv += ["--data-dir", str(REPO / "data"), "--out", str(out), "--no-progress"]
-    assert train.main(argv) == 0
-    return out / "model.pt"
+    args = "--preset tiny --epochs 2 --subset 2000 --eval-limit 500 --device cpu --no-progress"
+    assert train.main([*args.split(), "--data-dir", str(mnist_dir), "--out", str(out)]) == 0
+    return out
+
+
+@pytest.fixture(scope="session")
+def tiny_checkpoint(tiny_run: Path) -> Path:
+    """The served model of that run: a real checkpoint for the API tests."""
+    return tiny_run / "model.pt"
 
 
 @pytest.fixture(scope="session")

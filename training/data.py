@@ -182,7 +182,13 @@ def binarize(grey: torch.Tensor, generator: torch.Generator | None = None) -> to
 
 class DeviceBatches:
     """Shuffled mini-batches sliced from one tensor on the training device: no DataLoader, no
-    per-image transforms, so the GPU is never waiting on Python."""
+    per-image transforms, so the GPU is never waiting on Python.
+
+    The order of an epoch is a function of (seed, epoch) alone, so every DDP rank draws the same
+    permutation and takes its own stride of it (pass the run's seed, not a per-rank one), and a
+    resumed run sees the batches the interrupted one would have. The pixel draws of dynamic
+    binarization come from `generator`, one stream per rank, saved with the training state.
+    """
 
     def __init__(
         self,
@@ -201,31 +207,34 @@ class DeviceBatches:
         self.device = device
         self.shuffle = shuffle
         self.dynamic_binarization = dynamic_binarization
+        self.seed = seed
         self.rank, self.world_size = rank, world_size
         self.drop_last = drop_last
         self.generator = torch.Generator(device=device)
-        self.generator.manual_seed(seed)
+        self.generator.manual_seed(seed + rank)
         self.epoch = 0
+        self.first_step = 0
 
     def __len__(self) -> int:
+        """Batches in a whole epoch, on each rank."""
         per_rank = len(self.images) // self.world_size
         if self.drop_last:
             return per_rank // self.batch_size
         return -(-per_rank // self.batch_size)
 
-    def set_epoch(self, epoch: int) -> None:
-        """Same permutation on every rank (seeded by epoch), each rank taking its own stride."""
-        self.epoch = epoch
+    def set_epoch(self, epoch: int, first_step: int = 0) -> None:
+        """The next iteration yields `epoch`'s batches from `first_step` on (a resumed epoch)."""
+        self.epoch, self.first_step = epoch, first_step
 
     def __iter__(self) -> Iterator[torch.Tensor]:
         n = len(self.images)
         if self.shuffle:
-            perm_gen = torch.Generator(device="cpu").manual_seed(1_000_003 * self.epoch + 17)
+            perm_gen = torch.Generator(device="cpu").manual_seed(1_000_003 * self.seed + self.epoch)
             order = torch.randperm(n, generator=perm_gen).to(self.device)
         else:
             order = torch.arange(n, device=self.device)
         order = order[self.rank :: self.world_size]
-        for i in range(len(self)):
+        for i in range(self.first_step, len(self)):
             idx = order[i * self.batch_size : (i + 1) * self.batch_size]
             grey = to_model_input(self.images[idx])
             yield binarize(grey, self.generator) if self.dynamic_binarization else grey

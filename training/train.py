@@ -1,9 +1,15 @@
 """`vae-train`: one readable loop from data to a served checkpoint.
 
 batch -> forward -> ELBO -> backward -> step, then once per epoch: evaluate on the test set, log a
-line, save a sample grid and write `OUT/checkpoint.pt` atomically (weights, optimizer, RNG), so
-Ctrl-C, SIGTERM or a crash costs at most one epoch and `--resume` carries on. At the end it writes
-`OUT/model.pt` (weights and metrics only: what the server loads) and a loss curve.
+line, save a sample grid and write `OUT/checkpoint.pt` atomically (weights, optimizer, RNG), so a
+crash costs at most one epoch and `--resume` carries on. At the end it writes `OUT/model.pt`
+(weights and metrics only: what the server loads) and a loss curve.
+
+Ctrl-C or SIGTERM finishes the current step and saves `OUT/checkpoint.pt` as it stands: metadata
+`epoch` counts the finished epochs and `step` the steps already taken in the next one (its
+metrics are left empty: no epoch ended, so nothing was evaluated). `--resume` then carries on
+from that very step, with the same batches, so the run ends with the weights it would have had
+without the interruption.
 
 Multi-GPU: `torchrun --nproc_per_node=N -m training ...` runs DistributedDataParallel (NCCL on
 CUDA, gloo on the CPU); rank 0 evaluates and writes files.
@@ -19,7 +25,7 @@ import os
 import signal
 import sys
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -96,14 +102,21 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 
 class StopRequest:
-    """Set by SIGINT/SIGTERM; the loop finishes its step and saves before exiting."""
+    """Set by SIGINT/SIGTERM while in a `with` block; the loop finishes its step and saves
+    before exiting. Leaving the block puts the previous handlers back."""
 
     def __init__(self) -> None:
         self.signum: int | None = None
+        self._previous: dict[int, Any] = {}
 
-    def install(self) -> None:
+    def __enter__(self) -> StopRequest:
         for sig in (signal.SIGINT, signal.SIGTERM):
-            signal.signal(sig, self._handle)
+            self._previous[sig] = signal.signal(sig, self._handle)
+        return self
+
+    def __exit__(self, *_exc: object) -> None:
+        for sig, handler in self._previous.items():
+            signal.signal(sig, handler)
 
     def _handle(self, signum: int, _frame: Any) -> None:
         if self.signum is not None:  # second Ctrl-C: give up at once
@@ -155,6 +168,10 @@ class Distributed:
         if self.world_size > 1:
             dist.barrier()
 
+    def close(self) -> None:
+        if self.world_size > 1:
+            dist.destroy_process_group()
+
 
 def kl_weight(args: argparse.Namespace, progress_epochs: float) -> float:
     if args.kl_warmup_epochs <= 0:
@@ -189,8 +206,70 @@ def epochs_within_budget(
     return int(epochs.item())
 
 
+@dataclass
+class Run:
+    """Everything `set_up` builds for the epoch loop. `args` is only read; what a run decides
+    for itself (the preset of a resumed checkpoint, the epochs a --time-budget allows) lives
+    in its own fields."""
+
+    args: argparse.Namespace
+    ddp: Distributed
+    device: torch.device
+    model: ConvVAE
+    step_fn: torch.nn.Module  # the model, wrapped in DDP and compiled where asked
+    batches: DeviceBatches
+    x_test: torch.Tensor
+    optimizer: torch.optim.Optimizer
+    scheduler: torch.optim.lr_scheduler.LambdaLR
+    schedule: CosineSchedule
+    preset: str
+    epochs: int
+    ckpt_path: Path
+    dataset_digest: str
+    metrics_log: MetricsLog | None
+    history: list[dict[str, Any]]
+    start_epoch: int = 0
+    start_step: int = 0  # > 0 when resuming an interrupted epoch ...
+    start_sums: list[float] = field(default_factory=lambda: [0.0, 0.0, 0.0])  # ... its loss sums
+
+    @property
+    def cuda(self) -> bool:
+        return self.device.type == "cuda"
+
+
+@dataclass
+class EpochProgress:
+    """One epoch so far: `step` steps taken (counting those before a resume), their loss sums,
+    and what this process itself ran (for the throughput)."""
+
+    step: int
+    sums: torch.Tensor  # loss, reconstruction, KL
+    steps_here: int = 0
+    started: float = 0.0
+    stopped: bool = False
+
+
 def train(args: argparse.Namespace) -> int:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
+    run = set_up(args)
+    run_started = time.perf_counter()
+    epoch = run.start_epoch
+    with StopRequest() as stop:
+        while epoch < run.epochs:
+            progress = train_epoch(run, epoch, stop)
+            if progress.stopped:
+                save_interrupted(run, epoch, progress)
+                return 128 + (stop.signum or 0)
+            end_epoch(run, epoch, progress)
+            if args.time_budget and epoch == run.start_epoch:
+                fit_time_budget(run, time.perf_counter() - run_started, progress)
+            epoch += 1
+    finish(run, epochs_done=epoch)
+    return 0
+
+
+def set_up(args: argparse.Namespace) -> Run:
+    """Device and process group, model (new or resumed), data, optimizer and LR schedule."""
     wanted = resolve_device(args.device)
     ddp = Distributed.from_env(wanted.type)
     device = torch.device(f"cuda:{ddp.local_rank}") if wanted.type == "cuda" else wanted
@@ -203,18 +282,58 @@ def train(args: argparse.Namespace) -> int:
 
     resume = _load_resume(ckpt_path) if args.resume else None
     model = model_from_payload(resume, str(ckpt_path)) if resume else build_model(args.preset)
-    if resume:
-        args.preset = resume["metadata"].get("preset", args.preset)
+    preset = resume["metadata"].get("preset", args.preset) if resume else args.preset
     model.to(device)
-    use_cuda_tricks = device.type == "cuda"
-    if use_cuda_tricks:
+    if device.type == "cuda":
         model.to(memory_format=torch.channels_last)
 
+    batches, x_test = _load_data(args, ddp, device)
+
+    optimizer = torch.optim.Adam(
+        model.parameters(), lr=args.lr, betas=tuple(args.betas), fused=device.type == "cuda"
+    )
+    schedule = CosineSchedule(args.epochs * len(batches), constant=args.lr_schedule == "constant")
+    run = Run(
+        args=args,
+        ddp=ddp,
+        device=device,
+        model=model,
+        step_fn=_step_fn(model, ddp, device, args.compile),
+        batches=batches,
+        x_test=x_test,
+        optimizer=optimizer,
+        scheduler=torch.optim.lr_scheduler.LambdaLR(optimizer, schedule),
+        schedule=schedule,
+        preset=preset,
+        epochs=args.epochs,
+        ckpt_path=ckpt_path,
+        dataset_digest=dataset_sha256(args.data_dir, args.dataset) if ddp.is_main else "",
+        metrics_log=MetricsLog(args.out) if ddp.is_main else None,
+        history=[],
+    )
+    if resume:
+        _restore_train_state(run, resume["train_state"])
+    if ddp.is_main:
+        log.info(
+            "%s preset: %d parameters on %s x%d; %d images, %d steps/epoch",
+            preset,
+            count_parameters(model),
+            device,
+            ddp.world_size,
+            len(batches.images),
+            len(batches),
+        )
+    return run
+
+
+def _load_data(
+    args: argparse.Namespace, ddp: Distributed, device: torch.device
+) -> tuple[DeviceBatches, torch.Tensor]:
+    """This rank's training batches, and the binarized test digits that every epoch is judged on."""
     if ddp.is_main:  # one rank downloads or builds the files; the others wait, then read them
         provision(args.data_dir, args.dataset)
     ddp.barrier()
     train_split = load_split(args.data_dir, args.dataset, train=True)
-    test_split = load_split(args.data_dir, args.dataset, train=False)
     if args.subset:
         train_split = train_split.subset(args.subset)
     batches = DeviceBatches(
@@ -222,151 +341,152 @@ def train(args: argparse.Namespace) -> int:
         args.batch_size,
         device,
         dynamic_binarization=not args.grey_targets,
-        seed=args.seed + ddp.rank,
+        seed=args.seed,
         rank=ddp.rank,
         world_size=ddp.world_size,
     )
-    test_images = test_split.images[: args.eval_limit] if args.eval_limit else test_split.images
-    x_test = binarized_test_set(test_images, seed=0, device=device)
+    if len(batches) == 0:
+        raise SystemExit(
+            f"vae-train: {len(train_split)} training images make no full batch of "
+            f"{args.batch_size} for each of {ddp.world_size} process(es); "
+            "lower --batch-size or raise --subset"
+        )
+    test_images = load_split(args.data_dir, args.dataset, train=False).images
+    x_test = binarized_test_set(test_images[: args.eval_limit or None], seed=0, device=device)
+    return batches, x_test
 
-    optimizer = torch.optim.Adam(
-        model.parameters(), lr=args.lr, betas=tuple(args.betas), fused=use_cuda_tricks
-    )
-    schedule = CosineSchedule(args.epochs * len(batches), constant=args.lr_schedule == "constant")
-    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, schedule)
-    start_epoch, history = 0, []
-    if resume:
-        start_epoch = _restore_train_state(resume["train_state"], optimizer, scheduler, batches)
-        history = resume["train_state"].get("history", [])
-        # The schedule object came back with the old run's length: plan it for this run's epochs.
-        schedule.total_steps = max(1, args.epochs * len(batches))
-        schedule.constant = args.lr_schedule == "constant"
-        if ddp.world_size > 1:  # only rank 0's data RNG was saved: one stream per rank again
-            batches.generator.manual_seed(args.seed + ddp.rank + 1_000_003 * start_epoch)
-        log.info("resuming from %s at epoch %d", ckpt_path, start_epoch + 1)
 
+def _step_fn(
+    model: ConvVAE, ddp: Distributed, device: torch.device, compile_model: bool
+) -> torch.nn.Module:
     net: torch.nn.Module = model
     if ddp.world_size > 1:
-        net = DistributedDataParallel(model, device_ids=[device.index] if use_cuda_tricks else None)
-    step_fn = torch.compile(net) if args.compile else net
+        net = DistributedDataParallel(
+            model, device_ids=[device.index] if device.type == "cuda" else None
+        )
+    return torch.compile(net) if compile_model else net
+
+
+def train_epoch(run: Run, epoch: int, stop: StopRequest) -> EpochProgress:
+    """Steps through one epoch (from `run.start_step` when resuming into it); stops early, on
+    every rank at the same step, when a signal asked to."""
+    args, batches = run.args, run.batches
+    resumed = epoch == run.start_epoch and run.start_step > 0
+    first_step = run.start_step if resumed else 0
+    sums = run.start_sums if resumed else [0.0, 0.0, 0.0]
+    progress = EpochProgress(first_step, torch.tensor(sums, device=run.device))
+    progress.started = time.perf_counter()
+    batches.set_epoch(epoch, first_step)
+    run.step_fn.train()
     autocast = (
         torch.autocast("cuda", dtype=torch.bfloat16)
-        if use_cuda_tricks and not args.no_amp
+        if run.cuda and not args.no_amp
         else contextlib.nullcontext()
     )
     loss_fn = LOSSES[args.loss]
-    metrics_log = MetricsLog(args.out) if ddp.is_main else None
-    dataset_digest = dataset_sha256(args.data_dir, args.dataset) if ddp.is_main else ""
-    if ddp.is_main:
+    bar = tqdm(
+        batches,
+        desc=f"epoch {epoch + 1}/{run.epochs}",
+        total=len(batches),
+        initial=first_step,
+        leave=False,
+        disable=args.no_progress or not run.ddp.is_main,
+    )
+    for x in bar:
+        if run.cuda:
+            x = x.contiguous(memory_format=torch.channels_last)
+        beta = kl_weight(args, epoch + progress.step / len(batches))
+        with autocast:
+            logits, mu, logvar = run.step_fn(x)
+        terms = loss_fn(logits, x, mu, logvar, beta)
+        run.optimizer.zero_grad(set_to_none=True)
+        terms.loss.backward()
+        if args.grad_clip:
+            torch.nn.utils.clip_grad_norm_(run.model.parameters(), args.grad_clip)
+        run.optimizer.step()
+        run.scheduler.step()
+        progress.sums += torch.stack(
+            [terms.loss.detach(), terms.reconstruction.detach(), terms.kl.detach()]
+        )
+        if progress.step % 50 == 0:
+            bar.set_postfix(loss=f"{terms.loss.item():.2f}", kl=f"{terms.kl.item():.2f}")
+        progress.step += 1
+        progress.steps_here += 1
+        if run.ddp.any(stop.requested):
+            progress.stopped = True
+            break
+    return progress
+
+
+def end_epoch(run: Run, epoch: int, progress: EpochProgress) -> None:
+    """Rank 0 evaluates, logs a line, saves a sample grid and the training checkpoint."""
+    if run.ddp.is_main:
+        seconds = time.perf_counter() - progress.started
+        images = progress.steps_here * run.args.batch_size * run.ddp.world_size
+        train_means = (progress.sums / progress.step).tolist()
+        row = _epoch_row(run.model, run.x_test, epoch, train_means, seconds, images, run.optimizer)
+        run.history.append(row)
+        run.metrics_log.append(row)
+        save_sample_grid(run.model, run.args.out / "samples" / f"epoch_{epoch + 1:03d}.png")
         log.info(
-            "%s preset: %d parameters on %s x%d; %d images, %d steps/epoch",
-            args.preset,
-            count_parameters(model),
-            device,
-            ddp.world_size,
-            len(train_split),
-            len(batches),
+            "epoch %d: test -ELBO %.2f  KL %.2f  active units %d  (%.0f img/s)",
+            epoch + 1,
+            row["test_neg_elbo"],
+            row["test_kl"],
+            row["active_units"],
+            row["images_per_second"],
         )
+        save_checkpoint(
+            run.ckpt_path,
+            run.model,
+            _metadata(run, epoch + 1, row, step=0),
+            _train_state(run, epoch + 1, step=0, sums=[0.0, 0.0, 0.0]),
+        )
+    run.ddp.barrier()
 
-    stop = StopRequest()
-    stop.install()
-    epoch = start_epoch
-    run_started = time.perf_counter()
-    while epoch < args.epochs:
-        batches.set_epoch(epoch)
-        net.train()
-        started = time.perf_counter()
-        sums = torch.zeros(3, device=device)
-        bar = tqdm(
-            batches,
-            desc=f"epoch {epoch + 1}/{args.epochs}",
-            leave=False,
-            disable=args.no_progress or not ddp.is_main,
-        )
-        steps = 0
-        for step, x in enumerate(bar):
-            if use_cuda_tricks:
-                x = x.contiguous(memory_format=torch.channels_last)
-            beta = kl_weight(args, epoch + step / len(batches))
-            with autocast:
-                logits, mu, logvar = step_fn(x)
-            terms = loss_fn(logits, x, mu, logvar, beta)
-            optimizer.zero_grad(set_to_none=True)
-            terms.loss.backward()
-            if args.grad_clip:
-                torch.nn.utils.clip_grad_norm_(model.parameters(), args.grad_clip)
-            optimizer.step()
-            scheduler.step()
-            sums += torch.stack(
-                [terms.loss.detach(), terms.reconstruction.detach(), terms.kl.detach()]
-            )
-            steps += 1
-            if step % 50 == 0:
-                bar.set_postfix(loss=f"{terms.loss.item():.2f}", kl=f"{terms.kl.item():.2f}")
-            stopping = ddp.any(stop.requested)
-            if stopping:
-                break
-        completed = not stopping
-        if not completed:
-            epoch -= 1  # the interrupted epoch is redone on --resume
-        if ddp.is_main:
-            train_means = (sums / max(steps, 1)).tolist()
-            row = _epoch_row(
-                model,
-                x_test,
-                epoch,
-                train_means,
-                time.perf_counter() - started,
-                steps * args.batch_size * ddp.world_size,
-                optimizer,
-            )
-            if completed:
-                history.append(row)
-                metrics_log.append(row)
-                save_sample_grid(model, args.out / "samples" / f"epoch_{epoch + 1:03d}.png")
-                log.info(
-                    "epoch %d: test -ELBO %.2f  KL %.2f  active units %d  (%.0f img/s)",
-                    epoch + 1,
-                    row["test_neg_elbo"],
-                    row["test_kl"],
-                    row["active_units"],
-                    row["images_per_second"],
-                )
-            save_checkpoint(
-                ckpt_path,
-                model,
-                _metadata(args, epoch, row, dataset_digest),
-                _train_state(epoch, optimizer, scheduler, batches, history),
-            )
-        ddp.barrier()
-        if stopping:
-            if ddp.is_main:
-                log.warning("stopped; checkpoint %s holds epoch %d", ckpt_path, epoch + 1)
-            return 128 + (stop.signum or 0)
-        if args.time_budget and epoch == start_epoch:
-            args.epochs = epochs_within_budget(
-                args, ddp, start_epoch, time.perf_counter() - run_started
-            )
-            schedule.total_steps = args.epochs * len(batches)
-            if ddp.is_main:
-                log.info(
-                    "time budget %.0f s: training for %d epochs", args.time_budget, args.epochs
-                )
-        epoch += 1
-    epoch -= 1  # the last completed epoch, for the metadata
 
-    if ddp.is_main:
-        final = history[-1] if history else {}
-        model_path = save_checkpoint(
-            args.out / MODEL_NAME, model, _metadata(args, epoch, final, dataset_digest)
+def save_interrupted(run: Run, epoch: int, progress: EpochProgress) -> None:
+    """The weights as they are, `epoch` epochs finished and `progress.step` steps into the next:
+    `--resume` carries on from that step. Nothing is evaluated, so shutdown stays quick."""
+    if run.ddp.is_main:
+        step, sums = progress.step, progress.sums.tolist()
+        save_checkpoint(
+            run.ckpt_path,
+            run.model,
+            _metadata(run, epoch, {}, step=step),
+            _train_state(run, epoch, step=step, sums=sums),
         )
-        if args.export:
-            save_checkpoint(args.export, model, _metadata(args, epoch, final, dataset_digest))
-        plot_loss_curve(history, args.out / "loss_curve.png")
-        log.info("wrote %s", args.export or model_path)
-    if ddp.world_size > 1:
-        dist.destroy_process_group()
-    return 0
+        log.warning(
+            "stopped; checkpoint %s holds epoch %d, step %d of %d",
+            run.ckpt_path,
+            epoch + 1,
+            step,
+            len(run.batches),
+        )
+    run.ddp.barrier()
+    run.ddp.close()
+
+
+def fit_time_budget(run: Run, seconds_so_far: float, first: EpochProgress) -> None:
+    """After the first epoch of this process: cap the epochs to what fits in --time-budget."""
+    per_epoch = seconds_so_far * len(run.batches) / max(first.steps_here, 1)
+    run.epochs = epochs_within_budget(run.args, run.ddp, run.start_epoch, per_epoch)
+    run.schedule.total_steps = run.epochs * len(run.batches)
+    if run.ddp.is_main:
+        log.info("time budget %.0f s: training for %d epochs", run.args.time_budget, run.epochs)
+
+
+def finish(run: Run, epochs_done: int) -> None:
+    """Rank 0 writes the served model (and --export), and the loss curve."""
+    if run.ddp.is_main:
+        final = run.history[-1] if run.history else {}
+        metadata = _metadata(run, epochs_done, final)
+        model_path = save_checkpoint(run.args.out / MODEL_NAME, run.model, metadata)
+        if run.args.export:
+            save_checkpoint(run.args.export, run.model, metadata)
+        plot_loss_curve(run.history, run.args.out / "loss_curve.png")
+        log.info("wrote %s", run.args.export or model_path)
+    run.ddp.close()
 
 
 def _epoch_row(
@@ -396,31 +516,34 @@ def _epoch_row(
 
 
 def _metadata(
-    args: argparse.Namespace, epoch: int, row: dict[str, Any], dataset_digest: str
+    run: Run, epochs_done: int, row: dict[str, Any], step: int | None = None
 ) -> dict[str, Any]:
-    return {
-        "preset": args.preset,
-        "training_args": {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()},
-        "epoch": epoch + 1,
+    """`epoch`: finished epochs; `step` (training checkpoints only): steps into the next one."""
+    training_args = {**vars(run.args), "preset": run.preset, "epochs": run.epochs}
+    metadata = {
+        "preset": run.preset,
+        "training_args": {
+            k: (str(v) if isinstance(v, Path) else v) for k, v in training_args.items()
+        },
+        "epoch": epochs_done,
         "metrics": {k: v for k, v in row.items() if k not in ("lr", "seconds")},
-        "dataset": {"name": args.dataset, "sha256": dataset_digest},
+        "dataset": {"name": run.args.dataset, "sha256": run.dataset_digest},
     }
+    if step is not None:
+        metadata["step"] = step
+    return metadata
 
 
-def _train_state(
-    epoch: int,
-    optimizer: torch.optim.Optimizer,
-    scheduler: Any,
-    batches: DeviceBatches,
-    history: list[dict[str, Any]],
-) -> dict[str, Any]:
+def _train_state(run: Run, epochs_done: int, step: int, sums: list[float]) -> dict[str, Any]:
     return {
-        "epoch": epoch + 1,
-        "optimizer": optimizer.state_dict(),
-        "scheduler": scheduler.state_dict(),
+        "epoch": epochs_done,
+        "step": step,
+        "epoch_sums": sums,
+        "optimizer": run.optimizer.state_dict(),
+        "scheduler": run.scheduler.state_dict(),
         "torch_rng": torch.get_rng_state(),
-        "data_rng": batches.generator.get_state().cpu(),
-        "history": history,
+        "data_rng": run.batches.generator.get_state().cpu(),
+        "history": run.history,
     }
 
 
@@ -434,14 +557,35 @@ def _load_resume(path: Path) -> dict[str, Any]:
     return payload
 
 
-def _restore_train_state(
-    state: dict[str, Any], optimizer: torch.optim.Optimizer, scheduler: Any, batches: DeviceBatches
-) -> int:
-    optimizer.load_state_dict(state["optimizer"])
-    scheduler.load_state_dict(state["scheduler"])
+def _restore_train_state(run: Run, state: dict[str, Any]) -> None:
+    """Optimizer, schedule, RNGs and history as saved; the schedule re-planned for this run's
+    --epochs. Checkpoints from before `step` was saved resume at an epoch's start."""
+    run.optimizer.load_state_dict(state["optimizer"])
+    run.scheduler.load_state_dict(state["scheduler"])
+    # The schedule object came back with the old run's length: plan it for this run's epochs.
+    run.schedule.total_steps = max(1, run.epochs * len(run.batches))
+    run.schedule.constant = run.args.lr_schedule == "constant"
     torch.set_rng_state(state["torch_rng"])
-    batches.generator.set_state(state["data_rng"])
-    return int(state["epoch"])
+    run.batches.generator.set_state(state["data_rng"])
+    run.history = state.get("history", [])
+    run.start_epoch = int(state["epoch"])
+    run.start_step = int(state.get("step", 0))
+    run.start_sums = state.get("epoch_sums", run.start_sums)
+    if run.start_step and run.epochs <= run.start_epoch:
+        raise SystemExit(
+            f"vae-train: {run.ckpt_path} stopped {run.start_step} steps into epoch "
+            f"{run.start_epoch + 1}; resume with --epochs {run.start_epoch + 1} or more"
+        )
+    if run.ddp.world_size > 1:  # only rank 0's data RNG was saved: one stream per rank again
+        seed = run.args.seed + run.ddp.rank + 1_000_003 * run.start_epoch
+        run.batches.generator.manual_seed(seed)
+    if run.ddp.is_main:
+        log.info(
+            "resuming from %s at epoch %d, step %d",
+            run.ckpt_path,
+            run.start_epoch + 1,
+            run.start_step,
+        )
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -30,11 +30,29 @@ def test_round_trip_keeps_weights_config_and_metadata(tmp_path):
     assert {"torch_version", "created_at", "git_commit"} <= set(meta)
 
 
-def test_save_is_atomic_and_leaves_no_temp_files(tmp_path):
+def test_save_replaces_the_file_and_leaves_no_temp_files(tmp_path):
     model = build_model("tiny")
     save_checkpoint(tmp_path / "m.pt", model, {})
     save_checkpoint(tmp_path / "m.pt", model, {"again": True})
     assert os.listdir(tmp_path) == ["m.pt"]
+    assert load_checkpoint(tmp_path / "m.pt")[1]["again"] is True
+
+
+def test_a_crash_mid_write_keeps_the_old_file_and_leaves_no_temp_file(tmp_path, monkeypatch):
+    path = save_checkpoint(tmp_path / "m.pt", build_model("tiny"), {"generation": 1})
+    before = path.read_bytes()
+
+    def write_half_then_crash(payload, fh):
+        fh.write(b"PK\x03\x04 half a checkpoint")
+        raise OSError("disk full")
+
+    monkeypatch.setattr(torch, "save", write_half_then_crash)
+    with pytest.raises(OSError, match="disk full"):
+        save_checkpoint(path, build_model("tiny"), {"generation": 2})
+    assert os.listdir(tmp_path) == ["m.pt"]
+    assert path.read_bytes() == before
+    monkeypatch.undo()
+    assert load_checkpoint(path)[1]["generation"] == 1
 
 
 class _RunsCode:

@@ -80,15 +80,51 @@ def test_model_input_is_padded_grey_in_unit_range():
     assert x[..., 2:30, 2:30].min() == 1.0 and x[..., :2, :].max() == 0.0
 
 
-def test_device_batches_binarize_dynamically_and_cover_each_rank_once():
+def _numbered_split(n: int) -> Split:
+    """Image i is filled with the grey level i, so a batch says which rows it holds."""
+    images = torch.arange(n, dtype=torch.uint8).view(n, 1, 1).expand(n, 28, 28).contiguous()
+    return Split(images, torch.zeros(n, dtype=torch.long))
+
+
+def _rows_seen(batches: DeviceBatches, epoch: int = 0) -> list[int]:
+    batches.set_epoch(epoch)
+    return [int(i) for x in batches for i in (x[:, 0, 2, 2] * 255).round().tolist()]
+
+
+def _order(seed: int, epoch: int = 0, rank: int = 0, world_size: int = 1) -> list[int]:
+    batches = DeviceBatches(
+        _numbered_split(100),
+        10,
+        torch.device("cpu"),
+        dynamic_binarization=False,
+        seed=seed,
+        rank=rank,
+        world_size=world_size,
+    )
+    return _rows_seen(batches, epoch)
+
+
+def test_device_batches_binarize_dynamically():
     images = torch.randint(0, 256, (100, 28, 28), dtype=torch.uint8)
     split = Split(images, torch.zeros(100, dtype=torch.long))
     batches = DeviceBatches(split, 10, torch.device("cpu"))
     first, second = next(iter(batches)), next(iter(batches))
     assert set(first.unique().tolist()) <= {0.0, 1.0}
     assert not torch.equal(first, second)  # a fresh draw each time
-    ranks = [DeviceBatches(split, 10, torch.device("cpu"), rank=r, world_size=2) for r in (0, 1)]
-    assert len(ranks[0]) == len(ranks[1]) == 5
+
+
+def test_the_seed_picks_the_batch_order():
+    assert sorted(_order(seed=0)) == list(range(100))
+    assert _order(seed=0) == _order(seed=0)
+    assert _order(seed=0) != _order(seed=1)
+    assert _order(seed=0, epoch=0) != _order(seed=0, epoch=1)
+
+
+def test_ddp_ranks_get_disjoint_rows_that_cover_the_data():
+    ranks = [_order(seed=3, rank=r, world_size=2) for r in (0, 1)]
+    assert len(ranks[0]) == len(ranks[1]) == 50
+    assert not set(ranks[0]) & set(ranks[1])
+    assert sorted(ranks[0] + ranks[1]) == list(range(100))
 
 
 @pytest.mark.skipif(

@@ -12,7 +12,9 @@ import pytest
 import torch
 
 from models.checkpoint import load_checkpoint, read_checkpoint
+from training.data import dataset_sha256
 from training.evaluate import active_units, binarized_test_set, elbo_terms
+from training.objective import LOSSES
 from training.train import main as train_main
 
 REPO = Path(__file__).resolve().parents[2]
@@ -30,15 +32,71 @@ def _train(out, mnist_dir, *extra):
 
 def test_short_run_improves_the_test_elbo_and_writes_its_artifacts(tiny_run):
     rows = _rows(tiny_run)
-    assert [r["epoch"] for r in rows] == [1, 2, 3]
+    assert [r["epoch"] for r in rows] == [1, 2]
     assert rows[-1]["test_neg_elbo"] < rows[0]["test_neg_elbo"] - 20
     for name in ("model.pt", "checkpoint.pt", "metrics.csv", "loss_curve.png"):
         assert (tiny_run / name).is_file(), name
-    assert len(list((tiny_run / "samples").glob("epoch_*.png"))) == 3
-    _, meta = load_checkpoint(tiny_run / "model.pt")
-    assert meta["epoch"] == 3 and meta["dataset"]["name"] == "mnist"
-    assert len(meta["dataset"]["sha256"]) == 64
+    assert len(list((tiny_run / "samples").glob("epoch_*.png"))) == 2
     assert "train_state" not in read_checkpoint(tiny_run / "model.pt")
+
+
+def test_model_metadata_describes_the_weights_and_data_it_holds(tiny_run, mnist_dir, mnist_test):
+    """Recomputed here: the digest of the data on disk, and the ELBO of the stored weights on
+    the same 500 test digits (--eval-limit 500) that training evaluated."""
+    model, meta = load_checkpoint(tiny_run / "model.pt")
+    assert meta["epoch"] == _rows(tiny_run)[-1]["epoch"]
+    assert meta["dataset"] == {"name": "mnist", "sha256": dataset_sha256(mnist_dir, "mnist")}
+    x = binarized_test_set(mnist_test.images[:500], seed=0, device=torch.device("cpu"))
+    test = elbo_terms(model, x)
+    assert meta["metrics"]["test_neg_elbo"] == pytest.approx(test["neg_elbo"], rel=1e-5)
+    assert meta["metrics"]["test_kl"] == pytest.approx(test["kl"], rel=1e-5)
+    assert meta["metrics"]["active_units"] == active_units(model, x)
+
+
+def test_a_subset_smaller_than_one_batch_is_a_clear_error(tmp_path, mnist_dir):
+    with pytest.raises(SystemExit, match="no full batch"):
+        _train(tmp_path, mnist_dir, "--subset", "50", "--epochs", "1")
+
+
+def _interrupt_at_step(monkeypatch, step: int) -> None:
+    """SIGTERM arrives during training step `step` (0-based, counted over the whole run)."""
+    loss_fn, calls = LOSSES["bernoulli"], []
+
+    def loss_then_signal(*args, **kwargs):
+        if len(calls) == step:
+            signal.raise_signal(signal.SIGTERM)
+        calls.append(step)
+        return loss_fn(*args, **kwargs)
+
+    monkeypatch.setitem(LOSSES, "bernoulli", loss_then_signal)
+
+
+def test_resume_after_an_interrupt_trains_exactly_the_uninterrupted_run(
+    tmp_path, mnist_dir, monkeypatch
+):
+    """4 steps per epoch; SIGTERM in step 6 (epoch 2, its 3rd step). The checkpoint says so,
+    and resuming finishes epoch 2 from there: the same weights as a run never interrupted."""
+    small = ["--subset", "400", "--eval-limit", "100", "--epochs", "2"]
+    assert _train(tmp_path / "straight", mnist_dir, *small) == 0
+
+    with monkeypatch.context() as patch:
+        _interrupt_at_step(patch, 6)
+        assert _train(tmp_path / "stopped", mnist_dir, *small) == 128 + signal.SIGTERM
+    saved = read_checkpoint(tmp_path / "stopped" / "checkpoint.pt")
+    assert (saved["train_state"]["epoch"], saved["train_state"]["step"]) == (1, 3)
+    assert (saved["metadata"]["epoch"], saved["metadata"]["step"]) == (1, 3)
+    assert [r["epoch"] for r in _rows(tmp_path / "stopped")] == [1]
+
+    assert _train(tmp_path / "stopped", mnist_dir, *small, "--resume") == 0
+    straight, _ = load_checkpoint(tmp_path / "straight" / "model.pt")
+    resumed, meta = load_checkpoint(tmp_path / "stopped" / "model.pt")
+    assert meta["epoch"] == 2
+    resumed_weights = resumed.state_dict()
+    for name, weights in straight.state_dict().items():
+        assert torch.equal(weights, resumed_weights[name]), name
+    keep = ("epoch", "train_loss", "test_neg_elbo", "test_kl", "active_units")
+    rows = [[{k: r[k] for k in keep} for r in _rows(tmp_path / d)] for d in ("straight", "stopped")]
+    assert rows[0] == rows[1]
 
 
 def test_resume_continues_from_the_last_epoch(tmp_path, mnist_dir):
