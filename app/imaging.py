@@ -270,8 +270,9 @@ def _digit_region(ink: np.ndarray) -> np.ndarray | None:
     slices = ndimage.find_objects(labels)
     boxes = np.array([(y.start, y.stop, x.start, x.stop) for y, x in slices], dtype=np.int64)
     index = np.arange(1, count + 1)
-    areas = np.bincount(labels.ravel(), minlength=count + 1)[1:]
-    masses = np.bincount(labels.ravel(), weights=ink.ravel(), minlength=count + 1)[1:]
+    strokes = np.flatnonzero(labels)  # a few % of the image: count only those
+    areas = np.bincount(labels.ravel()[strokes], minlength=count + 1)[1:]
+    masses = np.bincount(labels.ravel()[strokes], ink.ravel()[strokes], minlength=count + 1)[1:]
     candidates = ~_lines_across(boxes, areas, ink.shape)
     if not candidates.any():
         raise ImageError(NO_DIGIT)
