@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
-# Best effort: the Debian packages that the browser, Docker and Fashion-MNIST tests use. Tests that need one
-# skip with a clear message where it cannot be installed, so a failure here is not fatal.
+# Best effort: the Debian packages that the browser, Docker, Fashion-MNIST and Kubernetes manifest
+# tests use. Tests that need one skip with a clear message where it cannot be installed, so a
+# failure here is not fatal.
 set -u
 want=()
 command -v chromium >/dev/null 2>&1 || want+=(chromium)
@@ -8,6 +9,7 @@ command -v dockerd >/dev/null 2>&1 || want+=(docker.io)
 command -v docker-compose >/dev/null 2>&1 || want+=(docker-compose)
 command -v debootstrap >/dev/null 2>&1 || want+=(debootstrap)
 [ -d /usr/share/datasets/fashion-mnist ] || want+=(dataset-fashion-mnist)
+command -v kubectl >/dev/null 2>&1 || want+=(kubernetes-client)  # kubectl kustomize
 [ ${#want[@]} -eq 0 ] && exit 0
 if [ "$(id -u)" != 0 ] || ! command -v apt-get >/dev/null 2>&1; then
   echo "system-deps: not root or no apt-get; tests needing ${want[*]} will skip" >&2
