@@ -5,6 +5,10 @@ from a second process, a small asyncio HTTP/1.1 client with keep-alive connectio
 of concurrency), so the client costs far less CPU per request than httpx would.
 
     .venv/bin/python bench/serve_bench.py --checkpoint models/mnist-vae.pt --duration 3
+
+`--ray-replicas 1 2` measures Ray Serve instead (the `[ray]` extra): for each count, a one-node Ray
+cluster on this machine (`ray start --head`, one CPU per replica) serves `deploy/ray/serve.yaml`
+with that many replicas behind Serve's HTTP proxy, and the same load runs against the proxy.
 """
 
 from __future__ import annotations
@@ -12,12 +16,15 @@ from __future__ import annotations
 import argparse
 import asyncio
 import base64
+import contextlib
 import json
 import os
+import signal
 import socket
 import statistics
 import subprocess
 import sys
+import tempfile
 import threading
 import time
 from pathlib import Path
@@ -179,10 +186,127 @@ class Server:
         self.process.wait(timeout=30)
 
 
+class RayServeServer:
+    """A one-node Ray cluster serving `deploy/ray/serve.yaml` with `replicas` fixed replicas.
+
+    The node gets one CPU per replica and its own temp dir and ports, on a loopback address other
+    than 127.0.0.1 (Ray swaps that one for the machine's outward address); `stop` kills every
+    process the node started.
+    """
+
+    NODE_IP = "127.0.0.2"
+
+    def __init__(self, checkpoint: Path, replicas: int, device: str) -> None:
+        import yaml
+
+        self.port = free_port()
+        self.temp_dir = tempfile.mkdtemp(prefix="ray-bench-", dir="/tmp")
+        gcs = f"{self.NODE_IP}:{free_port()}"
+        env = {**os.environ, "RAY_USAGE_STATS_ENABLED": "0", "PYTHONPATH": str(REPO)}
+        env.pop("VAE_API_KEY", None)
+        command = [str(Path(sys.executable).with_name("ray")), "start", "--head", "--block"]
+        command += ["--node-ip-address", self.NODE_IP, "--port", gcs.rsplit(":", 1)[1]]
+        command += ["--num-cpus", str(replicas), "--num-gpus", "0", "--temp-dir", self.temp_dir]
+        command += ["--include-dashboard=false", "--disable-usage-stats"]
+        command += ["--object-store-memory", "100000000"]
+        for flag in (
+            "--dashboard-port",
+            "--dashboard-agent-listen-port",
+            "--dashboard-agent-grpc-port",
+            "--metrics-export-port",
+            "--runtime-env-agent-port",
+            "--ray-client-server-port",
+        ):
+            command += [flag, str(free_port())]
+        self.process = subprocess.Popen(
+            command, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+            start_new_session=True,
+        )  # fmt: skip
+        self.log: list[str] = []
+        for line in self.process.stdout:
+            self.log.append(line)
+            if "Ray runtime started" in line:
+                break
+        threading.Thread(target=lambda: self.log.extend(self.process.stdout), daemon=True).start()
+        try:
+            config = yaml.safe_load((REPO / "deploy" / "ray" / "serve.yaml").read_text())
+            config["http_options"].update(host=HOST, port=self.port)
+            [application] = config["applications"]
+            application["runtime_env"]["env_vars"].update(
+                VAE_CHECKPOINT=str(checkpoint.resolve()), VAE_DEVICE=device, VAE_LOG_LEVEL="warning"
+            )
+            [deployment] = application["deployments"]
+            del deployment["autoscaling_config"]
+            deployment["num_replicas"] = replicas
+            path = Path(self.temp_dir) / "serve.yaml"
+            path.write_text(yaml.safe_dump(config))
+            serve = [str(Path(sys.executable).with_name("serve")), "run", str(path)]
+            serve += ["--address", gcs, "--non-blocking"]
+            subprocess.run(serve, env=env, check=True, capture_output=True, timeout=300)
+            self._wait_for_replicas(replicas)
+        except BaseException:
+            self.stop()
+            raise
+
+    def _wait_for_replicas(self, replicas: int) -> None:
+        """Until `replicas` different replicas have answered /readyz (each loads its model)."""
+        seen: set[bytes] = set()
+        deadline = time.monotonic() + 300
+        while len(seen) < replicas:
+            if time.monotonic() > deadline:
+                raise SystemExit(f"only {len(seen)} of {replicas} Ray replicas came up")
+            try:
+                with socket.create_connection((HOST, self.port), timeout=5) as sock:
+                    sock.sendall(f"GET /readyz HTTP/1.1\r\nHost: {HOST}\r\n\r\n".encode())
+                    head = sock.recv(4096)
+                if head.startswith(b"HTTP/1.1 200"):
+                    seen |= {
+                        line for line in head.lower().split(b"\r\n") if b"x-ray-replica" in line
+                    }
+                    continue
+            except OSError:
+                pass
+            time.sleep(0.5)
+
+    def stop(self) -> None:
+        for pid in [self.process.pid, *_descendants(self.process.pid)]:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)
+        self.process.wait(timeout=30)
+
+
+def _descendants(pid: int) -> list[int]:
+    """Every process below `pid`: Ray's workers start sessions of their own, so no killpg."""
+    children: dict[int, list[int]] = {}
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                ppid = int((entry / "stat").read_text().rsplit(")", 1)[1].split()[1])
+            except OSError:
+                continue
+            children.setdefault(ppid, []).append(int(entry.name))
+    found, todo = [], [pid]
+    while todo:
+        for child in children.get(todo.pop(), []):
+            found.append(child)
+            todo.append(child)
+    return found
+
+
 def run_bench(args: argparse.Namespace) -> dict:
     results: dict = {"checkpoint": str(args.checkpoint), "duration_s": args.duration, "cells": []}
-    for mode, max_batch in (("batched", args.max_batch_size), ("unbatched", 1)):
-        server = Server(args.checkpoint, max_batch, args.device)
+    if args.ray_replicas:
+        servers = [
+            (f"ray x{n}", lambda n=n: RayServeServer(args.checkpoint, n, args.device))
+            for n in args.ray_replicas
+        ]
+    else:
+        servers = [
+            (mode, lambda b=batch: Server(args.checkpoint, b, args.device))
+            for mode, batch in (("batched", args.max_batch_size), ("unbatched", 1))
+        ]
+    for mode, start in servers:
+        server = start()
         try:
             for endpoint in args.endpoints:
                 for concurrency in args.concurrency:
@@ -209,16 +333,17 @@ def cell(results: dict, mode: str, endpoint: str, concurrency: int) -> dict | No
 
 
 def table(results: dict) -> str:
+    modes = list(dict.fromkeys(c["mode"] for c in results["cells"]))
     lines = [
-        "| endpoint | c | batched req/s | p50 ms | p99 ms | unbatched req/s | p50 ms | p99 ms |",
-        "|---|---:|---:|---:|---:|---:|---:|---:|",
+        "| endpoint | c | " + " | ".join(f"{m} req/s | p50 ms | p99 ms" for m in modes) + " |",
+        "|---|---:|" + "---:|---:|---:|" * len(modes),
     ]
     endpoints = dict.fromkeys(c["endpoint"] for c in results["cells"])
     levels = dict.fromkeys(c["concurrency"] for c in results["cells"])
     for endpoint in endpoints:
         for c in levels:
             row = [endpoint, str(c)]
-            for mode in ("batched", "unbatched"):
+            for mode in modes:
                 x = cell(results, mode, endpoint, c)
                 row += (
                     [f"{x['rps']:.0f}", f"{x['p50_ms']:.1f}", f"{x['p99_ms']:.1f}"]
@@ -260,8 +385,17 @@ def report(results: dict) -> str:
             f"- /sample batched vs unbatched at c={c}: "
             f"{t['batched_vs_unbatched_sample']:.2f}x (target >= 2x)"
         )
-    p99 = ", ".join(f"{k} {v:.1f} ms" for k, v in t["p99_ms_batched"].items())
-    lines.append(f"- p99 at c={c}, batched: {p99} (target <= 50 ms)")
+    if t["p99_ms_batched"]:
+        p99 = ", ".join(f"{k} {v:.1f} ms" for k, v in t["p99_ms_batched"].items())
+        lines.append(f"- p99 at c={c}, batched: {p99} (target <= 50 ms)")
+    ray = sorted({m for m in (x["mode"] for x in results["cells"]) if m.startswith("ray x")})
+    for endpoint in dict.fromkeys(x["endpoint"] for x in results["cells"]):
+        one, *more = [cell(results, m, endpoint, c) for m in ray] or [None]
+        for mode, x in zip(ray[1:], more, strict=True):
+            if one and x:
+                lines.append(
+                    f"- {endpoint} at c={c}: {mode} vs ray x1 {x['rps'] / one['rps']:.2f}x"
+                )
     return "\n".join(lines)
 
 
@@ -275,6 +409,13 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--concurrency", type=int, nargs="+", default=list(CONCURRENCY))
     p.add_argument("--endpoints", nargs="+", default=list(ENDPOINTS), choices=ENDPOINTS)
     p.add_argument("--json", type=Path, default=None, help="also write the raw results here")
+    p.add_argument(
+        "--ray-replicas",
+        type=int,
+        nargs="+",
+        default=None,
+        help="measure Ray Serve with these replica counts instead (the [ray] extra)",
+    )
     p.add_argument("--load", choices=ENDPOINTS, help=argparse.SUPPRESS)
     p.add_argument("--port", type=int, help=argparse.SUPPRESS)
     return p.parse_args(argv)
