@@ -191,7 +191,9 @@ def _serve_config(tmp_path: Path, checkpoint: Path, port: int) -> Path:
     config = yaml.safe_load((REPO / "deploy" / "ray" / "serve.yaml").read_text())
     config["http_options"].update(host="127.0.0.1", port=port)
     [application] = config["applications"]
-    application["runtime_env"]["env_vars"].update(VAE_CHECKPOINT=str(checkpoint), VAE_DEVICE="cpu")
+    # Eager torch: the replicas start without exporting ONNX graphs (seconds each, twice).
+    env_vars = {"VAE_CHECKPOINT": str(checkpoint), "VAE_DEVICE": "cpu", "VAE_BACKEND": "torch"}
+    application["runtime_env"]["env_vars"].update(env_vars)
     application["args"] = {"num_cpus": 0, "num_gpus": 0}
     [deployment] = application["deployments"]
     deployment["autoscaling_config"].update(min_replicas=2, max_replicas=2, initial_replicas=2)
