@@ -79,10 +79,13 @@ def install_error_handlers(app: FastAPI, max_upload_bytes: int) -> None:
         return error_response(exc.status_code, detail, exc.headers, protocol=_protocol(request))
 
 
-def _protocol(request: Request) -> bool:
-    """Whether the request went to the Open Inference Protocol's routes (`/v2`, `/v2/...`)."""
-    path = request.url.path
+def speaks_protocol(path: str) -> bool:
+    """Whether a path is one of the Open Inference Protocol's (`/v2`, `/v2/...`)."""
     return path == PROTOCOL_PREFIX or path.startswith(PROTOCOL_PREFIX + "/")
+
+
+def _protocol(request: Request) -> bool:
+    return speaks_protocol(request.url.path)
 
 
 def _safe_error(error: dict[str, Any]) -> dict[str, Any]:

@@ -24,7 +24,7 @@ from pydantic import SecretStr
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from app.config import Settings
-from app.error_responses import error_response
+from app.error_responses import error_response, speaks_protocol
 from app.lifecycle import Lifecycle
 
 # Health, readiness (also the Open Inference Protocol's) and metrics: for probes and scrapers.
@@ -45,13 +45,16 @@ class RequestGuardMiddleware:
         if scope["type"] != "http" or scope["path"] in OPEN_PATHS:
             await self.app(scope, receive, send)
             return
+        protocol = speaks_protocol(scope["path"])  # /v2 errors read {"error": ...}
         if self.api_key is not None and not _authorized(scope, self.api_key):
-            refusal = error_response(401, UNAUTHORIZED, {"WWW-Authenticate": "Bearer"})
+            headers = {"WWW-Authenticate": "Bearer"}
+            refusal = error_response(401, UNAUTHORIZED, headers, protocol=protocol)
             await refusal(scope, receive, send)
             return
         if self.lifecycle.draining:
             headers = {"Retry-After": "1", "Connection": "close"}
-            await error_response(503, "server is shutting down", headers)(scope, receive, send)
+            refusal = error_response(503, "server is shutting down", headers, protocol=protocol)
+            await refusal(scope, receive, send)
             return
         started = False
 
@@ -68,7 +71,7 @@ class RequestGuardMiddleware:
             if started:
                 raise
             detail = f"request took longer than {self.timeout_s:g} s (VAE_REQUEST_TIMEOUT_S)"
-            await error_response(504, detail)(scope, receive, send)
+            await error_response(504, detail, protocol=protocol)(scope, receive, send)
 
 
 async def start_deadline(request: Request) -> None:

@@ -93,6 +93,8 @@ def test_health_needs_no_key_and_metadata_does(client, server):
     with pytest.raises(InferenceServerException) as denied:
         client.get_server_metadata()
     assert denied.value.status() == "401"
+    refused = httpx.post(f"http://{server}/v2/repository/index", timeout=30)
+    assert refused.status_code == 401 and "API key" in refused.json()["error"]
     metadata = client.get_server_metadata(headers=auth())
     assert metadata["name"] == "mnist-vae" and "binary_tensor_data" in metadata["extensions"]
 
