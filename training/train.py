@@ -346,10 +346,10 @@ def _load_data(
         world_size=ddp.world_size,
     )
     if len(batches) == 0:
+        per_process = f" for each of {ddp.world_size} processes" if ddp.world_size > 1 else ""
         raise SystemExit(
             f"vae-train: {len(train_split)} training images make no full batch of "
-            f"{args.batch_size} for each of {ddp.world_size} process(es); "
-            "lower --batch-size or raise --subset"
+            f"{args.batch_size}{per_process}; lower --batch-size or raise --subset"
         )
     test_images = load_split(args.data_dir, args.dataset, train=False).images
     x_test = binarized_test_set(test_images[: args.eval_limit or None], seed=0, device=device)
@@ -457,11 +457,11 @@ def save_interrupted(run: Run, epoch: int, progress: EpochProgress) -> None:
             _train_state(run, epoch, step=step, sums=sums),
         )
         log.warning(
-            "stopped; checkpoint %s holds epoch %d, step %d of %d",
-            run.ckpt_path,
-            epoch + 1,
+            "stopped after step %d/%d of epoch %d; %s holds it, --resume carries on from there",
             step,
             len(run.batches),
+            epoch + 1,
+            run.ckpt_path,
         )
     run.ddp.barrier()
     run.ddp.close()

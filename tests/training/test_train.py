@@ -2,6 +2,7 @@
 
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -99,19 +100,19 @@ def test_resume_after_an_interrupt_trains_exactly_the_uninterrupted_run(
     assert rows[0] == rows[1]
 
 
-def test_resume_continues_from_the_last_epoch(tmp_path, mnist_dir):
-    assert _train(tmp_path, mnist_dir, "--epochs", "1") == 0
-    first = read_checkpoint(tmp_path / "checkpoint.pt")
-    assert first["train_state"]["epoch"] == 1
-    assert _train(tmp_path, mnist_dir, "--epochs", "2", "--resume") == 0
-    rows = _rows(tmp_path)
-    assert [r["epoch"] for r in rows] == [1, 2]
-    resumed = read_checkpoint(tmp_path / "checkpoint.pt")
-    assert resumed["train_state"]["epoch"] == 2
-    per_epoch = first["train_state"]["scheduler"]["last_epoch"]
+def test_resume_continues_from_the_last_epoch(tiny_run, tmp_path, mnist_dir):
+    """A copy of the shared two-epoch run, resumed for a third epoch."""
+    out = shutil.copytree(tiny_run, tmp_path / "run")
+    first = read_checkpoint(out / "checkpoint.pt")
+    assert (first["train_state"]["epoch"], first["train_state"]["step"]) == (2, 0)
+    assert _train(out, mnist_dir, "--epochs", "3", "--resume") == 0
+    assert [r["epoch"] for r in _rows(out)] == [1, 2, 3]
+    resumed = read_checkpoint(out / "checkpoint.pt")
+    assert resumed["train_state"]["epoch"] == 3
+    per_epoch = first["train_state"]["scheduler"]["last_epoch"] // 2
     scheduler = resumed["train_state"]["scheduler"]
-    assert scheduler["last_epoch"] == 2 * per_epoch  # the optimizer went on
-    assert scheduler["lr_lambdas"][0]["total_steps"] == 2 * per_epoch  # planned for 2 epochs
+    assert scheduler["last_epoch"] == 3 * per_epoch  # the optimizer went on
+    assert scheduler["lr_lambdas"][0]["total_steps"] == 3 * per_epoch  # planned for 3 epochs
 
 
 def test_sigterm_leaves_a_valid_checkpoint(tmp_path, mnist_dir):
