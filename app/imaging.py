@@ -226,9 +226,9 @@ def _remove_light(ink: np.ndarray, *, reflective: bool) -> np.ndarray:
     any stroke: strokes vanish from it, while a shadow or a desk, wider than the square, keeps its
     level right up to its edge, sharp or soft; light and shade come from outside the frame, so the
     paper is nowhere darker than the darkest paper along the border (a drawing's tight knot of
-    strokes stays ink). What stands above it is ink. On paper (dark ink)
-    that is divided by the paper's own brightness, which is the light falling there, so a stroke
-    in a shadow is as strong as one in the light. MNIST-sized images are left alone.
+    strokes stays ink). What stands above it is ink. On paper (dark ink) that is divided by the
+    paper's own brightness, which is the light falling there, so a stroke in a shadow is as strong
+    as one in the light. MNIST-sized images are left alone.
     """
     side = max(ink.shape) // BACKGROUND_FRACTION
     if side < MIN_BACKGROUND_SIDE:
