@@ -11,7 +11,7 @@ import sys
 
 from pydantic import ValidationError
 
-from app.config import Settings
+from app.config import Settings, configuration_error
 from app.graceful import serve
 from models.checkpoint import CheckpointError, load_checkpoint
 from models.runtime import resolve_device
@@ -33,9 +33,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         settings = Settings()
     except ValidationError as exc:
-        first = exc.errors()[0]
-        name = "VAE_" + "_".join(str(part) for part in first["loc"]).upper()
-        print(f"vae-serve: invalid configuration: {name}: {first['msg']}", file=sys.stderr)
+        print(f"vae-serve: invalid configuration: {configuration_error(exc)}", file=sys.stderr)
         return 2
     try:
         resolve_device(settings.device)

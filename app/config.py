@@ -6,7 +6,7 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Annotated, Literal
 
-from pydantic import Field, SecretStr, field_validator
+from pydantic import Field, SecretStr, ValidationError, field_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 
@@ -111,6 +111,13 @@ class Settings(BaseSettings):
     @classmethod
     def _lower(cls, value: object) -> object:
         return value.lower() if isinstance(value, str) else value
+
+
+def configuration_error(exc: ValidationError) -> str:
+    """`VAE_NAME: reason` for the first invalid setting: one line for a start-up failure."""
+    first = exc.errors()[0]
+    name = "VAE_" + "_".join(str(part) for part in first["loc"]).upper()
+    return f"{name}: {first['msg']}"
 
 
 @lru_cache

@@ -72,6 +72,14 @@ class RequestGuardMiddleware:
                 raise
             detail = f"request took longer than {self.timeout_s:g} s (VAE_REQUEST_TIMEOUT_S)"
             await error_response(504, detail, protocol=protocol)(scope, receive, send)
+        except asyncio.CancelledError:
+            # uvicorn cancels what is still running when the shutdown grace runs out (e.g. an
+            # upload whose client went silent): answer it, rather than a traceback per request.
+            if started or not self.lifecycle.draining:
+                raise
+            detail = "server shut down before this request completed; retry"
+            refusal = error_response(503, detail, {"Connection": "close"}, protocol=protocol)
+            await refusal(scope, receive, send)
 
 
 async def start_deadline(request: Request) -> None:

@@ -156,13 +156,17 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
         super().on_url(url)
 
     def on_header(self, name: bytes, value: bytes) -> None:
+        # uvicorn's own on_header, inlined (one Python call per header is the hot path here)
+        name = name.lower()
         self._header_count += 1
         if self._header_count > self._limits.max_headers:
             self._refusal = (431, f"more than {self._limits.max_headers} header fields")
             raise _Refused
-        super().on_header(name, value)
-        if self.headers[-1][0] == b"content-length":
+        if name == b"content-length":
             self._content_length = int(value) if value.isdigit() else 0  # the parser checks it
+        elif name == b"expect" and value.lower() == b"100-continue":
+            self.expect_100_continue = True
+        self.headers.append((name, value))
 
     def on_headers_complete(self) -> None:
         if self._content_length > self._limits.max_body_bytes:

@@ -4,16 +4,18 @@ from __future__ import annotations
 
 import gc
 import logging
+import sys
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from pathlib import Path
 
 from fastapi import Depends, FastAPI
 from fastapi.middleware.cors import CORSMiddleware
+from pydantic import ValidationError
 
 from app.admission import DecodeGate
 from app.auth import require_api_key
-from app.config import Settings
+from app.config import Settings, configuration_error
 from app.engine import Engine
 from app.error_responses import install_error_handlers
 from app.examples import ExampleStore
@@ -103,4 +105,14 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     return app
 
 
-app = create_app()
+def _app_from_environment() -> FastAPI:
+    """`uvicorn app.main:app`: a bad `VAE_*` variable stops it with one line, like `vae-serve`."""
+    try:
+        settings = Settings()
+    except ValidationError as exc:
+        print(f"app.main: invalid configuration: {configuration_error(exc)}", file=sys.stderr)
+        raise SystemExit(2) from None
+    return create_app(settings)
+
+
+app = _app_from_environment()

@@ -10,9 +10,11 @@ Every server runs on 127.0.0.1 on a free port; every number comes from one run o
     .venv/bin/python bench/edge_bench.py all --json edge.json
 
 `cost` serves the same code twice, side by side and interleaved (`--rounds`): once as plain
-`uvicorn app.main:app` (httptools, no limits: the baseline) and once as `vae-serve` (the guarded
-protocol), and prints requests/s and the edge/plain ratio; `--baseline-ref REF` serves the
-baseline from a git checkout of REF instead (e.g. the commit before issue 12).
+`uvicorn app.main:app` (httptools without limits: the baseline) and once as `vae-serve` (the
+guarded protocol and the drain), and prints requests/s, the server's CPU time per request (steadier
+than requests/s on a shared machine) and the edge/plain ratios. `--baseline-ref REF` serves the
+plain baseline from a git checkout of REF instead, to include the app-level admission work too
+(e.g. `--baseline-ref 352df2e`, the last commit before the edge was wired into the app).
 """
 
 from __future__ import annotations
@@ -193,9 +195,7 @@ def measure_cost(args: argparse.Namespace) -> dict:
     base_cwd = baseline_checkout(args.baseline_ref) if args.baseline_ref else REPO
     try:
         servers = {
-            "plain": Server(
-                "plain" if not args.baseline_ref else "edge", args.checkpoint, base_cwd
-            ),
+            "plain": Server("plain", args.checkpoint, base_cwd),
             "edge": Server("edge", args.checkpoint),
         }
         cells: dict[str, list[dict]] = {}

@@ -136,9 +136,7 @@ def test_a_flood_of_heavy_uploads_gets_503s_not_504s(make_settings, serving):
     async def flood() -> list:
         async with serving(settings) as client:
             files = {"file": ("big.png", png, "image/png")}
-            return await asyncio.gather(
-                *[client.post("/encode", files=files) for _ in range(24)]
-            )
+            return await asyncio.gather(*[client.post("/encode", files=files) for _ in range(24)])
 
     started = time.monotonic()
     responses = asyncio.run(flood())

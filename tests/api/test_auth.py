@@ -70,3 +70,21 @@ def test_a_blank_key_refuses_to_start_with_one_line(tiny_checkpoint, variable, v
         f"vae-serve: invalid configuration: {variable}: Value error, must not be empty or start "
         "or end with whitespace; unset it instead"
     ]
+
+
+def test_plain_uvicorn_also_refuses_a_blank_key_with_one_line(tiny_checkpoint):
+    env = {k: v for k, v in os.environ.items() if not k.startswith("VAE_")}
+    env.update({"VAE_CHECKPOINT": str(tiny_checkpoint), "VAE_API_KEY": " "})
+    done = subprocess.run(
+        [sys.executable, "-m", "uvicorn", "app.main:app", "--port", "0"],
+        cwd=REPO,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert done.returncode == 2
+    assert done.stderr.strip().splitlines() == [
+        "app.main: invalid configuration: VAE_API_KEY: Value error, must not be empty or start "
+        "or end with whitespace; unset it instead"
+    ]
