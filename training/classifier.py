@@ -135,7 +135,7 @@ def accuracy(model: DigitClassifier, split: Split) -> float:
 
 def train_classifier(
     train: Split,
-    epochs: int = 4,
+    epochs: int = 6,
     batch_size: int = 128,
     lr: float = 3e-3,
     max_shift: int = 2,
@@ -229,7 +229,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(prog="vae-train-classifier", description=__doc__.splitlines()[0])
     p.add_argument("--data-dir", type=Path, default=Path("data"))
     p.add_argument("--out", type=Path, default=DEFAULT_PATH)
-    p.add_argument("--epochs", type=int, default=4)
+    p.add_argument("--epochs", type=int, default=6)
     p.add_argument("--batch-size", type=int, default=128)
     p.add_argument("--lr", type=float, default=3e-3)
     p.add_argument("--max-shift", type=int, default=2, help="augmentation: shifts in pixels")
