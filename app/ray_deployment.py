@@ -5,8 +5,8 @@ Each replica builds the app with `create_app()` on its own node, so it loads its
 model in the app's lifespan, reads its settings from the `VAE_*` variables of the Serve config's
 `runtime_env`, and batches with the app's own `MicroBatcher`: Serve routes whole HTTP requests to
 replicas and does no batching of its own (the README says why). Every response names the node and
-the replica that answered it (`X-Ray-Node`, `X-Ray-Replica`), which is how the two-node test tells
-the replicas apart. Needs the `[ray]` extra: `pip install -e '.[ray]'`.
+the replica that answered it (`X-Ray-Node`, `X-Ray-Node-IP`, `X-Ray-Replica`), which is how the
+two-node test tells the replicas apart. Needs the `[ray]` extra: `pip install -e '.[ray]'`.
 """
 
 from __future__ import annotations
@@ -35,13 +35,19 @@ AUTOSCALING = {
 
 
 class ReplicaHeaders:
-    """Adds `X-Ray-Node` and `X-Ray-Replica` to every response, read once on the replica."""
+    """Adds `X-Ray-Node` (id), `X-Ray-Node-IP` and `X-Ray-Replica` to every response, read once
+    on the replica."""
 
     def __init__(self, app: ASGIApp) -> None:
         self.app = app
         node = ray.get_runtime_context().get_node_id()
+        ip = ray.util.get_node_ip_address()
         replica = serve.get_replica_context().replica_id.unique_id
-        self.headers = [(b"x-ray-node", node.encode()), (b"x-ray-replica", replica.encode())]
+        self.headers = [
+            (b"x-ray-node", node.encode()),
+            (b"x-ray-node-ip", ip.encode()),
+            (b"x-ray-replica", replica.encode()),
+        ]
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":

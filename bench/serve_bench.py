@@ -203,6 +203,7 @@ class RayServeServer:
         self.temp_dir = tempfile.mkdtemp(prefix="ray-bench-", dir="/tmp")
         gcs = f"{self.NODE_IP}:{free_port()}"
         env = {**os.environ, "RAY_USAGE_STATS_ENABLED": "0", "PYTHONPATH": str(REPO)}
+        env["RAY_AUTH_MODE"] = "disabled"  # loopback only; a stray ~/.ray/auth_token is ignored
         env.pop("VAE_API_KEY", None)
         command = [str(Path(sys.executable).with_name("ray")), "start", "--head", "--block"]
         command += ["--node-ip-address", self.NODE_IP, "--port", gcs.rsplit(":", 1)[1]]
