@@ -7,7 +7,7 @@ from the other core (`taskset -c 1`), one thread, keep-alive connections. Each c
 is its HTTP ceiling.
 
     apt-get install -y wrk                    # the load generator (Debian)
-    pip install -e '.[bench]'                 # LitServe; Ray Serve runs from --ray-path if given
+    pip install -e '.[bench]'                 # LitServe and Ray Serve
     .venv/bin/python bench/peers_bench.py --duration 8
 
 Rows: this service (the default backend, one worker), its reduced-precision backend
@@ -39,6 +39,7 @@ REPO = Path(__file__).resolve().parent.parent
 HOST = "127.0.0.1"
 BASELINE = "eb9a3a9"  # main just before issue 8 (idle batch wait, eager torch, logging path)
 BOUNDARY = "benchboundary"
+UNSET = ("VAE_API_KEY", "VAE_ADMIN_TOKEN")  # every server here is open, as the peers are
 
 
 def free_port() -> int:
@@ -72,7 +73,7 @@ class Running:
         self.process = subprocess.Popen(
             ["taskset", "-c", str(cpu), *command],
             cwd=peer.cwd,
-            env={**os.environ, **peer.env},
+            env={k: v for k, v in {**os.environ, **peer.env}.items() if k not in UNSET},
             stdout=subprocess.DEVNULL,
             stderr=subprocess.PIPE,
             text=True,
@@ -173,7 +174,7 @@ def parse_wrk(out: str) -> dict:
     rps = re.search(r"Requests/sec:\s+([\d.]+)", out)
     errors = sum(
         int(n)
-        for n in re.findall(r"(?:Non-2xx or 3xx responses|connect|read|write|timeout) (\d+)", out)
+        for n in re.findall(r"(?:Non-2xx or 3xx responses:|connect|read|write|timeout) +(\d+)", out)
     )
     return {
         "rps": float(rps.group(1)) if rps else 0.0,
@@ -202,7 +203,6 @@ def service(label: str, checkpoint: Path, cwd: Path = REPO, **env: str) -> Peer:
             "VAE_CHECKPOINT": str(checkpoint),
             "VAE_DEVICE": "cpu",
             "VAE_LOG_LEVEL": "warning",
-            "VAE_API_KEY": "",
             "PYTHONPATH": str(cwd),
             **env,
         },
@@ -229,8 +229,9 @@ def peers(args: argparse.Namespace, baseline: Path | None) -> list[Peer]:
     if "litserve" in args.rows:
         command = [sys.executable, "-m", "bench.peers.litserve_server", "{port}"]
         rows.append(Peer("LitServe (batching 64)", command, env, noop="/health", ready="/health"))
-    if "ray" in args.rows and args.ray_path:
-        ray_env = {**env, "PYTHONPATH": f"{args.ray_path}:{REPO}", "RAY_USAGE_STATS_ENABLED": "0"}
+    if "ray" in args.rows:
+        path = f"{args.ray_path}:{REPO}" if args.ray_path else str(REPO)
+        ray_env = {**env, "PYTHONPATH": path, "RAY_USAGE_STATS_ENABLED": "0"}
         command = [sys.executable, "-m", "bench.peers.ray_server", "{port}"]
         rows.append(Peer("Ray Serve (@serve.batch 64)", command, ray_env, startup_s=300))
     return rows
@@ -370,7 +371,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         default=["bf16", "naive", "litserve", "ray"],
         help="peers besides this service: bf16 naive litserve ray",
     )
-    p.add_argument("--ray-path", default=os.environ.get("RAY_PATH"), help="site dir with ray")
+    p.add_argument(
+        "--ray-path", default=os.environ.get("RAY_PATH"), help="a site dir with ray, if apart"
+    )
     p.add_argument("--server-cpu", type=int, default=0)
     p.add_argument("--load-cpu", type=int, default=1)
     p.add_argument("--json", type=Path, default=None, help="also write the raw results here")
