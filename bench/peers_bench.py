@@ -30,7 +30,6 @@ import socket
 import subprocess
 import sys
 import tempfile
-import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -65,26 +64,27 @@ class Peer:
 class Running:
     """A peer's server process, pinned to `cpu`, up once its ready route answers 200."""
 
-    def __init__(self, peer: Peer, cpu: int) -> None:
+    def __init__(self, peer: Peer, cpu: int, logs: Path) -> None:
         self.peer = peer
         self.port = free_port()
         command = [a.replace("{port}", str(self.port)) for a in peer.command]
-        self.log: list[str] = []
-        self.process = subprocess.Popen(
-            ["taskset", "-c", str(cpu), *command],
-            cwd=peer.cwd,
-            env={k: v for k, v in {**os.environ, **peer.env}.items() if k not in UNSET},
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.PIPE,
-            text=True,
-            start_new_session=True,
-        )
-        threading.Thread(target=lambda: self.log.extend(self.process.stderr), daemon=True).start()
+        # The server's log goes to a file: the kernel writes it, no reader competes for a core.
+        self.log_path = logs / f"server-{self.port}.log"
+        with self.log_path.open("w") as log:
+            self.process = subprocess.Popen(
+                ["taskset", "-c", str(cpu), *command],
+                cwd=peer.cwd,
+                env={k: v for k, v in {**os.environ, **peer.env}.items() if k not in UNSET},
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,
+            )
         deadline = time.monotonic() + peer.startup_s
         while not self._ready():
             if self.process.poll() is not None or time.monotonic() > deadline:
                 self.stop()
-                raise RuntimeError(f"{peer.label} did not start:\n" + "".join(self.log[-15:]))
+                tail = self.log_path.read_text(errors="replace").splitlines()[-15:]
+                raise RuntimeError(f"{peer.label} did not start:\n" + "\n".join(tail))
             time.sleep(0.3)
 
     def _ready(self) -> bool:
@@ -202,7 +202,7 @@ def service(label: str, checkpoint: Path, cwd: Path = REPO, **env: str) -> Peer:
         env={
             "VAE_CHECKPOINT": str(checkpoint),
             "VAE_DEVICE": "cpu",
-            "VAE_LOG_LEVEL": "warning",
+            "VAE_LOG_LEVEL": "info",  # the access log is part of the request path we measure
             "PYTHONPATH": str(cwd),
             **env,
         },
@@ -248,7 +248,7 @@ def run(args: argparse.Namespace) -> dict:
         for peer in peers(args, baseline):
             row: dict = {"label": peer.label}
             try:
-                server = Running(peer, args.server_cpu)
+                server = Running(peer, args.server_cpu, workdir)
             except RuntimeError as exc:
                 print(f"skipped: {exc}", file=sys.stderr)
                 row["skipped"] = str(exc).splitlines()[0]
