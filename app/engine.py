@@ -267,7 +267,9 @@ class Engine:
         """Latents come from a per-request CPU generator, so a seed means the same digits no
         matter which batch (or device) decodes them."""
         generator = torch.Generator().manual_seed(seed)
-        z = torch.randn(n, m.latent_dim, generator=generator) * temperature
+        z = torch.randn(n, m.latent_dim, generator=generator)
+        if temperature != 1.0:  # x * 1.0 == x: one torch op less on the event loop per request
+            z = z * temperature
         return z, await self.decode(m, z)
 
     async def interpolate(
