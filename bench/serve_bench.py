@@ -6,9 +6,10 @@ of concurrency), so the client costs far less CPU per request than httpx would.
 
     .venv/bin/python bench/serve_bench.py --checkpoint models/mnist-vae.pt --duration 3
 
-`--ray-replicas 1 2` measures Ray Serve instead (the `[ray]` extra): for each count, a one-node Ray
-cluster on this machine (`ray start --head`, one CPU per replica) serves `deploy/ray/serve.yaml`
-with that many replicas behind Serve's HTTP proxy, and the same load runs against the proxy.
+`--ray-replicas 1 2` measures Ray Serve instead (the `[ray]` extra): plain `vae-serve` first, as
+the reference, then for each count a one-node Ray cluster on this machine (`ray start --head`, one
+CPU per replica) serving `deploy/ray/serve.yaml` with that many replicas behind Serve's HTTP
+proxy, under the same load.
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ import base64
 import contextlib
 import json
 import os
+import shutil
 import signal
 import socket
 import statistics
@@ -237,8 +239,10 @@ class RayServeServer:
                 VAE_CHECKPOINT=str(checkpoint.resolve()), VAE_DEVICE=device, VAE_LOG_LEVEL="warning"
             )
             [deployment] = application["deployments"]
-            del deployment["autoscaling_config"]
-            deployment["num_replicas"] = replicas
+            # Exactly `replicas` (the deployment autoscales by default).
+            deployment["autoscaling_config"].update(
+                min_replicas=replicas, max_replicas=replicas, initial_replicas=replicas
+            )
             path = Path(self.temp_dir) / "serve.yaml"
             path.write_text(yaml.safe_dump(config))
             serve = [str(Path(sys.executable).with_name("serve")), "run", str(path)]
@@ -274,6 +278,7 @@ class RayServeServer:
             with contextlib.suppress(ProcessLookupError):
                 os.kill(pid, signal.SIGKILL)
         self.process.wait(timeout=30)
+        shutil.rmtree(self.temp_dir, ignore_errors=True)
 
 
 def _descendants(pid: int) -> list[int]:
@@ -296,8 +301,9 @@ def _descendants(pid: int) -> list[int]:
 
 def run_bench(args: argparse.Namespace) -> dict:
     results: dict = {"checkpoint": str(args.checkpoint), "duration_s": args.duration, "cells": []}
-    if args.ray_replicas:
-        servers = [
+    if args.ray_replicas:  # plain vae-serve first, as the reference in the same run
+        servers = [("vae-serve", lambda: Server(args.checkpoint, args.max_batch_size, args.device))]
+        servers += [
             (f"ray x{n}", lambda n=n: RayServeServer(args.checkpoint, n, args.device))
             for n in args.ray_replicas
         ]
@@ -394,9 +400,12 @@ def report(results: dict) -> str:
         one, *more = [cell(results, m, endpoint, c) for m in ray] or [None]
         for mode, x in zip(ray[1:], more, strict=True):
             if one and x:
-                lines.append(
-                    f"- {endpoint} at c={c}: {mode} vs ray x1 {x['rps'] / one['rps']:.2f}x"
-                )
+                ratio = x["rps"] / one["rps"]
+                lines.append(f"- {endpoint} at c={c}: {mode} vs ray x1 {ratio:.2f}x")
+        plain = cell(results, "vae-serve", endpoint, c)
+        if plain and one:
+            ratio = one["rps"] / plain["rps"]
+            lines.append(f"- {endpoint} at c={c}: ray x1 vs vae-serve {ratio:.2f}x")
     return "\n".join(lines)
 
 
