@@ -28,7 +28,7 @@ from models.checkpoint import (
     read_checkpoint,
     save_checkpoint,
 )
-from models.prior import LatentPrior, StandardNormalPrior
+from models.prior import LatentPrior, MixturePrior, StandardNormalPrior
 from models.runtime import resolve_device
 from models.vae import ConvVAE
 from training.classifier import DEFAULT_PATH as DEFAULT_CLASSIFIER
@@ -137,12 +137,38 @@ def active_units(model: ConvVAE, x: torch.Tensor, threshold: float = ACTIVE_UNIT
 
 
 @torch.inference_mode()
-def save_sample_grid(model: ConvVAE, path: Path, n: int = 64, seed: int = 0) -> Path:
+def save_sample_grid(
+    model: ConvVAE,
+    path: Path,
+    n: int = 64,
+    seed: int = 0,
+    prior: LatentPrior | None = None,
+    temperature: float = 1.0,
+) -> Path:
     generator = torch.Generator(device="cpu").manual_seed(seed)
-    z = torch.randn(n, model.latent_dim, generator=generator)
+    z = (prior or StandardNormalPrior(model.latent_dim)).sample(n, generator, temperature)
     device = next(model.parameters()).device
     path.parent.mkdir(parents=True, exist_ok=True)
     save_image(model.decode(z.to(device)).cpu(), path, nrow=int(math.sqrt(n)), pad_value=0.5)
+    return path
+
+
+@torch.inference_mode()
+def save_digit_grid(
+    model: ConvVAE,
+    prior: MixturePrior,
+    path: Path,
+    per_digit: int = 10,
+    seed: int = 0,
+    temperature: float = 1.0,
+) -> Path:
+    """One row per digit 0..9, each drawn on request from the prior's per-digit mixtures."""
+    generator = torch.Generator(device="cpu").manual_seed(seed)
+    digits = torch.arange(10).repeat_interleave(per_digit)
+    z = prior.sample_digits(digits, generator, temperature)
+    device = next(model.parameters()).device
+    path.parent.mkdir(parents=True, exist_ok=True)
+    save_image(model.decode(z.to(device)).cpu(), path, nrow=per_digit, pad_value=0.5)
     return path
 
 
@@ -200,6 +226,33 @@ def standard_normal_sampler(model: ConvVAE, temperature: float = 1.0) -> Sampler
     return draw
 
 
+def prior_sampler(model: ConvVAE, prior: LatentPrior, temperature: float = 1.0) -> Sampler:
+    """Decodes z drawn from `prior` on the CPU, as the service does (N(0, I) draws the very
+    latents `standard_normal_sampler` draws)."""
+    device = next(model.parameters()).device
+
+    def draw(n: int, generator: torch.Generator) -> torch.Tensor:
+        return model.decode(prior.sample(n, generator, temperature).to(device))
+
+    return draw
+
+
+def digit_sampler(model: ConvVAE, prior: MixturePrior, temperature: float = 1.0) -> Sampler:
+    """Draws digits 0, 1, ..., 9, 0, 1, ... in turn from the prior's per-digit mixtures; with
+    batches that are a multiple of 10, image i shows digit i % 10 (`cycled_digits`)."""
+    device = next(model.parameters()).device
+
+    def draw(n: int, generator: torch.Generator) -> torch.Tensor:
+        z = prior.sample_digits(cycled_digits(n), generator, temperature)
+        return model.decode(z.to(device))
+
+    return draw
+
+
+def cycled_digits(n: int) -> torch.Tensor:
+    return torch.arange(n) % 10
+
+
 @torch.inference_mode()
 def draw_samples(sampler: Sampler, n: int, seed: int = 0, batch_size: int = 1000) -> torch.Tensor:
     """n images on the CPU from one CPU generator seeded once: the same seed, the same images."""
@@ -232,6 +285,42 @@ def real_digit_quality(judge: SampleJudge, test: Split, train: Split, n: int = 1
     del test_scores["fid"]
     train_fid = judge.score(to_model_input(train.images[:n]))["fid"]
     return {"test_digits": test_scores, "train_digits_fid": train_fid, "train_digits": n}
+
+
+def prior_sample_quality(
+    judge: SampleJudge, model: ConvVAE, prior: LatentPrior, args: argparse.Namespace
+) -> dict[str, dict]:
+    """Scores samples from the checkpoint's prior; with a learned prior also N(0, I)'s from the
+    same seed, and, when it has per-digit mixtures, digits drawn on request (per-digit accuracy)."""
+    n, seed, temperature = args.samples, args.sample_seed, args.temperature
+    out = {
+        "sample_quality": {
+            "prior": prior.name,
+            "temperature": temperature,
+            **sample_quality(judge, prior_sampler(model, prior, temperature), n, seed),
+        }
+    }
+    if isinstance(prior, MixturePrior):
+        standard = standard_normal_sampler(model, temperature)
+        out["sample_quality_standard_prior"] = {
+            "prior": "standard",
+            "temperature": temperature,
+            **sample_quality(judge, standard, n, seed),
+        }
+        if prior.digits() == list(range(10)):
+            n_digits = n - n % 10
+            out["conditional_sample_quality"] = {
+                "prior": prior.name,
+                "temperature": temperature,
+                **sample_quality(
+                    judge,
+                    digit_sampler(model, prior, temperature),
+                    n_digits,
+                    seed,
+                    labels=cycled_digits(n_digits),
+                ),
+            }
+    return out
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -297,13 +386,7 @@ def main(argv: list[str] | None = None) -> int:
             print(f"vae-eval: {exc}", file=sys.stderr)
             return 2
         judge = SampleJudge.from_test_set(classifier, test.images)
-        sampler = standard_normal_sampler(model, args.temperature)
-        quality = sample_quality(judge, sampler, args.samples, args.sample_seed)
-        metrics["sample_quality"] = {
-            "prior": "standard_normal",
-            "temperature": args.temperature,
-            **quality,
-        }
+        metrics.update(prior_sample_quality(judge, model, prior, args))
         train = load_split(args.data_dir, dataset, train=True)
         metrics["sample_quality_real"] = {
             **real_digit_quality(judge, test, train, args.samples),
@@ -316,7 +399,11 @@ def main(argv: list[str] | None = None) -> int:
         args.json.write_text(json.dumps(metrics, indent=2) + "\n")
     if args.out_dir:
         args.out_dir.mkdir(parents=True, exist_ok=True)
-        save_sample_grid(model, args.out_dir / "samples.png")
+        save_sample_grid(model, args.out_dir / "samples.png", prior=prior)
+        if isinstance(prior, MixturePrior):
+            save_sample_grid(model, args.out_dir / "samples-standard-prior.png")
+            if prior.digits() == list(range(10)):
+                save_digit_grid(model, prior, args.out_dir / "digits.png")
         save_reconstruction_grid(
             model, to_model_input(test.images[:32]).to(device), args.out_dir / "reconstructions.png"
         )

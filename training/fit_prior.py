@@ -30,6 +30,7 @@ from models.checkpoint import (
 )
 from models.prior import GaussianMixture, MixturePrior
 from models.vae import ConvVAE
+from training.classifier import ClassifierError, classify, load_classifier
 from training.data import load_split, to_model_input
 from training.gmm import fit_gaussian_mixture, merge_labelled, to_float32
 
@@ -221,13 +222,19 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     keep = None
     if args.classifier is not None:
-        from training.classifier import load_classifier  # only needed for filtering
-
-        classify = load_classifier(args.classifier)
-        keep = confidently_recognised(
-            model, mu, train.labels, classify, args.filter_confidence or 0.9
-        )
+        try:
+            classifier, _ = load_classifier(args.classifier)
+        except ClassifierError as exc:
+            print(f"vae-fit-prior: {exc}", file=sys.stderr)
+            return 2
         args.filter_confidence = args.filter_confidence or 0.9
+        keep = confidently_recognised(
+            model,
+            mu,
+            train.labels,
+            lambda images: classify(classifier, images)[0],
+            args.filter_confidence,
+        )
     prior = build_prior(mu, train.labels, args, keep)
     out = args.out or args.checkpoint
     save_checkpoint(out, model, payload["metadata"], payload.get("train_state"), prior=prior)
