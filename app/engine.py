@@ -25,8 +25,9 @@ from app.admission import InferenceGate
 from app.backends import BackendInfo, Runner, TorchRunner, select_runner
 from app.batching import MicroBatcher
 from app.config import Settings
-from app.errors import CheckpointRejected, NotReady
-from models.checkpoint import CheckpointError, file_sha256, load_checkpoint
+from app.errors import CheckpointRejected, InvalidInput, NotReady
+from models.checkpoint import CheckpointError, file_sha256, load_checkpoint_and_prior
+from models.prior import LatentPrior, MixturePrior, StandardNormalPrior
 from models.runtime import resolve_device
 from models.vae import ConvVAE
 
@@ -47,6 +48,7 @@ class LoadedModel:
     dtype: torch.dtype
     runner: Runner  # where the forward passes run; checked against eager at load
     backend: BackendInfo
+    prior: LatentPrior  # the checkpoint's own; N(0, I) when it carries none
     loaded_at: str = field(default_factory=lambda: datetime.now(UTC).isoformat(timespec="seconds"))
 
     @property
@@ -69,7 +71,7 @@ def load_model(
     one-line reason."""
     dev = resolve_device(device)
     before = _file_identity(path)
-    model, metadata = load_checkpoint(path, device=dev)
+    model, metadata, prior = load_checkpoint_and_prior(path, device=dev)
     sha256 = file_sha256(path)
     if _file_identity(path) != before:  # replaced meanwhile: the hash might not be these weights
         raise CheckpointError(f"{path} changed while it was being loaded; try again")
@@ -90,7 +92,7 @@ def load_model(
         cuda_graphs=cuda_graphs,
         max_batch_size=max_batch_size,
     )
-    loaded = LoadedModel(model, metadata, Path(path), sha256, dev, dtype, runner, info)
+    loaded = LoadedModel(model, metadata, Path(path), sha256, dev, dtype, runner, info, prior)
     # On CUDA every batch shape gets its kernels picked once, so warm them all; on the CPU a few.
     sizes = range(1, max_batch_size + 1) if dev.type == "cuda" else (1, 8, max_batch_size)
     try:
@@ -98,6 +100,35 @@ def load_model(
     except Exception as exc:  # e.g. a valid config for another input size: not servable here
         raise CheckpointError(f"{path}: the model does not run on 1x32x32 digits: {exc}") from exc
     return loaded
+
+
+def sample_prior_name(m: LoadedModel, prior: str, digits: list[int] | None) -> str:
+    """What a /sample request draws from, as the response names it."""
+    return "standard" if prior == "standard" and digits is None else m.prior.name
+
+
+def check_digits(m: LoadedModel, prior: str, digits: list[int] | None) -> None:
+    """Refuses, with a 422 that says why, digits this checkpoint's prior cannot draw."""
+    if digits is None:
+        return
+    if prior == "standard":
+        raise InvalidInput('"prior": "standard" is N(0, I), which cannot choose a digit')
+    known = m.prior.digits() if isinstance(m.prior, MixturePrior) else []
+    if not known:
+        raise InvalidInput(
+            "this checkpoint's prior has no per-digit mixtures, so it cannot draw a chosen "
+            "digit (fit one with vae-fit-prior)"
+        )
+    missing = sorted(set(digits) - set(known))
+    if missing:
+        raise InvalidInput(f"this checkpoint's prior cannot draw digit(s) {missing}")
+
+
+def draw_digits(
+    m: LoadedModel, digits: list[int], generator: torch.Generator, temperature: float
+) -> torch.Tensor:
+    assert isinstance(m.prior, MixturePrior)  # check_digits ran first
+    return m.prior.sample_digits(digits, generator, temperature)
 
 
 def _file_identity(path: str | Path) -> tuple[int, int, int] | None:
@@ -262,14 +293,24 @@ class Engine:
             self.admission.release(cost)
 
     async def sample(
-        self, m: LoadedModel, n: int, seed: int, temperature: float
+        self,
+        m: LoadedModel,
+        n: int,
+        seed: int,
+        temperature: float,
+        prior: str = "checkpoint",
+        digits: list[int] | None = None,
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """Latents come from a per-request CPU generator, so a seed means the same digits no
-        matter which batch (or device) decodes them."""
+        matter which batch (or device) decodes them. `prior` is "checkpoint" (the checkpoint's
+        own) or "standard" (N(0, I)); `digits` (one per image) draws those digits instead."""
         generator = torch.Generator().manual_seed(seed)
-        z = torch.randn(n, m.latent_dim, generator=generator)
-        if temperature != 1.0:  # x * 1.0 == x: one torch op less on the event loop per request
-            z = z * temperature
+        if digits is not None:
+            # A few small triangular solves per redraw: off the event loop, it is not free.
+            z = await asyncio.to_thread(draw_digits, m, digits, generator, temperature)
+        else:
+            chosen = m.prior if prior == "checkpoint" else StandardNormalPrior(m.latent_dim)
+            z = chosen.sample(n, generator, temperature)
         return z, await self.decode(m, z)
 
     async def interpolate(

@@ -54,14 +54,26 @@ def grid_response(images: torch.Tensor, headers: Headers = None) -> Response:
 
 
 def sample_response(
-    seed: int, temperature: float, z: torch.Tensor, images: torch.Tensor, as_json: bool
+    seed: int,
+    temperature: float,
+    z: torch.Tensor,
+    images: torch.Tensor,
+    as_json: bool,
+    prior: str = "standard",
+    digits: list[int] | None = None,
 ) -> Response:
-    """/sample: a grid PNG or the images with their latents; the seed in `X-Seed` either way."""
-    headers = {"X-Seed": str(seed)}
+    """/sample: a grid PNG or the images with their latents; the seed in `X-Seed` and the prior
+    in `X-Prior` either way."""
+    headers = {"X-Seed": str(seed), "X-Prior": prior}
     if not as_json:
         return grid_response(images, headers)
     body = SampleResponse(
-        seed=seed, temperature=temperature, images=base64_pngs(images), latents=z.tolist()
+        seed=seed,
+        temperature=temperature,
+        prior=prior,
+        digits=digits,
+        images=base64_pngs(images),
+        latents=z.tolist(),
     )
     return json_response(body, headers)
 

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Annotated, Any, Self
+from typing import Annotated, Any, Literal, Self
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
@@ -23,23 +23,68 @@ class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", strict=True)
 
 
+# strict: `true` and "7" are not digits (lax pydantic would read them as 1 and 7).
+Digit = Annotated[int, Field(strict=True, ge=0, le=9)]
+
+
 class SampleRequest(_Strict):
     model_config = ConfigDict(
-        extra="forbid", json_schema_extra={"examples": [{"n": 16, "seed": 42, "temperature": 1.0}]}
+        extra="forbid",
+        json_schema_extra={
+            "examples": [
+                {"n": 16, "seed": 42, "temperature": 1.0},
+                {"n": 8, "seed": 42, "digit": 7},
+                {"digits": [2, 0, 2, 6], "seed": 1},
+                {"n": 16, "seed": 42, "prior": "standard"},
+            ]
+        },
     )
 
-    n: int = Field(16, ge=1, le=MAX_SAMPLES, description="how many digits to draw")
+    n: int = Field(
+        16, ge=1, le=MAX_SAMPLES, description="how many digits (default: len(digits), else 16)"
+    )
     seed: int | None = Field(
         None, ge=0, le=2**63 - 1, description="same seed, same bytes; omitted: the server picks"
     )
     temperature: float = Field(
         1.0, gt=0, le=3, allow_inf_nan=False, description="scales the prior's standard deviation"
     )
+    prior: Literal["checkpoint", "standard"] = Field(
+        "checkpoint",
+        description="the checkpoint's own prior (see /model), or N(0, I) as the VAE was trained",
+    )
+    digit: Digit | None = Field(None, description="draw only this digit (all n images)")
+    digits: Annotated[list[Digit], Field(min_length=1, max_length=MAX_SAMPLES)] | None = Field(
+        None, description="one digit per image, in order; n defaults to its length"
+    )
+
+    @model_validator(mode="after")
+    def _digits_fit_n(self) -> Self:
+        if self.digit is not None and self.digits is not None:
+            raise ValueError("give at most one of 'digit' or 'digits'")
+        if self.digits is not None:
+            if "n" not in self.model_fields_set:
+                self.n = len(self.digits)
+            elif len(self.digits) != self.n:
+                raise ValueError(
+                    f"'digits' has {len(self.digits)} entries but n is {self.n}: "
+                    "give one digit per image"
+                )
+        return self
+
+    @property
+    def digit_list(self) -> list[int] | None:
+        """The digit of every image, or None for a plain draw from the prior."""
+        if self.digit is not None:
+            return [self.digit] * self.n
+        return self.digits
 
 
 class SampleResponse(BaseModel):
     seed: int
     temperature: float
+    prior: str = Field(description='"mixture" (the checkpoint\'s learned prior) or "standard"')
+    digits: list[int] | None = Field(description="the digit each image was drawn for, if asked")
     images: list[B64Png]
     latents: list[list[float]]
 
@@ -153,6 +198,9 @@ class ModelResponse(BaseModel):
     device: str
     dtype: str
     backend: BackendResponse
+    prior: dict[str, Any] = Field(
+        description="the prior /sample draws from by default: N(0, I) or a learned mixture"
+    )
     metrics: dict[str, Any] = Field(description="the checkpoint's final evaluation")
     training: dict[str, Any] = Field(description="everything else the checkpoint records")
     versions: dict[str, str]

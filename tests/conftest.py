@@ -54,6 +54,19 @@ def second_checkpoint(tiny_checkpoint: Path, tmp_path_factory: pytest.TempPathFa
 
 
 @pytest.fixture(scope="session")
+def prior_checkpoint(tiny_checkpoint: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The tiny checkpoint plus a learned prior (vae-fit-prior on 2,000 of its training digits:
+    two components per digit), so that /sample can draw a chosen digit."""
+    from training.fit_prior import main as fit_prior_main
+
+    out = tmp_path_factory.mktemp("with-prior") / "model.pt"
+    argv = [str(tiny_checkpoint), "--out", str(out), "--data-dir", str(REPO / "data")]
+    argv += ["--limit", "2000", "--class-components", "2", "--accept-threshold", "0.9"]
+    assert fit_prior_main(argv) == 0
+    return out
+
+
+@pytest.fixture(scope="session")
 def make_settings(tiny_checkpoint: Path):
     """`make_settings(**overrides)`: the tiny checkpoint on the CPU, no API key or admin token."""
 

@@ -7,6 +7,7 @@ from __future__ import annotations
 import base64
 import contextlib
 import io
+import json
 import os
 import shutil
 import socket
@@ -66,12 +67,13 @@ def _free_port() -> int:
 
 
 @pytest.fixture(scope="module")
-def server(tiny_checkpoint: Path) -> Iterator[str]:
-    """`uvicorn app.main:app` in a subprocess on a free loopback port; yields its base URL."""
+def server(prior_checkpoint: Path) -> Iterator[str]:
+    """`uvicorn app.main:app` in a subprocess on a free loopback port; yields its base URL. It
+    serves the tiny checkpoint with a learned prior, so the digit picker has digits to offer."""
     port = _free_port()
     env = {
         **{k: v for k, v in os.environ.items() if k != "VAE_API_KEY"},
-        "VAE_CHECKPOINT": str(tiny_checkpoint),
+        "VAE_CHECKPOINT": str(prior_checkpoint),
         "VAE_DEVICE": "cpu",
         "VAE_LOG_LEVEL": "warning",
     }
@@ -178,6 +180,38 @@ def test_sample_shows_a_grid_and_same_seed_repeats_it(visit: Visit) -> None:
         page.click("#same-seed")
     assert page.input_value("#seed") == seed
     assert again.value.body() == first.value.body()
+    assert visit.foreign_requests() == []
+
+
+def test_the_digit_picker_asks_for_that_digit_and_gets_the_apis_bytes(visit: Visit) -> None:
+    page = visit.page
+    page.wait_for_function("!document.querySelector('#digit').disabled")
+    page.fill("#n", "4")
+    page.fill("#seed", "21")
+    page.select_option("#digit", "7")
+    with page.expect_response("**/sample") as reply:
+        page.click("#sample-btn")
+    sent = json.loads(reply.value.request.post_data)
+    assert sent == {"n": 4, "temperature": 1, "digit": 7, "seed": 21}
+    page.wait_for_function("document.querySelector('#grid-img').naturalWidth > 0")
+    assert "of 7" in page.inner_text("#grid-cap")
+    request = urllib.request.Request(
+        visit.base + "sample",
+        data=json.dumps(sent).encode(),
+        headers={"Content-Type": "application/json"},
+    )
+    shown = page.evaluate(
+        """async () => {
+            const res = await fetch(document.querySelector('#grid-img').src);
+            return Array.from(new Uint8Array(await res.arrayBuffer()));
+        }"""
+    )
+    with urllib.request.urlopen(request) as direct:
+        assert direct.read() == bytes(shown)  # the page shows the API's bytes for that request
+    page.select_option("#digit", "")
+    with page.expect_response("**/sample") as plain:
+        page.click("#sample-btn")
+    assert "digit" not in json.loads(plain.value.request.post_data)
     assert visit.foreign_requests() == []
 
 

@@ -9,7 +9,7 @@ import torch
 from fastapi import APIRouter, File, Form, Response, UploadFile
 
 from app.deps import DecodeGateDep, EngineDep, ExamplesDep, JsonDep, ModelDep, SettingsDep
-from app.engine import Engine, LoadedModel
+from app.engine import Engine, LoadedModel, check_digits, sample_prior_name
 from app.errors import InvalidInput
 from app.examples import ExampleStore
 from app.responses import decode_response, interpolation_response, sample_response
@@ -31,10 +31,14 @@ router = APIRouter(tags=["generate"], responses=ERRORS)
 
 @router.post("/sample", response_model=SampleResponse, responses=PNG_RESPONSE)
 async def sample(body: SampleRequest, engine: EngineDep, m: ModelDep, as_json: JsonDep) -> Response:
-    """Draws `n` digits from the prior. PNG: one grid. The seed is echoed in `X-Seed`."""
+    """Draws `n` digits from the checkpoint's prior (`"prior": "standard"`: N(0, I)), or the
+    digits asked for with `digit` / `digits`. PNG: one grid. The seed is echoed in `X-Seed`."""
+    digits = body.digit_list
+    check_digits(m, body.prior, digits)
     seed = body.seed if body.seed is not None else secrets.randbits(63)
-    z, images = await engine.sample(m, body.n, seed, body.temperature)
-    return sample_response(seed, body.temperature, z, images, as_json)
+    z, images = await engine.sample(m, body.n, seed, body.temperature, body.prior, digits)
+    prior = sample_prior_name(m, body.prior, digits)
+    return sample_response(seed, body.temperature, z, images, as_json, prior, digits)
 
 
 @router.post("/decode", response_model=DecodeResponse, responses=PNG_RESPONSE)

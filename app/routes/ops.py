@@ -14,6 +14,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from app.auth import require_api_key
 from app.deps import EngineDep, ModelDep
 from app.schemas import BackendResponse, ModelResponse, Status
+from models.prior import describe as describe_prior
 
 router = APIRouter(tags=["operations"])
 
@@ -56,6 +57,7 @@ async def model_info(m: ModelDep) -> ModelResponse:
         device=str(m.device),
         dtype=str(m.dtype).removeprefix("torch."),
         backend=BackendResponse(**dataclasses.asdict(m.backend)),
+        prior=describe_prior(m.prior),
         metrics=meta.get("metrics") or {},
         training={k: v for k, v in meta.items() if k not in ("metrics", "preset")},
         versions={

@@ -277,7 +277,9 @@ let lastSeed = null;
 async function sample(seed) {
   const n = Number($("n").value);
   const temperature = Number($("temperature").value);
+  const digit = $("digit").value;
   const body = { n, temperature };
+  if (digit !== "") body.digit = Number(digit);
   if (seed !== null && seed !== "") body.seed = Number(seed);
   const btn = $("sample-btn");
   btn.disabled = true;
@@ -288,8 +290,10 @@ async function sample(seed) {
     lastSeed = res.headers.get("X-Seed") ?? body.seed ?? null;
     const img = $("grid-img");
     if (img.src.startsWith("blob:")) URL.revokeObjectURL(img.src);
-    show(img, URL.createObjectURL(blob), `${n} sampled digits, seed ${lastSeed}, temperature ${temperature}`);
-    $("grid-cap").textContent = `${n} samples · seed ${lastSeed} · temperature ${temperature}`;
+    const what = digit === "" ? "sampled digits" : `samples of the digit ${digit}`;
+    show(img, URL.createObjectURL(blob), `${n} ${what}, seed ${lastSeed}, temperature ${temperature}`);
+    const which = digit === "" ? "" : ` of ${digit}`;
+    $("grid-cap").textContent = `${n} samples${which} · seed ${lastSeed} · temperature ${temperature}`;
     $("same-seed").disabled = lastSeed === null;
     say("sample-msg", "");
   } catch (err) {
@@ -440,7 +444,24 @@ $("api-key").addEventListener("change", (ev) => {
   if (key) sessionStorage.setItem(KEY_STORE, key);
   else sessionStorage.removeItem(KEY_STORE);
   loadExamples();
+  loadPrior();
 });
+
+// The digit picker only offers what the served prior can draw (/model lists its digits).
+async function loadPrior() {
+  const select = $("digit");
+  try {
+    const info = await (await api("model")).json();
+    const digits = new Set(((info.prior || {}).digits || []).map(String));
+    for (const option of select.options) option.disabled = option.value !== "" && !digits.has(option.value);
+    select.disabled = digits.size === 0;
+    select.title = digits.size ? "" : "this model's prior cannot choose a digit";
+    if (select.selectedOptions[0]?.disabled) select.value = "";
+  } catch {
+    // /model unreachable (e.g. the key is missing): leave the picker; the API says what is wrong.
+  }
+}
 
 clearPad();
 loadExamples();
+loadPrior();
