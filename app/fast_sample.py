@@ -22,6 +22,7 @@ from pydantic import ValidationError
 from starlette.requests import Request
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from app.engine import check_digits, sample_prior_name
 from app.errors import ServiceError
 from app.guard import start_deadline
 from app.imaging import grid_png
@@ -74,8 +75,12 @@ class FastSample:
             await start_deadline(Request(scope, receive))  # as the route's dependency does
             engine = self.fastapi_app.state.engine
             model = engine.current
+            digits = request.digit_list
+            check_digits(model, request.prior, digits)  # the route's 422 for undrawable digits
             seed = request.seed if request.seed is not None else secrets.randbits(63)
-            _, images = await engine.sample(model, request.n, seed, request.temperature)
+            _, images = await engine.sample(
+                model, request.n, seed, request.temperature, request.prior, digits
+            )
             png = grid_png(images, nrow=max(1, math.ceil(math.sqrt(len(images)))))
         except ServiceError as exc:
             await self._error(exc, scope, receive, send)
@@ -84,6 +89,7 @@ class FastSample:
             (b"content-type", b"image/png"),
             (b"content-length", str(len(png)).encode()),
             (b"x-seed", str(seed).encode()),
+            (b"x-prior", sample_prior_name(model, request.prior, digits).encode()),
         ]
         await send({"type": "http.response.start", "status": 200, "headers": headers})
         await send({"type": "http.response.body", "body": png})
