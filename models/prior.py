@@ -224,6 +224,10 @@ class MixturePrior:
     max_rounds: int = 32
     config: dict[str, Any] = field(default_factory=dict)
     name: str = "mixture"
+    # "classes": plain draws come from the class mixture (the encodings' own spread), while
+    # log p(z) is `mixture` (those components widened by the posterior noise: the aggregate
+    # posterior). Decoding an encoding rather than a noisy latent is what reconstructions do too.
+    draw_from: str = "mixture"
 
     def __post_init__(self) -> None:
         if self.classes is not None:
@@ -235,6 +239,10 @@ class MixturePrior:
             raise PriorError("accept_threshold must be in [0, 1)")
         if self.max_rounds < 1:
             raise PriorError("max_rounds must be >= 1")
+        if self.draw_from not in ("mixture", "classes"):
+            raise PriorError(f"draw_from must be 'mixture' or 'classes', not {self.draw_from!r}")
+        if self.draw_from == "classes" and self.classes is None:
+            raise PriorError("draw_from 'classes' needs a class mixture")
 
     @property
     def dim(self) -> int:
@@ -256,7 +264,8 @@ class MixturePrior:
     def sample(
         self, n: int, generator: torch.Generator | None = None, temperature: float = 1.0
     ) -> torch.Tensor:
-        return self.mixture.sample(n, generator, temperature)
+        source = self.classes if self.draw_from == "classes" else self.mixture
+        return source.sample(n, generator, temperature)
 
     def sample_digits(
         self,
@@ -299,6 +308,7 @@ class MixturePrior:
             "classes": None if self.classes is None else self.classes.to_dict(),
             "accept_threshold": float(self.accept_threshold),
             "max_rounds": int(self.max_rounds),
+            "draw_from": self.draw_from,
             "config": dict(self.config),
         }
 
@@ -316,6 +326,7 @@ class MixturePrior:
             classes=None if classes is None else GaussianMixture.from_dict(classes),
             accept_threshold=float(data.get("accept_threshold", 0.0)),
             max_rounds=int(data.get("max_rounds", 32)),
+            draw_from=str(data.get("draw_from", "mixture")),
             config=config,
         )
 
@@ -329,6 +340,7 @@ def describe(prior: LatentPrior) -> dict[str, Any]:
             "covariance": prior.mixture.covariance,
             "digits": prior.digits(),
             "accept_threshold": prior.accept_threshold,
+            "draws_from": prior.draw_from,
             **{k: v for k, v in prior.config.items() if isinstance(v, str | int | float | bool)},
         }
     return {"name": prior.name, "components": 1, "covariance": "identity", "digits": []}

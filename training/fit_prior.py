@@ -32,7 +32,7 @@ from models.prior import GaussianMixture, MixturePrior
 from models.vae import ConvVAE
 from training.classifier import ClassifierError, classify, load_classifier
 from training.data import load_split, to_model_input
-from training.gmm import fit_gaussian_mixture, merge_labelled, to_float32
+from training.gmm import fit_gaussian_mixture, merge_labelled, to_float32, widen
 
 Classify = Callable[[torch.Tensor], torch.Tensor]  # images [N,1,32,32] -> probabilities [N,10]
 
@@ -40,7 +40,16 @@ Classify = Callable[[torch.Tensor], torch.Tensor]  # images [N,1,32,32] -> proba
 @torch.inference_mode()
 def posterior_means(model: ConvVAE, images_u8: torch.Tensor, batch: int = 1000) -> torch.Tensor:
     """E[z|x] for every image: the encodings the mixture is fitted to."""
-    return torch.cat([model.encode(c)[0] for c in to_model_input(images_u8).split(batch)]).float()
+    return posteriors(model, images_u8, batch)[0]
+
+
+@torch.inference_mode()
+def posteriors(
+    model: ConvVAE, images_u8: torch.Tensor, batch: int = 1000
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """(mu, logvar) of q(z|x) for every image."""
+    parts = [model.encode(c) for c in to_model_input(images_u8).split(batch)]
+    return torch.cat([p[0] for p in parts]).float(), torch.cat([p[1] for p in parts]).float()
 
 
 @torch.inference_mode()
@@ -93,16 +102,24 @@ def build_prior(
     labels: torch.Tensor,
     args: argparse.Namespace,
     keep: torch.Tensor | None = None,
+    logvar: torch.Tensor | None = None,
 ) -> MixturePrior:
     """The prior the checkpoint will carry, fitted on (mu, labels); `keep` masks the digits that
-    feed the per-digit mixtures (all of them when None)."""
+    feed the per-digit mixtures (all of them when None). With `logvar` and the per-digit
+    mixture, log p(z) widens each digit's components by that digit's mean posterior variance
+    (the aggregate posterior), while draws come from the encodings' own spread."""
     shares = {d: float((labels == d).sum()) for d in sorted(set(labels.tolist()))}
     kept = keep if keep is not None else torch.ones(len(mu), dtype=torch.bool)
     classes = fit_per_digit(
         mu[kept], labels[kept], args.class_components, args.covariance, args.reg, args.seed, shares
     )
+    draw_from = "mixture"
     if args.mixture == "per-digit":
         mixture = classes
+        if logvar is not None:
+            noise = torch.stack([logvar[labels == d].exp().mean(0) for d in range(10)])
+            mixture = widen(classes, noise[classes.labels])
+            draw_from = "classes"
     else:
         mixture = fit_pooled(mu, args.components, args.covariance, args.reg, args.seed)
     config = {
@@ -121,11 +138,14 @@ def build_prior(
         config["class_filter"] = (
             f"reconstruction classified as its label, p >= {args.filter_confidence}"
         )
+    if draw_from == "classes":
+        config["log_density"] = "per-digit components widened by the mean posterior variance"
     return MixturePrior(
         to_float32(mixture),
         classes=to_float32(classes),
         accept_threshold=args.accept_threshold,
         config=config,
+        draw_from=draw_from,
     )
 
 
@@ -214,7 +234,7 @@ def main(argv: list[str] | None = None) -> int:
     train = load_split(args.data_dir, dataset, train=True)
     if args.limit:
         train = train.subset(args.limit)
-    mu = posterior_means(model, train.images)
+    mu, logvar = posteriors(model, train.images)
     if args.search:
         rows = search(mu, train.labels, args)
         if args.json:
@@ -235,7 +255,7 @@ def main(argv: list[str] | None = None) -> int:
             lambda images: classify(classifier, images)[0],
             args.filter_confidence,
         )
-    prior = build_prior(mu, train.labels, args, keep)
+    prior = build_prior(mu, train.labels, args, keep, logvar)
     out = args.out or args.checkpoint
     save_checkpoint(out, model, payload["metadata"], payload.get("train_state"), prior=prior)
     record = {"checkpoint": str(out), **prior.config}

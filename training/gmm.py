@@ -128,3 +128,18 @@ def merge_labelled(mixtures: dict[int, GaussianMixture], class_weights: dict[int
         labels=labels,
         covariance=mixtures[digits[0]].covariance,
     )
+
+
+def widen(mixture: GaussianMixture, extra_variance: torch.Tensor) -> GaussianMixture:
+    """The same components with `extra_variance` [K, D] added to each covariance's diagonal: a
+    mixture fitted to posterior means, widened by the posterior noise, approximates the
+    aggregate posterior E_x q(z|x) (what log p(z) should match for the likelihood)."""
+    cov = mixture.scale_tril.double() @ mixture.scale_tril.double().transpose(1, 2)
+    cov = cov + torch.diag_embed(extra_variance.double())
+    return GaussianMixture(
+        mixture.weights,
+        mixture.means,
+        torch.linalg.cholesky(cov).to(mixture.scale_tril.dtype),
+        labels=mixture.labels,
+        covariance="full",
+    )

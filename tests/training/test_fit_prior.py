@@ -58,3 +58,24 @@ def test_iwae_with_the_learned_prior_bounds_the_elbo_with_the_same_prior(
     assert torch.equal(both["standard"], iwae_log_likelihood(model, x, k=50, seed=0))
     assert torch.allclose(both["mixture"].mean(), torch.tensor(ll[50]))
     assert not torch.allclose(both["mixture"], both["standard"])
+
+
+SHIPPED = Path(__file__).resolve().parents[2] / "models" / "mnist-vae.pt"
+CLASSIFIER = Path(__file__).resolve().parents[2] / "models" / "mnist-classifier.pt"
+
+
+def test_the_shipped_prior_draws_the_asked_digit_per_the_shipped_classifier():
+    from training.classifier import classify, load_classifier
+
+    model, _, prior = load_checkpoint_and_prior(SHIPPED)
+    assert isinstance(prior, MixturePrior) and prior.digits() == list(range(10))
+    classifier, _ = load_classifier(CLASSIFIER)
+    digits = torch.arange(200) % 10
+    z = prior.sample_digits(digits, torch.Generator().manual_seed(0))
+    assert torch.equal(z, prior.sample_digits(digits, torch.Generator().manual_seed(0)))
+    with torch.inference_mode():
+        probs, _ = classify(classifier, model.decode(z))
+    hits = (probs.argmax(1) == digits).float()
+    # 10,000 draws measure 96.8 % (README model card); this seeded batch of 200 must agree.
+    assert hits.mean() >= 0.94
+    assert hits.view(20, 10).mean(0).min() >= 0.8  # every digit, not only on average
