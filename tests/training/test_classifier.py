@@ -128,7 +128,7 @@ def test_vae_eval_reports_sample_quality(tiny_run, mnist_dir, tmp_path):
     assert eval_main([*argv, "--data-dir", str(mnist_dir), "--json", str(out)]) == 0
     metrics = json.loads(out.read_text())
     quality = metrics["sample_quality"]
-    assert quality["prior"] == "standard_normal" and quality["images"] == 600
+    assert quality["prior"] == "standard" and quality["images"] == 600
     assert 1.0 <= quality["inception_score"] <= 10.0
     assert 0.0 <= quality["confident_fraction"] <= 1.0 and quality["fid"] > 0
     real = metrics["sample_quality_real"]
