@@ -18,7 +18,8 @@ ENV PYTHONUNBUFFERED=1 \
     PATH=/opt/venv/bin:$PATH \
     MPLCONFIGDIR=/tmp/matplotlib \
     PORT=8000 \
-    VAE_CHECKPOINT=/srv/checkpoints/mnist-vae.pt
+    VAE_CHECKPOINT=/srv/checkpoints/mnist-vae.pt \
+    VAE_DIGIT_GUIDE=/srv/guide/mnist-digit-guide.pt
 
 RUN python3 -m venv /opt/venv \
  && groupadd --system --gid 10001 vae \
@@ -48,6 +49,8 @@ RUN pip install --no-deps /src && rm -rf /src
 
 # The shipped checkpoint. Compose mounts a named volume here; Docker seeds an empty volume from it.
 COPY --chown=vae:vae models/mnist-vae.pt /srv/checkpoints/mnist-vae.pt
+# The classifier that accepts chosen digits (POST /sample {"digit": d}); read-only, not a volume.
+COPY models/mnist-digit-guide.pt /srv/guide/mnist-digit-guide.pt
 
 USER vae
 WORKDIR /srv

@@ -9,6 +9,8 @@ from typing import Annotated, Literal
 from pydantic import Field, SecretStr, ValidationError, field_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
+DEFAULT_DIGIT_GUIDE = "models/mnist-digit-guide.pt"  # a missing default file: guide off, logged
+
 
 class Settings(BaseSettings):
     """Every knob of the service; `VAE_MAX_BATCH_SIZE=1` turns micro-batching off."""
@@ -26,6 +28,13 @@ class Settings(BaseSettings):
         description="auto: ONNX Runtime on the CPU, PyTorch on CUDA; each checked against eager",
     )
     cuda_graphs: bool = Field(True, description="CUDA graphs per batch-size bucket on CUDA")
+    digit_guide: str = Field(
+        DEFAULT_DIGIT_GUIDE,
+        description="classifier that accepts chosen digits (models/digit_guide.py); '': off",
+    )
+    digit_candidates: int = Field(
+        8, ge=1, le=64, description="latents a chosen digit may try before the best one is kept"
+    )
 
     max_batch_size: int = Field(64, ge=1, le=4096, description="rows per forward pass")
     max_wait_ms: float = Field(

@@ -24,9 +24,19 @@ from app import metrics
 from app.admission import InferenceGate
 from app.backends import BackendInfo, Runner, TorchRunner, select_runner
 from app.batching import MicroBatcher
-from app.config import Settings
+from app.config import DEFAULT_DIGIT_GUIDE, Settings
 from app.errors import CheckpointRejected, InvalidInput, NotReady
 from models.checkpoint import CheckpointError, file_sha256, load_checkpoint_and_prior
+from models.classifier import ClassifierError
+from models.digit_guide import (
+    DigitGuide,
+    choose,
+    draw_candidates,
+    first_candidates,
+    load_guide,
+    refused,
+    retry_latents,
+)
 from models.prior import LatentPrior, MixturePrior, StandardNormalPrior
 from models.runtime import resolve_device
 from models.vae import ConvVAE
@@ -131,6 +141,23 @@ def draw_digits(
     return m.prior.sample_digits(digits, generator, temperature)
 
 
+def load_digit_guide(settings: Settings) -> DigitGuide | None:
+    """The guide for chosen digits, or None: `VAE_DIGIT_GUIDE` empty, or the default file absent
+    (logged once). A path that was set on purpose and cannot be loaded stops the start-up."""
+    path = settings.digit_guide
+    if not path:
+        return None
+    if path == DEFAULT_DIGIT_GUIDE and not Path(path).is_file():
+        log.warning("digit guide %s not found: chosen digits are drawn unguided", path)
+        return None
+    try:
+        guide = load_guide(path, settings.digit_candidates)
+    except ClassifierError as exc:
+        raise CheckpointError(f"VAE_DIGIT_GUIDE: {exc}") from exc
+    log.info("chosen digits: up to %d candidates each, accepted by %s", guide.candidates, path)
+    return guide
+
+
 def _file_identity(path: str | Path) -> tuple[int, int, int] | None:
     """Inode, size and mtime: an atomic replace (os.replace) always changes the inode."""
     try:
@@ -184,6 +211,7 @@ class Engine:
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
         self._current: LoadedModel | None = None
+        self.guide: DigitGuide | None = None  # set by start(); None: chosen digits unguided
         self._executor = ThreadPoolExecutor(1, thread_name_prefix="inference")
         self._reload_lock = asyncio.Lock()
         knobs = dict(
@@ -219,6 +247,7 @@ class Engine:
         """Loads and warms the configured checkpoint off the event loop, then starts batching."""
         s = self.settings
         torch.set_num_threads(inference_threads(s.torch_threads))
+        self.guide = await asyncio.to_thread(load_digit_guide, s)
         loaded = await asyncio.to_thread(self._load, s.checkpoint)
         self._install(loaded)
         for batcher in (self.encoder, self.decoder, self.reconstructor):
@@ -305,6 +334,8 @@ class Engine:
         matter which batch (or device) decodes them. `prior` is "checkpoint" (the checkpoint's
         own) or "standard" (N(0, I)); `digits` (one per image) draws those digits instead."""
         generator = torch.Generator().manual_seed(seed)
+        if digits is not None and self.guide is not None:
+            return await self._guided_digits(m, digits, generator, temperature, self.guide)
         if digits is not None:
             # A few small triangular solves per redraw: off the event loop, it is not free.
             z = await asyncio.to_thread(draw_digits, m, digits, generator, temperature)
@@ -312,6 +343,35 @@ class Engine:
             chosen = m.prior if prior == "checkpoint" else StandardNormalPrior(m.latent_dim)
             z = chosen.sample(n, generator, temperature)
         return z, await self.decode(m, z)
+
+    async def _guided_digits(
+        self,
+        m: LoadedModel,
+        digits: list[int],
+        generator: torch.Generator,
+        temperature: float,
+        guide: DigitGuide,
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """`models/digit_guide.py`'s procedure: every candidate drawn up front (so the seed alone
+        decides), first candidates decoded and classified, the refused ones' other candidates
+        decoded and classified, one kept per image. Decoding goes through the batcher; the guide
+        runs in the inference thread, never on the event loop."""
+        assert isinstance(m.prior, MixturePrior)  # check_digits ran first
+        loop = asyncio.get_running_loop()
+        asked = torch.tensor(digits, dtype=torch.long)
+        z = await asyncio.to_thread(
+            draw_candidates, m.prior, asked, guide.candidates, generator, temperature
+        )
+        first_images = await self.decode(m, first_candidates(z))
+        first_probs = await loop.run_in_executor(self._executor, guide.probabilities, first_images)
+        rows = refused(first_probs, asked)
+        retry_images, retry_probs = first_images[:0], first_probs[:0]
+        if len(rows) and guide.candidates > 1:
+            retry_images = await self.decode(m, retry_latents(z, rows))
+            retry_probs = await loop.run_in_executor(
+                self._executor, guide.probabilities, retry_images
+            )
+        return choose(z, asked, first_images, first_probs, rows, retry_images, retry_probs)
 
     async def interpolate(
         self, m: LoadedModel, start: torch.Tensor, end: torch.Tensor, steps: int

@@ -28,6 +28,8 @@ from models.checkpoint import (
     read_checkpoint,
     save_checkpoint,
 )
+from models.classifier import GUIDE_PATH
+from models.digit_guide import DEFAULT_CANDIDATES, DigitGuide, guided_digits, load_guide
 from models.prior import LatentPrior, MixturePrior, StandardNormalPrior
 from models.runtime import resolve_device
 from models.vae import ConvVAE
@@ -237,14 +239,24 @@ def prior_sampler(model: ConvVAE, prior: LatentPrior, temperature: float = 1.0) 
     return draw
 
 
-def digit_sampler(model: ConvVAE, prior: MixturePrior, temperature: float = 1.0) -> Sampler:
+def digit_sampler(
+    model: ConvVAE,
+    prior: MixturePrior,
+    temperature: float = 1.0,
+    guide: DigitGuide | None = None,
+) -> Sampler:
     """Draws digits 0, 1, ..., 9, 0, 1, ... in turn from the prior's per-digit mixtures; with
-    batches that are a multiple of 10, image i shows digit i % 10 (`cycled_digits`)."""
+    batches that are a multiple of 10, image i shows digit i % 10 (`cycled_digits`). With a
+    `guide`, each digit goes through the service's acceptance step (`models/digit_guide.py`)."""
     device = next(model.parameters()).device
 
-    def draw(n: int, generator: torch.Generator) -> torch.Tensor:
-        z = prior.sample_digits(cycled_digits(n), generator, temperature)
+    def decode(z: torch.Tensor) -> torch.Tensor:
         return model.decode(z.to(device))
+
+    def draw(n: int, generator: torch.Generator) -> torch.Tensor:
+        if guide is not None:
+            return guided_digits(prior, cycled_digits(n), generator, decode, guide, temperature)[1]
+        return decode(prior.sample_digits(cycled_digits(n), generator, temperature))
 
     return draw
 
@@ -309,18 +321,35 @@ def prior_sample_quality(
         }
         if prior.digits() == list(range(10)):
             n_digits = n - n % 10
-            out["conditional_sample_quality"] = {
-                "prior": prior.name,
-                "temperature": temperature,
-                **sample_quality(
-                    judge,
-                    digit_sampler(model, prior, temperature),
-                    n_digits,
-                    seed,
-                    labels=cycled_digits(n_digits),
-                ),
-            }
+            guide = load_digit_guide(args.digit_guide, args.digit_candidates)
+            # As the service draws them (guided when it has a guide), and without the guide.
+            variants = {"conditional_sample_quality": guide}
+            if guide is not None:
+                variants["conditional_sample_quality_unguided"] = None
+            for key, used in variants.items():
+                out[key] = {
+                    "prior": prior.name,
+                    "temperature": temperature,
+                    "guide": None if used is None else used.describe(),
+                    **sample_quality(
+                        judge,
+                        digit_sampler(model, prior, temperature, used),
+                        n_digits,
+                        seed,
+                        labels=cycled_digits(n_digits),
+                    ),
+                }
     return out
+
+
+def load_digit_guide(path: str | None, candidates: int) -> DigitGuide | None:
+    """The service's guide classifier for digit draws; None (unguided) for no path."""
+    if not path:
+        return None
+    try:
+        return load_guide(path, candidates)
+    except ClassifierError as exc:
+        raise SystemExit(f"vae-eval: {exc}") from None
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -353,6 +382,17 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         type=Path,
         default=DEFAULT_CLASSIFIER,
         help="MNIST classifier that scores samples (python -m training.classifier trains one)",
+    )
+    p.add_argument(
+        "--digit-guide",
+        default=str(GUIDE_PATH),
+        help="the service's guide for chosen digits (VAE_DIGIT_GUIDE); '' scores them unguided",
+    )
+    p.add_argument(
+        "--digit-candidates",
+        type=int,
+        default=DEFAULT_CANDIDATES,
+        help="candidates per chosen digit the guide may try (VAE_DIGIT_CANDIDATES)",
     )
     p.add_argument(
         "--update-checkpoint",

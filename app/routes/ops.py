@@ -13,6 +13,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from app.auth import require_api_key
 from app.deps import EngineDep, ModelDep
+from app.engine import Engine, LoadedModel
 from app.schemas import BackendResponse, ModelResponse, Status
 from models.prior import describe as describe_prior
 
@@ -38,6 +39,12 @@ async def readyz(engine: EngineDep, request: Request) -> Response:
     return JSONResponse({"status": "loading"}, status_code=503)
 
 
+def _guide(engine: Engine, m: LoadedModel) -> dict:
+    """Whether chosen digits go through the guide classifier (models/digit_guide.py)."""
+    active = engine.guide is not None and bool(describe_prior(m.prior)["digits"])
+    return {"active": active, **(engine.guide.describe() if engine.guide is not None else {})}
+
+
 @router.get("/metrics", response_class=Response, responses={200: {"content": {"text/plain": {}}}})
 async def prometheus_metrics() -> Response:
     """Prometheus text format: requests, latencies, batch sizes, queue depth, model info."""
@@ -45,7 +52,7 @@ async def prometheus_metrics() -> Response:
 
 
 @router.get("/model", response_model=ModelResponse, dependencies=[Depends(require_api_key)])
-async def model_info(m: ModelDep) -> ModelResponse:
+async def model_info(m: ModelDep, engine: EngineDep) -> ModelResponse:
     """The checkpoint being served: its identity, training metrics and where it runs."""
     meta = m.metadata
     return ModelResponse(
@@ -57,7 +64,7 @@ async def model_info(m: ModelDep) -> ModelResponse:
         device=str(m.device),
         dtype=str(m.dtype).removeprefix("torch."),
         backend=BackendResponse(**dataclasses.asdict(m.backend)),
-        prior=describe_prior(m.prior),
+        prior={**describe_prior(m.prior), "digit_guide": _guide(engine, m)},
         metrics=meta.get("metrics") or {},
         training={k: v for k, v in meta.items() if k not in ("metrics", "preset")},
         versions={

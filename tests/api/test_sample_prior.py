@@ -16,7 +16,9 @@ from models.checkpoint import load_checkpoint_and_prior
 
 @pytest.fixture(scope="module")
 def prior_client(make_settings, prior_checkpoint) -> Iterator[TestClient]:
-    with TestClient(create_app(make_settings(checkpoint=prior_checkpoint))) as test_client:
+    # Unguided: these tests check the prior's own draws (the guide is tests/api/test_digit_guide)
+    settings = make_settings(checkpoint=prior_checkpoint, digit_guide="")
+    with TestClient(create_app(settings)) as test_client:
         yield test_client
 
 

@@ -1,0 +1,147 @@
+"""Chosen digits that are the asked digit: draw a few candidates, keep one a classifier accepts.
+
+The per-digit mixtures put most of a digit's mass where that digit encodes, but about 3 % of
+their draws still decode to something else (a 4 that reads as a 9, a 7 as a 1). A latent-space
+test cannot see that; the decoded image can. So a digit request draws `candidates` latents per
+image from that digit's mixture, decodes the first one, and asks a small classifier (the "guide",
+`models/mnist-digit-guide.pt`) what it shows. Only the images whose first candidate is refused
+decode their other candidates; each image keeps its first candidate the guide calls the asked
+digit, or else the one the guide gives the highest probability for it.
+
+The guide is a different training run from the judge (`models/mnist-classifier.pt`) that
+`vae-eval` measures accuracy with, so the measure is not the filter.
+
+All candidates are drawn up front from the request's generator, so the chosen image depends only
+on the seed (never on how many candidates were decoded): same request, same bytes. The steps are
+split (`first_candidates`, `refused`, `retry_latents`, `choose`) so that the service (async,
+decoding through its batcher) and `vae-eval` (plain calls) run the very same procedure;
+`guided_digits` is the synchronous whole.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from models.classifier import DigitClassifier, classify, load_classifier
+from models.prior import MixturePrior
+
+DEFAULT_CANDIDATES = 8
+
+
+@dataclass(frozen=True, eq=False)
+class DigitGuide:
+    """A loaded guide classifier (CPU, eval mode) and how many candidates a digit may try."""
+
+    classifier: DigitClassifier
+    path: Path
+    metadata: dict[str, Any] = field(default_factory=dict)
+    candidates: int = DEFAULT_CANDIDATES
+
+    def probabilities(self, images: torch.Tensor) -> torch.Tensor:
+        """Class probabilities [N, 10] for decoded images [N, 1, 32, 32] (any device/dtype)."""
+        if len(images) == 0:
+            return torch.zeros(0, 10)
+        probs, _ = classify(self.classifier, images.detach().float().cpu())
+        return probs
+
+    def describe(self) -> dict[str, Any]:
+        """For /model: which guide, how good it is on real digits, how many candidates."""
+        return {
+            "path": str(self.path),
+            "candidates": self.candidates,
+            "test_accuracy": self.metadata.get("test_accuracy"),
+        }
+
+
+def load_guide(path: str | os.PathLike, candidates: int = DEFAULT_CANDIDATES) -> DigitGuide:
+    """Loads a guide with the classifier's safe loader (raises `ClassifierError`)."""
+    if candidates < 1:
+        raise ValueError("a digit needs at least one candidate")
+    torch_threads = torch.get_num_threads()  # loading must not change the service's threads
+    model, metadata = load_classifier(path, device="cpu")
+    torch.set_num_threads(torch_threads)
+    return DigitGuide(model, Path(path), metadata, candidates)
+
+
+def draw_candidates(
+    prior: MixturePrior,
+    digits: torch.Tensor | list[int],
+    candidates: int,
+    generator: torch.Generator | None,
+    temperature: float = 1.0,
+) -> torch.Tensor:
+    """[n, candidates, D] latents: row i holds image i's candidates, all drawn for digits[i]."""
+    digits = torch.as_tensor(digits, dtype=torch.long).reshape(-1)
+    z = prior.sample_digits(digits.repeat_interleave(candidates), generator, temperature)
+    return z.reshape(len(digits), candidates, -1)
+
+
+def first_candidates(z: torch.Tensor) -> torch.Tensor:
+    """The latents decoded first: every image's candidate 0, [n, D]."""
+    return z[:, 0]
+
+
+def refused(probs: torch.Tensor, digits: torch.Tensor) -> torch.Tensor:
+    """Indices of the images whose first candidate the guide does not read as the asked digit."""
+    return (probs.argmax(1) != digits).nonzero().squeeze(1)
+
+
+def retry_latents(z: torch.Tensor, rows: torch.Tensor) -> torch.Tensor:
+    """The other candidates of the refused images, flattened [len(rows) * (candidates-1), D]."""
+    return z[rows, 1:].reshape(-1, z.shape[-1])
+
+
+def choose(
+    z: torch.Tensor,
+    digits: torch.Tensor,
+    first_images: torch.Tensor,
+    first_probs: torch.Tensor,
+    rows: torch.Tensor,
+    retry_images: torch.Tensor,
+    retry_probs: torch.Tensor,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """The kept (latents [n, D], images [n, 1, 32, 32]): candidate 0 unless refused, else the
+    first accepted of the rest, else the one with the highest probability of the asked digit."""
+    latents = first_candidates(z).clone()
+    images = first_images.clone()
+    k = z.shape[1]
+    if len(rows) == 0 or k == 1:
+        return latents, images
+    m = len(rows)
+    probs = torch.cat([first_probs[rows].unsqueeze(1), retry_probs.reshape(m, k - 1, -1)], dim=1)
+    shaped = retry_images.reshape(m, k - 1, *retry_images.shape[1:])
+    asked = digits[rows]
+    p_asked = probs[torch.arange(m), :, asked]  # [m, k]
+    accepted = probs.argmax(-1) == asked.unsqueeze(1)  # [m, k]
+    first_accepted = accepted.int().argmax(1)  # argmax returns the first maximum
+    pick = torch.where(accepted.any(1), first_accepted, p_asked.argmax(1))
+    retried = pick > 0  # pick == 0 only when no candidate beats the first one
+    latents[rows[retried]] = z[rows[retried], pick[retried]]
+    images[rows[retried]] = shaped[retried.nonzero().squeeze(1), pick[retried] - 1].to(images.dtype)
+    return latents, images
+
+
+def guided_digits(
+    prior: MixturePrior,
+    digits: torch.Tensor | list[int],
+    generator: torch.Generator | None,
+    decode: Callable[[torch.Tensor], torch.Tensor],
+    guide: DigitGuide,
+    temperature: float = 1.0,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """The whole procedure with a plain `decode` (latents -> images): what `vae-eval` runs."""
+    digits = torch.as_tensor(digits, dtype=torch.long).reshape(-1)
+    z = draw_candidates(prior, digits, guide.candidates, generator, temperature)
+    first_images = decode(first_candidates(z))
+    first_probs = guide.probabilities(first_images)
+    rows = refused(first_probs, digits)
+    retry_z = retry_latents(z, rows)
+    retry_images = decode(retry_z) if len(retry_z) else first_images[:0]
+    retry_probs = guide.probabilities(retry_images)
+    return choose(z, digits, first_images, first_probs, rows, retry_images, retry_probs)
