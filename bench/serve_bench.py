@@ -34,7 +34,8 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parent.parent
 HOST = "127.0.0.1"
 CONCURRENCY = (1, 16, 64)
-ENDPOINTS = ("healthz", "sample", "reconstruct", "encode")
+# sample-digit: one chosen digit (a 4, the digit the guide refuses most often) through the guide
+ENDPOINTS = ("healthz", "sample", "sample-digit", "reconstruct", "encode")
 BOUNDARY = "benchboundary"
 
 
@@ -50,8 +51,8 @@ def request_bytes(endpoint: str, port: int) -> bytes:
     if endpoint == "encode":
         image = base64.urlsafe_b64encode(digit_png()).decode().rstrip("=")
         return f"GET /encode?image={image} HTTP/1.1\r\n{host}\r\n".encode()
-    if endpoint == "sample":
-        body = b'{"n": 1}'
+    if endpoint in ("sample", "sample-digit"):
+        body = b'{"n": 1}' if endpoint == "sample" else b'{"n": 1, "digit": 4}'
         head = f"POST /sample HTTP/1.1\r\n{host}Content-Type: application/json\r\n"
     else:
         body = (
@@ -369,6 +370,9 @@ def targets(results: dict) -> dict:
     out = {"concurrency": top}
     if sample and health:
         out["sample_vs_healthz"] = sample["rps"] / health["rps"]
+    digit = cell(results, "batched", "sample-digit", top)
+    if sample and digit:
+        out["digit_vs_plain_sample"] = digit["rps"] / sample["rps"]
     if sample and unbatched:
         out["batched_vs_unbatched_sample"] = sample["rps"] / unbatched["rps"]
     out["p99_ms_batched"] = {
@@ -386,6 +390,11 @@ def report(results: dict) -> str:
     if "sample_vs_healthz" in t:
         lines.append(
             f"- /sample vs /healthz at c={c}: {t['sample_vs_healthz']:.0%} (target >= 50%)"
+        )
+    if "digit_vs_plain_sample" in t:
+        lines.append(
+            f"- /sample with a chosen digit vs plain at c={c}: {t['digit_vs_plain_sample']:.0%} "
+            "of the requests/s (the guide: one classifier pass, a few redraws)"
         )
     if "batched_vs_unbatched_sample" in t:
         lines.append(

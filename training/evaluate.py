@@ -163,14 +163,15 @@ def save_digit_grid(
     per_digit: int = 10,
     seed: int = 0,
     temperature: float = 1.0,
+    guide: DigitGuide | None = None,
 ) -> Path:
-    """One row per digit 0..9, each drawn on request from the prior's per-digit mixtures."""
+    """One row per digit 0..9, each drawn on request from the prior's per-digit mixtures (through
+    the guide, as the service draws them, when there is one)."""
     generator = torch.Generator(device="cpu").manual_seed(seed)
     digits = torch.arange(10).repeat_interleave(per_digit)
-    z = prior.sample_digits(digits, generator, temperature)
-    device = next(model.parameters()).device
+    images = digit_sampler(model, prior, temperature, guide)(len(digits), generator, digits)
     path.parent.mkdir(parents=True, exist_ok=True)
-    save_image(model.decode(z.to(device)).cpu(), path, nrow=per_digit, pad_value=0.5)
+    save_image(images.cpu(), path, nrow=per_digit, pad_value=0.5)
     return path
 
 
@@ -253,10 +254,13 @@ def digit_sampler(
     def decode(z: torch.Tensor) -> torch.Tensor:
         return model.decode(z.to(device))
 
-    def draw(n: int, generator: torch.Generator) -> torch.Tensor:
+    def draw(
+        n: int, generator: torch.Generator, digits: torch.Tensor | None = None
+    ) -> torch.Tensor:
+        digits = cycled_digits(n) if digits is None else digits
         if guide is not None:
-            return guided_digits(prior, cycled_digits(n), generator, decode, guide, temperature)[1]
-        return decode(prior.sample_digits(cycled_digits(n), generator, temperature))
+            return guided_digits(prior, digits, generator, decode, guide, temperature)[1]
+        return decode(prior.sample_digits(digits, generator, temperature))
 
     return draw
 
@@ -443,7 +447,8 @@ def main(argv: list[str] | None = None) -> int:
         if isinstance(prior, MixturePrior):
             save_sample_grid(model, args.out_dir / "samples-standard-prior.png")
             if prior.digits() == list(range(10)):
-                save_digit_grid(model, prior, args.out_dir / "digits.png")
+                guide = load_digit_guide(args.digit_guide, args.digit_candidates)
+                save_digit_grid(model, prior, args.out_dir / "digits.png", guide=guide)
         save_reconstruction_grid(
             model, to_model_input(test.images[:32]).to(device), args.out_dir / "reconstructions.png"
         )
