@@ -221,7 +221,9 @@ def peers(args: argparse.Namespace, baseline: Path | None) -> list[Peer]:
             service("this service, openvino-bf16", args.checkpoint, VAE_BACKEND="openvino-bf16")
         )
     if baseline is not None:
-        rows.append(service(f"before ({args.baseline})", args.checkpoint, cwd=baseline))
+        # The old build reads only checkpoint format 1: serve its own copy of the same weights.
+        old_checkpoint = baseline / "models" / "mnist-vae.pt"
+        rows.append(service(f"before ({args.baseline})", old_checkpoint, cwd=baseline))
     if "naive" in args.rows:
         uvicorn = [sys.executable, "-m", "uvicorn", "bench.peers.naive_server:app"]
         uvicorn += ["--host", HOST, "--port", "{port}", "--no-access-log", "--log-level", "warning"]
