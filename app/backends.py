@@ -16,6 +16,7 @@ from __future__ import annotations
 import io
 import logging
 import warnings
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Protocol
 
@@ -188,7 +189,24 @@ def _as_numpy(t: torch.Tensor):
     return t.detach().to("cpu", torch.float32).contiguous().numpy()
 
 
-class OnnxRuntimeRunner:
+class GraphRunner:
+    """The three operations of a runner that runs one graph per operation by name (`_run`)."""
+
+    def _run(self, op: str, x: torch.Tensor) -> Sequence[torch.Tensor]:
+        raise NotImplementedError
+
+    def encode(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        mu, logvar = self._run("encode", x)
+        return mu, logvar
+
+    def decode(self, z: torch.Tensor) -> torch.Tensor:
+        return self._run("decode", z)[0]
+
+    def reconstruct(self, x: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        return tuple(self._run("reconstruct", x))
+
+
+class OnnxRuntimeRunner(GraphRunner):
     """ONNX Runtime's CPU provider, `threads` intra-op threads that sleep rather than spin.
 
     Spinning workers would compete with the event loop for the cores it was promised (the same
@@ -218,18 +236,8 @@ class OnnxRuntimeRunner:
         outputs = self._sessions[op].run(None, {"input": _as_numpy(x)})
         return [torch.from_numpy(o) for o in outputs]
 
-    def encode(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        mu, logvar = self._run("encode", x)
-        return mu, logvar
 
-    def decode(self, z: torch.Tensor) -> torch.Tensor:
-        return self._run("decode", z)[0]
-
-    def reconstruct(self, x: torch.Tensor) -> tuple[torch.Tensor, ...]:
-        return tuple(self._run("reconstruct", x))
-
-
-class OpenVinoRunner:
+class OpenVinoRunner(GraphRunner):
     """OpenVINO on the CPU: float32, or its own default precision (bf16 where the CPU has it).
 
     The default precision is 1.6x faster per digit at batch 64 on this machine, with pixel errors
@@ -265,16 +273,6 @@ class OpenVinoRunner:
         request = self._requests[op]
         result = request.infer({0: _as_numpy(x)})  # copies the outputs (share_outputs=False)
         return [torch.from_numpy(result[o]) for o in request.model_outputs]
-
-    def encode(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        mu, logvar = self._run("encode", x)
-        return mu, logvar
-
-    def decode(self, z: torch.Tensor) -> torch.Tensor:
-        return self._run("decode", z)[0]
-
-    def reconstruct(self, x: torch.Tensor) -> tuple[torch.Tensor, ...]:
-        return tuple(self._run("reconstruct", x))
 
 
 def check(runner: Runner, reference: TorchRunner, batch_sizes: tuple[int, ...] = (1, 16)) -> float:

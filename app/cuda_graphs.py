@@ -19,7 +19,13 @@ from collections.abc import Callable
 
 import torch
 
-from app.backends import FP32_BOUND, REDUCED_BOUND, TorchRunner, reconstruct_graph
+from app.backends import (
+    FP32_BOUND,
+    REDUCED_BOUND,
+    GraphRunner,
+    TorchRunner,
+    reconstruct_graph,
+)
 
 OPS = ("encode", "decode", "reconstruct")
 
@@ -30,7 +36,7 @@ def buckets_up_to(max_batch_size: int) -> tuple[int, ...]:
     return (*sizes, max_batch_size)
 
 
-class BucketedRunner:
+class BucketedRunner(GraphRunner):
     """Pads each batch to its bucket, runs `_run_bucket`, and returns the caller's rows (on the CPU,
     float32). Batches larger than the largest bucket (the batcher never sends one) run eagerly."""
 
@@ -58,16 +64,6 @@ class BucketedRunner:
         if bucket > n:
             padded = torch.cat([x, x.new_zeros((bucket - n, *x.shape[1:]))])
         return tuple(t[:n].float().cpu() for t in self._run_bucket(op, padded))
-
-    def encode(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        mu, logvar = self._run("encode", x)
-        return mu, logvar
-
-    def decode(self, z: torch.Tensor) -> torch.Tensor:
-        return self._run("decode", z)[0]
-
-    def reconstruct(self, x: torch.Tensor) -> tuple[torch.Tensor, ...]:
-        return self._run("reconstruct", x)
 
 
 def _forward(reference: TorchRunner, op: str) -> Callable[[torch.Tensor], tuple[torch.Tensor, ...]]:
