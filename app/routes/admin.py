@@ -43,4 +43,4 @@ async def reload(
     path = None
     if body is not None and body.checkpoint is not None:
         path = resolve_checkpoint(body.checkpoint, checkpoint_root(settings.reload_dir))
-    return await model_info(await engine.reload(path))
+    return await model_info(await engine.reload(path), engine)
