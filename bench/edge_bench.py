@@ -35,8 +35,9 @@ import time
 import zlib
 from pathlib import Path
 
+from http_client import HOST, replay
+
 REPO = Path(__file__).resolve().parent.parent
-HOST = "127.0.0.1"
 
 
 # ---------------------------------------------------------------- servers
@@ -131,37 +132,20 @@ def healthz_request(port: int) -> bytes:
     return f"GET /healthz HTTP/1.1\r\nHost: {HOST}:{port}\r\n\r\n".encode()
 
 
-async def _keep_alive_client(request, port, stop_at, measure_from, latencies, statuses) -> None:
-    reader, writer = await asyncio.open_connection(HOST, port)
-    try:
-        while (start := time.perf_counter()) < stop_at:
-            writer.write(request)
-            status_line = await reader.readline()
-            length = 0
-            while (line := await reader.readline()) not in (b"\r\n", b""):
-                if line[:15].lower() == b"content-length:":
-                    length = int(line[15:])
-            await reader.readexactly(length)
-            if start >= measure_from:
-                latencies.append(time.perf_counter() - start)
-                statuses.append(int(status_line.split()[1]))
-            else:
-                statuses.append(0)  # warm-up: counted for the CPU per request only
-    finally:
-        writer.close()
-
-
 async def _load(request: bytes, port: int, concurrency: int, duration: float) -> dict:
     latencies: list[float] = []
     statuses: list[int] = []
     now = time.perf_counter()
     measure_from, stop_at = now + 0.5, now + 0.5 + duration
-    await asyncio.gather(
-        *[
-            _keep_alive_client(request, port, stop_at, measure_from, latencies, statuses)
-            for _ in range(concurrency)
-        ]
-    )
+
+    def record(start: float, elapsed: float, status: int) -> None:
+        if start >= measure_from:
+            latencies.append(elapsed)
+            statuses.append(status)
+        else:
+            statuses.append(0)  # warm-up: counted for the CPU per request only
+
+    await asyncio.gather(*[replay(request, port, stop_at, record) for _ in range(concurrency)])
     ordered = sorted(latencies)
     return {
         "rps": len(ordered) / duration,

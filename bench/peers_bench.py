@@ -34,8 +34,9 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from http_client import HOST, answers_200
+
 REPO = Path(__file__).resolve().parent.parent
-HOST = "127.0.0.1"
 BASELINE = "eb9a3a9"  # main just before issue 8 (idle batch wait, eager torch, logging path)
 BOUNDARY = "benchboundary"
 UNSET = ("VAE_API_KEY", "VAE_ADMIN_TOKEN")  # every server here is open, as the peers are
@@ -88,12 +89,7 @@ class Running:
             time.sleep(0.3)
 
     def _ready(self) -> bool:
-        try:
-            with socket.create_connection((HOST, self.port), timeout=2) as sock:
-                sock.sendall(f"GET {self.peer.ready} HTTP/1.1\r\nHost: {HOST}\r\n\r\n".encode())
-                return sock.recv(64).startswith(b"HTTP/1.1 200")
-        except OSError:
-            return False
+        return answers_200(self.port, self.peer.ready)
 
     def stop(self) -> None:
         """SIGTERM to the server's own process group (LitServe and Ray start children)."""

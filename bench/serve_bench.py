@@ -31,8 +31,9 @@ import threading
 import time
 from pathlib import Path
 
+from http_client import HOST, answers_200, replay
+
 REPO = Path(__file__).resolve().parent.parent
-HOST = "127.0.0.1"
 CONCURRENCY = (1, 16, 64)
 # sample-digit: one chosen digit (a 4, the digit the guide refuses most often) through the guide
 ENDPOINTS = ("healthz", "sample", "sample-digit", "reconstruct", "encode")
@@ -70,44 +71,20 @@ def request_bytes(endpoint: str, port: int) -> bytes:
     return head.encode() + f"Content-Length: {len(body)}\r\n\r\n".encode() + body
 
 
-async def _connection(
-    request: bytes,
-    port: int,
-    stop_at: float,
-    measure_from: float,
-    latencies: list[float],
-    errors: list[int],
-) -> None:
-    reader, writer = await asyncio.open_connection(HOST, port)
-    try:
-        while (start := time.perf_counter()) < stop_at:
-            writer.write(request)
-            status_line = await reader.readline()
-            length = 0
-            while (line := await reader.readline()) not in (b"\r\n", b""):
-                if line[:15].lower() == b"content-length:":
-                    length = int(line[15:])
-            await reader.readexactly(length)
-            if start >= measure_from:
-                latencies.append(time.perf_counter() - start)
-                if not status_line.startswith(b"HTTP/1.1 2"):
-                    errors.append(int(status_line.split()[1]))
-    finally:
-        writer.close()
-
-
 async def _load(endpoint: str, port: int, concurrency: int, duration: float, warmup: float) -> dict:
     request = request_bytes(endpoint, port)
     latencies: list[float] = []
     errors: list[int] = []
     now = time.perf_counter()
     measure_from, stop_at = now + warmup, now + warmup + duration
-    await asyncio.gather(
-        *[
-            _connection(request, port, stop_at, measure_from, latencies, errors)
-            for _ in range(concurrency)
-        ]
-    )
+
+    def record(start: float, elapsed: float, status: int) -> None:
+        if start >= measure_from:
+            latencies.append(elapsed)
+            if not 200 <= status < 300:
+                errors.append(status)
+
+    await asyncio.gather(*[replay(request, port, stop_at, record) for _ in range(concurrency)])
     ordered = sorted(latencies)
     pick = lambda q: ordered[min(len(ordered) - 1, int(q * len(ordered)))] * 1000  # noqa: E731
     return {
@@ -177,12 +154,7 @@ class Server:
             time.sleep(0.2)  # polling /readyz, as a load balancer would
 
     def _ready(self) -> bool:
-        try:
-            with socket.create_connection((HOST, self.port), timeout=2) as sock:
-                sock.sendall(f"GET /readyz HTTP/1.1\r\nHost: {HOST}\r\n\r\n".encode())
-                return sock.recv(64).startswith(b"HTTP/1.1 200")
-        except OSError:
-            return False
+        return answers_200(self.port, "/readyz")
 
     def stop(self) -> None:
         self.process.terminate()
