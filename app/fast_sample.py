@@ -14,7 +14,6 @@ scope, so metrics and the access log name it as before.
 
 from __future__ import annotations
 
-import math
 import secrets
 
 from fastapi import FastAPI
@@ -25,7 +24,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from app.engine import check_digits, sample_prior_name
 from app.errors import ServiceError
 from app.guard import start_deadline
-from app.imaging import grid_png
+from app.responses import square_grid_png
 from app.schemas import SampleRequest
 
 MAX_FAST_BODY = 4096  # a SampleRequest is under 100 bytes; anything bigger takes the slow path
@@ -81,7 +80,7 @@ class FastSample:
             _, images = await engine.sample(
                 model, request.n, seed, request.temperature, request.prior, digits
             )
-            png = grid_png(images, nrow=max(1, math.ceil(math.sqrt(len(images)))))
+            png = square_grid_png(images)
         except ServiceError as exc:
             await self._error(exc, scope, receive, send)
             return

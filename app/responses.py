@@ -47,10 +47,13 @@ def base64_pngs(images: torch.Tensor) -> list[str]:
     return [base64_png(image) for image in images]
 
 
+def square_grid_png(images: torch.Tensor) -> bytes:
+    """Several images as one near-square grid PNG (one image: that image)."""
+    return imaging.grid_png(images, nrow=max(1, math.ceil(math.sqrt(len(images)))))
+
+
 def grid_response(images: torch.Tensor, headers: Headers = None) -> Response:
-    """Several images as one near-square grid PNG."""
-    columns = max(1, math.ceil(math.sqrt(len(images))))
-    return png_response(imaging.grid_png(images, nrow=columns), headers)
+    return png_response(square_grid_png(images), headers)
 
 
 def sample_response(
