@@ -40,6 +40,11 @@ class Settings(BaseSettings):
     max_wait_ms: float = Field(
         0.0, ge=0, le=1000, description="opt-in: how long a batch waits to fill; 0: never waits"
     )
+    inline_lone_batches: Literal["auto", "on", "off"] = Field(
+        "auto",
+        description="a lone one-row batch runs on the event loop, not the inference thread; "
+        "auto: when the process may use one core and the model is on the CPU",
+    )
     queue_size: int = Field(2048, ge=1, description="queued requests before answering 503")
     request_timeout_s: float = Field(10.0, gt=0, description="per request, queue wait included")
 
@@ -116,7 +121,7 @@ class Settings(BaseSettings):
         """Where `/admin/reload` may load checkpoints from."""
         return self.checkpoint_dir or self.checkpoint.parent
 
-    @field_validator("log_level", "backend", mode="before")
+    @field_validator("log_level", "backend", "inline_lone_batches", mode="before")
     @classmethod
     def _lower(cls, value: object) -> object:
         return value.lower() if isinstance(value, str) else value

@@ -37,7 +37,7 @@ UNAUTHORIZED = "missing or invalid API key (Authorization: Bearer <VAE_API_KEY>)
 class RequestGuardMiddleware:
     def __init__(self, app: ASGIApp, settings: Settings, lifecycle: Lifecycle) -> None:
         self.app = app
-        self.api_key = _bearer_value(settings.api_key)
+        self.api_key = bearer_value(settings.api_key)
         self.lifecycle = lifecycle
         self.timeout_s = settings.request_timeout_s
 
@@ -46,7 +46,7 @@ class RequestGuardMiddleware:
             await self.app(scope, receive, send)
             return
         protocol = speaks_protocol(scope["path"])  # /v2 errors read {"error": ...}
-        if self.api_key is not None and not _authorized(scope, self.api_key):
+        if self.api_key is not None and not authorized(scope, self.api_key):
             headers = {"WWW-Authenticate": "Bearer"}
             refusal = error_response(401, UNAUTHORIZED, headers, protocol=protocol)
             await refusal(scope, receive, send)
@@ -70,7 +70,7 @@ class RequestGuardMiddleware:
         except TimeoutError:
             if started:
                 raise
-            detail = f"request took longer than {self.timeout_s:g} s (VAE_REQUEST_TIMEOUT_S)"
+            detail = timeout_detail(self.timeout_s)
             await error_response(504, detail, protocol=protocol)(scope, receive, send)
         except asyncio.CancelledError:
             # uvicorn cancels what is still running when the shutdown grace runs out (e.g. an
@@ -93,6 +93,10 @@ async def start_deadline(request: Request) -> None:
         scope_timeout.reschedule(deadline)
 
 
+def timeout_detail(timeout_s: float) -> str:
+    return f"request took longer than {timeout_s:g} s (VAE_REQUEST_TIMEOUT_S)"
+
+
 def time_left_s(default: float) -> float:
     """Seconds until this request's deadline, or `default` outside a request with one."""
     deadline = REQUEST_DEADLINE.get()
@@ -101,11 +105,11 @@ def time_left_s(default: float) -> float:
     return deadline - asyncio.get_running_loop().time()
 
 
-def _bearer_value(secret: SecretStr | None) -> bytes | None:
+def bearer_value(secret: SecretStr | None) -> bytes | None:
     return secret.get_secret_value().encode() if secret is not None else None
 
 
-def _authorized(scope: Scope, key: bytes) -> bool:
+def authorized(scope: Scope, key: bytes) -> bool:
     for name, value in scope["headers"]:
         if name == b"authorization":
             scheme, _, token = value.partition(b" ")

@@ -12,6 +12,7 @@ from pathlib import Path
 from fastapi import Depends, FastAPI
 from fastapi.middleware.cors import CORSMiddleware
 from pydantic import ValidationError
+from starlette.types import ASGIApp
 
 from app.admission import DecodeGate
 from app.auth import require_api_key
@@ -43,6 +44,19 @@ Uploads (and a decoded `?image=`) may be at most {max_upload_bytes} bytes
 """
 
 
+class ServiceApp(FastAPI):
+    """FastAPI with `FastSample` in front of its whole middleware stack (its own error, telemetry
+    and body-limit layers included): the common `POST /sample` does its few jobs itself."""
+
+    def build_middleware_stack(self) -> ASGIApp:
+        return FastSample(
+            super().build_middleware_stack(),
+            fastapi_app=self,
+            settings=self.state.settings,
+            lifecycle=self.state.lifecycle,
+        )
+
+
 def create_app(settings: Settings | None = None) -> FastAPI:
     settings = settings or Settings()
 
@@ -62,7 +76,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             await app.state.engine.stop()
             app.state.decode_gate.shutdown()
 
-    app = FastAPI(
+    app = ServiceApp(
         title="MNIST VAE",
         version="0.1.0",
         description=DESCRIPTION.format(
@@ -71,6 +85,9 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         ),
         lifespan=lifespan,
         max_body_size=settings.max_body_bytes,  # vae-serve's edge refuses these first (JSON)
+        # Prometheus (`/metrics`) is the service's telemetry; FastAPI's OpenTelemetry hook
+        # asked the tracer and meter providers whether it was on for every request.
+        telemetry={"tracing": False, "metrics": False},
     )
     app.state.settings = settings
     app.state.engine = Engine(settings)
@@ -87,9 +104,6 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         app.include_router(admin.router)
 
     install_error_handlers(app, settings.max_upload_bytes)
-    # Inside the guard (API key, drain, deadline), CORS and the request context (ids, metrics,
-    # access log); outside the framework's routing.
-    app.add_middleware(FastSample, fastapi_app=app)
     app.add_middleware(RequestGuardMiddleware, settings=settings, lifecycle=app.state.lifecycle)
     if settings.cors_origins:
         app.add_middleware(

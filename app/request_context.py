@@ -26,8 +26,6 @@ class RequestContextMiddleware:
 
     def __init__(self, app: ASGIApp) -> None:
         self.app = app
-        # Prometheus' `labels()` validates and locks on every call; the children are permanent.
-        self._series: dict[tuple[str, str, int], tuple[Any, Any]] = {}
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -56,19 +54,25 @@ class RequestContextMiddleware:
                 raise
             await internal_error()(scope, receive, send_with_id)
         finally:
-            elapsed = time.perf_counter() - start
-            route = scope.get("route")
-            template = getattr(route, "path", None) or "unmatched"
-            method = scope["method"]
-            series = self._series.get((method, template, status))
-            if series is None:
-                series = self._series[(method, template, status)] = (
-                    metrics.REQUESTS.labels(method, template, str(status)),
-                    metrics.LATENCY.labels(method, template),
-                )
-            series[0].inc()
-            series[1].observe(elapsed)
-            ACCESS_LOG.record(
-                method, scope["path"], status, template, round(elapsed * 1000, 2), request_id
-            )
+            record_request(scope, status, time.perf_counter() - start, request_id)
             REQUEST_ID.reset(token)
+
+
+# Prometheus' `labels()` validates and locks on every call; the children are permanent.
+_SERIES: dict[tuple[str, str, int], tuple[Any, Any]] = {}
+
+
+def record_request(scope: Scope, status: int, seconds: float, request_id: str) -> None:
+    """A finished request into the metrics (under its route's template) and the access log."""
+    route = scope.get("route")
+    template = getattr(route, "path", None) or "unmatched"
+    method = scope["method"]
+    series = _SERIES.get((method, template, status))
+    if series is None:
+        series = _SERIES[(method, template, status)] = (
+            metrics.REQUESTS.labels(method, template, str(status)),
+            metrics.LATENCY.labels(method, template),
+        )
+    series[0].inc()
+    series[1].observe(seconds)
+    ACCESS_LOG.record(method, scope["path"], status, template, round(seconds * 1000, 2), request_id)

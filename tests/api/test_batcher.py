@@ -136,3 +136,48 @@ def test_a_split_job_that_cannot_fit_in_the_queue_is_refused_whole():
 
     assert isinstance(asyncio.run(run()), Overloaded)
     assert fn.sizes == []  # no chunk of it ran
+
+
+def test_inline_a_lone_row_runs_on_the_loop_and_a_burst_on_the_thread():
+    threads: list[tuple[int, str]] = []
+
+    def fn(key: str, rows: torch.Tensor) -> torch.Tensor:
+        threads.append((len(rows), threading.current_thread().name))
+        return rows * 2
+
+    async def run() -> None:
+        b = MicroBatcher(
+            "inline",
+            fn,
+            ThreadPoolExecutor(1, thread_name_prefix="inference"),
+            max_batch_size=8,
+            queue_size=64,
+            timeout_s=5.0,
+            inline_lone=True,
+        )
+        b.start()
+        try:
+            assert (await b.submit("m", torch.ones(1, 1))).item() == 2.0
+            assert (await b.submit("m", torch.ones(3, 1))).sum().item() == 6.0  # not a lone row
+            burst = await asyncio.gather(*[b.submit("m", torch.ones(1, 1)) for _ in range(5)])
+            assert [r.item() for r in burst] == [2.0] * 5
+        finally:
+            await b.stop()
+
+    asyncio.run(run())
+    loop_thread = threading.main_thread().name
+    assert threads[0] == (1, loop_thread)
+    assert threads[1][0] == 3 and threads[1][1].startswith("inference")
+    assert threads[2][0] == 5 and threads[2][1].startswith("inference")  # still one batch
+
+
+def test_inline_lone_batches_auto_means_one_cpu_core(monkeypatch):
+    from app import engine
+
+    monkeypatch.setattr(engine.os, "sched_getaffinity", lambda pid: {0})
+    assert engine.inline_lone_batches("auto", "cpu")
+    assert not engine.inline_lone_batches("off", "cpu")
+    monkeypatch.setattr(engine.os, "sched_getaffinity", lambda pid: {0, 1})
+    assert not engine.inline_lone_batches("auto", "cpu")
+    assert engine.inline_lone_batches("on", "cpu")
+    assert not engine.inline_lone_batches("auto", "cuda")

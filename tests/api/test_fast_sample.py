@@ -5,7 +5,10 @@ from __future__ import annotations
 import asyncio
 import json
 
+from fastapi.testclient import TestClient
+
 from app.access_log import ACCESS_LOG
+from app.main import create_app
 
 
 def test_the_fast_path_and_the_route_give_the_same_bytes(settings, serving):
@@ -102,3 +105,54 @@ def test_access_log_sampling_keeps_every_error(tmp_path):
         stream.close()
     lines = [json.loads(line) for line in (tmp_path / "access.log").read_text().splitlines()]
     assert [line["status"] for line in lines] == [503]
+
+
+def test_with_a_key_the_fast_path_refuses_as_the_guard_does(make_settings):
+    key = "fast-path-key"
+    with TestClient(create_app(make_settings(api_key=key))) as client:
+        refused = client.post("/sample", json={"n": 1})
+        wrong = client.post("/sample", json={"n": 1}, headers={"Authorization": "Bearer nope"})
+        served = client.post("/sample", json={"n": 1}, headers={"Authorization": f"Bearer {key}"})
+    for response in (refused, wrong):
+        assert response.status_code == 401
+        assert response.headers["www-authenticate"] == "Bearer"
+        assert response.headers["x-request-id"]
+    assert served.status_code == 200 and served.headers["content-type"] == "image/png"
+
+
+def test_a_cross_origin_call_still_gets_the_cors_headers(make_settings):
+    origin = "https://digits.example"
+    with TestClient(create_app(make_settings(cors_origins=[origin]))) as client:
+        response = client.post("/sample", json={"n": 1}, headers={"Origin": origin})
+    assert response.status_code == 200
+    assert response.headers["access-control-allow-origin"] == origin
+    assert "x-seed" in response.headers["access-control-expose-headers"].lower()
+
+
+def test_an_unexpected_error_is_a_500_naming_the_request(settings, monkeypatch):
+    app = create_app(settings)
+    with TestClient(app) as client:
+
+        async def broken(*args, **kwargs):
+            raise RuntimeError("/secret/path exploded")
+
+        monkeypatch.setattr(app.state.engine, "sample", broken)
+        response = client.post("/sample", json={"n": 1}, headers={"X-Request-ID": "bug-42"})
+        metrics = client.get("/metrics").text
+    assert response.status_code == 500
+    assert response.json() == {"detail": "internal error", "request_id": "bug-42"}
+    assert response.headers["x-request-id"] == "bug-42"
+    assert 'vae_http_requests_total{method="POST",route="/sample",status="500"}' in metrics
+
+
+def test_a_request_past_its_deadline_gets_the_guards_504(make_settings, monkeypatch):
+    app = create_app(make_settings(request_timeout_s=0.2))
+    with TestClient(app) as client:
+
+        async def stuck(*args, **kwargs):
+            await asyncio.sleep(5)
+
+        monkeypatch.setattr(app.state.engine, "sample", stuck)
+        response = client.post("/sample", json={"n": 1})
+    assert response.status_code == 504
+    assert response.json() == {"detail": "request took longer than 0.2 s (VAE_REQUEST_TIMEOUT_S)"}
