@@ -6,11 +6,16 @@ waits for company. `max_wait_ms > 0` is an opt-in for those who prefer fuller ba
 a batch then waits that long after its first job before it closes. A job larger than
 `max_batch_size` rows is split into batches of at most that size, and its rows come back in order.
 
-A batch runs on the executor's thread, except, with `inline_lone`, a batch of one row with nothing
-queued behind it: that one runs on the event loop, which has nothing else to do meanwhile, and the
-hop to the thread and back cost about 0.1 ms of a lone digit's 1.3 ms request with one core (see
-`app.engine.inline_lone_batches`). Larger batches keep the thread: run on the loop they came back
-as bursts that `wrk` measured as a p99 of 250 ms at c=64 (the thread's p99 was about 55 ms).
+A batch runs on the executor's thread. With `inline_lone` (one core, see
+`app.engine.inline_lone_batches`) a batch of one row runs on the event loop instead, and with
+`lone_at_once` too, a lone row runs right in `submit` when the model is idle and nothing is
+queued: no queue, no task switches. That happens once per turn of the loop, so a burst that
+arrives together still shares the next batch. The loop has nothing else to do meanwhile, and the
+queue, the task switches and the hop to the thread and back cost about 0.1 ms of a lone digit's
+1.3 ms request. `lone_at_once` suits callers that arrive straight from HTTP (`/sample`): uploads
+reach their batchers one by one from the image-decoding threads, so every one would run alone.
+Larger batches keep the thread: run on the loop they came back as bursts that `wrk` measured as a
+p99 of 250 ms at c=64 (with the thread, about 55 ms).
 """
 
 from __future__ import annotations
@@ -39,6 +44,7 @@ class _Job(Generic[K]):
     key: K
     rows: torch.Tensor
     future: asyncio.Future
+    size: int  # rows.shape[0], kept: `len()` on a tensor is a Python-level call
 
 
 class MicroBatcher(Generic[K]):
@@ -60,6 +66,7 @@ class MicroBatcher(Generic[K]):
         queue_size: int,
         timeout_s: float,
         inline_lone: bool = False,
+        lone_at_once: bool = False,
     ) -> None:
         self.name = name
         self._fn = fn
@@ -68,6 +75,9 @@ class MicroBatcher(Generic[K]):
         self._max_wait = max_wait_ms / 1000.0
         self._timeout = timeout_s
         self._inline_lone = inline_lone
+        self._lone_at_once = inline_lone and lone_at_once and self._max_wait == 0
+        self._busy = False  # a batch is running (on the loop or on the executor)
+        self._ran_now = False  # a lone row ran in `submit` during this turn of the event loop
         self._queue: asyncio.Queue[_Job[K]] = asyncio.Queue(maxsize=queue_size)
         self._task: asyncio.Task | None = None
         self._batch_sizes = metrics.BATCH_SIZE.labels(op=name)
@@ -91,13 +101,21 @@ class MicroBatcher(Generic[K]):
         """Queues `rows` (split into `max_batch_size` chunks) and waits for their outputs."""
         if self._task is None:
             raise NotReady()
-        chunks = rows.split(self._max_rows) if len(rows) > self._max_rows else (rows,)
+        if (
+            self._lone_at_once
+            and rows.shape[0] == 1
+            and not self._busy
+            and not self._ran_now
+            and self._queue.empty()
+        ):
+            return self._run_now(key, rows)
+        chunks = rows.split(self._max_rows) if rows.shape[0] > self._max_rows else (rows,)
         if self._queue.maxsize - self._queue.qsize() < len(chunks):
             raise Overloaded(f"{self.name} queue is full, retry shortly")
         loop = asyncio.get_running_loop()
         futures = [loop.create_future() for _ in chunks]
         for chunk, future in zip(chunks, futures, strict=True):
-            self._queue.put_nowait(_Job(key, chunk, future))
+            self._queue.put_nowait(_Job(key, chunk, future, chunk.shape[0]))
         try:
             async with asyncio.timeout(self._timeout):
                 if len(futures) == 1:
@@ -108,6 +126,22 @@ class MicroBatcher(Generic[K]):
         finally:
             for future in futures:  # a timed-out or failed job's other chunks are not run
                 future.cancel()
+
+    def _run_now(self, key: K, rows: torch.Tensor) -> Output:
+        """A lone row with the model idle, run right here: no queue, no task switch. Once per
+        turn of the loop: requests that arrived in the same turn (a burst) queue behind it and
+        share the next batch, so load still forms batches."""
+        self._ran_now = True
+        asyncio.get_running_loop().call_soon(self._next_turn)
+        self._batch_sizes.observe(1)
+        try:
+            return self._fn(key, rows)
+        except Exception:
+            log.exception("a lone row failed in %s", self.name)
+            raise InferenceFailed() from None
+
+    def _next_turn(self) -> None:
+        self._ran_now = False
 
     async def _run(self) -> None:
         carry: _Job[K] | None = None
@@ -120,7 +154,7 @@ class MicroBatcher(Generic[K]):
 
     async def _collect(self, first: _Job[K]) -> tuple[list[_Job[K]], _Job[K] | None]:
         """`first` and whatever queued behind it that fits; waits only when `max_wait` opts in."""
-        jobs, rows = [first], len(first.rows)
+        jobs, rows = [first], first.size
         deadline = time.monotonic() + self._max_wait if self._max_wait > 0 else 0.0
         while rows < self._max_rows:
             try:
@@ -134,31 +168,35 @@ class MicroBatcher(Generic[K]):
                         job = await self._queue.get()
                 except TimeoutError:
                     break
-            if job.key is not first.key or rows + len(job.rows) > self._max_rows:
+            if job.key is not first.key or rows + job.size > self._max_rows:
                 return jobs, job
             jobs.append(job)
-            rows += len(job.rows)
+            rows += job.size
         return jobs, None
 
     async def _execute(self, jobs: list[_Job[K]]) -> None:
         batch = jobs[0].rows if len(jobs) == 1 else torch.cat([j.rows for j in jobs])
-        self._batch_sizes.observe(len(batch))
+        size = batch.shape[0]
+        self._batch_sizes.observe(size)
+        self._busy = True
         try:
-            if self._inline_lone and len(batch) == 1 and self._queue.empty():
+            if self._inline_lone and size == 1 and self._queue.empty():
                 out = self._fn(jobs[0].key, batch)
             else:
                 loop = asyncio.get_running_loop()
                 out = await loop.run_in_executor(self._executor, self._fn, jobs[0].key, batch)
         except Exception:  # a failed batch fails its callers, never the batcher
-            log.exception("batch of %d failed in %s", len(batch), self.name)
+            log.exception("batch of %d failed in %s", size, self.name)
             for job in jobs:
                 if not job.future.done():
                     job.future.set_exception(InferenceFailed())
             return
+        finally:
+            self._busy = False
         if len(jobs) == 1:
             parts: list[Output] = [out]
         else:
-            counts = [len(j.rows) for j in jobs]
+            counts = [j.size for j in jobs]
             parts = (
                 list(zip(*(t.split(counts) for t in out), strict=True))
                 if isinstance(out, tuple)

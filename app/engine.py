@@ -242,7 +242,7 @@ class Engine:
             "encode", gate.timed("encode", run_encode), self._executor, **knobs
         )
         self.decoder = MicroBatcher(
-            "decode", gate.timed("decode", run_decode), self._executor, **knobs
+            "decode", gate.timed("decode", run_decode), self._executor, lone_at_once=True, **knobs
         )
         self.reconstructor = MicroBatcher(
             "reconstruct", gate.timed("reconstruct", run_reconstruct), self._executor, **knobs
@@ -316,21 +316,21 @@ class Engine:
         )
 
     async def encode(self, m: LoadedModel, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        cost = self.admission.reserve("encode", len(x))
+        cost = self.admission.reserve("encode", x.shape[0])
         try:
             return await self.encoder.submit(m, x)
         finally:
             self.admission.release(cost)
 
     async def decode(self, m: LoadedModel, z: torch.Tensor) -> torch.Tensor:
-        cost = self.admission.reserve("decode", len(z))
+        cost = self.admission.reserve("decode", z.shape[0])
         try:
             return await self.decoder.submit(m, z)
         finally:
             self.admission.release(cost)
 
     async def reconstruct(self, m: LoadedModel, x: torch.Tensor) -> tuple[torch.Tensor, ...]:
-        cost = self.admission.reserve("reconstruct", len(x))
+        cost = self.admission.reserve("reconstruct", x.shape[0])
         try:
             return await self.reconstructor.submit(m, x)
         finally:

@@ -377,7 +377,10 @@ def to_png(image: torch.Tensor) -> bytes:
         raise ValueError(f"to_png takes [1, H, W] or [H, W], not {list(image.shape)}")
     # numpy, not torch, for the arithmetic: the same float32 operations (so the same bytes) at a
     # fraction of the per-op cost on a 32x32 image; this runs on the event loop for every image.
-    values = image.detach().to("cpu", torch.float32).numpy()
+    if image.dtype is torch.float32 and image.is_cpu and not image.requires_grad:
+        values = image.numpy()  # the usual case: a view, one call
+    else:
+        values = image.detach().to("cpu", torch.float32).numpy()
     pixels = np.clip(values * np.float32(255) + np.float32(0.5), 0, 255).astype(np.uint8)
     return grey_png(pixels)
 
@@ -412,7 +415,7 @@ def _png_chunk(kind: bytes, data: bytes) -> bytes:
 
 def grid_png(images: torch.Tensor, nrow: int, padding: int = 2) -> bytes:
     """[N, 1, H, W] -> one PNG grid, `nrow` images a row, `padding` black pixels between them."""
-    if len(images) == 1:  # make_grid returns a single image as it is, without padding
+    if images.shape[0] == 1:  # make_grid returns a single image as it is, without padding
         return to_png(images[0])
     grid = make_grid(images.detach().float().cpu(), nrow=nrow, padding=padding, pad_value=0.0)
     return to_png(grid[0])

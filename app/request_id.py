@@ -7,7 +7,7 @@ error handlers, the engine) names the request without passing it around.
 from __future__ import annotations
 
 import re
-import uuid
+import secrets
 from contextvars import ContextVar
 
 from starlette.types import Scope
@@ -29,4 +29,4 @@ def request_id_for(scope: Scope) -> str:
             if _SANE_ID.match(text):
                 return text
             break
-    return uuid.uuid4().hex
+    return secrets.token_hex(16)  # 32 hex digits, as uuid4().hex, for a quarter of the cost

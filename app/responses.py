@@ -49,7 +49,7 @@ def base64_pngs(images: torch.Tensor) -> list[str]:
 
 def square_grid_png(images: torch.Tensor) -> bytes:
     """Several images as one near-square grid PNG (one image: that image)."""
-    return imaging.grid_png(images, nrow=max(1, math.ceil(math.sqrt(len(images)))))
+    return imaging.grid_png(images, nrow=max(1, math.ceil(math.sqrt(images.shape[0]))))
 
 
 def grid_response(images: torch.Tensor, headers: Headers = None) -> Response:

@@ -129,7 +129,7 @@ class GaussianMixture:
         u = torch.rand(n, generator=generator, dtype=torch.float64).numpy()
         cumulative = self._numpy_parameters[2]
         component = np.minimum(
-            np.searchsorted(cumulative, u * cumulative[-1], side="right"), self.n_components - 1
+            np.searchsorted(cumulative, u * cumulative[-1], side="right"), cumulative.shape[0] - 1
         )
         return self._at(component, generator, temperature)
 
@@ -155,9 +155,10 @@ class GaussianMixture:
     ) -> torch.Tensor:
         """A draw from each listed component: mean + temperature * L @ eps."""
         means, scale_tril, _ = self._numpy_parameters
-        eps = torch.randn(len(component), self.dim, 1, generator=generator, dtype=self.means.dtype)
-        z = means[component] + temperature * (scale_tril[component] @ eps.numpy())[..., 0]
-        return torch.from_numpy(z).to(self.means.device)
+        n, dim = component.shape[0], means.shape[1]
+        eps = torch.randn(n, dim, 1, generator=generator, dtype=self.means.dtype).numpy()
+        z = torch.from_numpy(means[component] + temperature * (scale_tril[component] @ eps)[..., 0])
+        return z if self.means.device.type == "cpu" else z.to(self.means.device)
 
     @cached_property
     def _numpy_parameters(self) -> tuple[np.ndarray, np.ndarray, np.ndarray]:

@@ -138,11 +138,11 @@ def test_a_split_job_that_cannot_fit_in_the_queue_is_refused_whole():
     assert fn.sizes == []  # no chunk of it ran
 
 
-def test_inline_a_lone_row_runs_on_the_loop_and_a_burst_on_the_thread():
-    threads: list[tuple[int, str]] = []
+def test_inline_a_lone_row_runs_at_once_on_the_loop_and_a_burst_still_batches():
+    calls: list[tuple[int, str]] = []
 
     def fn(key: str, rows: torch.Tensor) -> torch.Tensor:
-        threads.append((len(rows), threading.current_thread().name))
+        calls.append((len(rows), threading.current_thread().name))
         return rows * 2
 
     async def run() -> None:
@@ -154,10 +154,12 @@ def test_inline_a_lone_row_runs_on_the_loop_and_a_burst_on_the_thread():
             queue_size=64,
             timeout_s=5.0,
             inline_lone=True,
+            lone_at_once=True,
         )
         b.start()
         try:
             assert (await b.submit("m", torch.ones(1, 1))).item() == 2.0
+            assert (await b.submit("m", torch.ones(1, 1))).item() == 2.0  # a later turn: again
             assert (await b.submit("m", torch.ones(3, 1))).sum().item() == 6.0  # not a lone row
             burst = await asyncio.gather(*[b.submit("m", torch.ones(1, 1)) for _ in range(5)])
             assert [r.item() for r in burst] == [2.0] * 5
@@ -166,9 +168,13 @@ def test_inline_a_lone_row_runs_on_the_loop_and_a_burst_on_the_thread():
 
     asyncio.run(run())
     loop_thread = threading.main_thread().name
-    assert threads[0] == (1, loop_thread)
-    assert threads[1][0] == 3 and threads[1][1].startswith("inference")
-    assert threads[2][0] == 5 and threads[2][1].startswith("inference")  # still one batch
+    assert calls[0] == calls[1] == (1, loop_thread)
+    assert calls[2][0] == 3 and calls[2][1].startswith("inference")
+    # The burst arrived in one turn of the loop: its first row ran at once, the other four
+    # queued behind it and shared one batch.
+    assert calls[3] == (1, loop_thread)
+    assert calls[4][0] == 4 and calls[4][1].startswith("inference")
+    assert len(calls) == 5
 
 
 def test_inline_lone_batches_auto_means_one_cpu_core(monkeypatch):
