@@ -97,6 +97,7 @@ def serve(settings: Settings, host: str, port: int, workers: int = 1) -> None:
         log_level=settings.log_level,
         access_log=False,
         proxy_headers=True,
+        server_header=False,  # no advertising the server's make and version to every client
         timeout_keep_alive=settings.keep_alive_s,  # type: ignore[arg-type]
         timeout_graceful_shutdown=max(1, int(settings.shutdown_grace_s - 2)),
     )

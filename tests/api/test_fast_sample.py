@@ -77,13 +77,16 @@ def test_access_lines_are_json_with_every_field(tmp_path):
     try:
         ACCESS_LOG.record("POST", "/sample", 200, "/sample", 1.25, "req-1")
         ACCESS_LOG.record("GET", "/nowhere", 404, "unmatched", 0.5, None)
+        ACCESS_LOG.record("GET", '/a"b\\c/\u00e9\n', 404, "unmatched", 2.0, "x")
         ACCESS_LOG.flush()
     finally:
         ACCESS_LOG.configure(None)
         stream.close()
-    first, second = [
-        json.loads(line) for line in (tmp_path / "access.log").read_text().splitlines()
-    ]
+    lines = (tmp_path / "access.log").read_text().splitlines()
+    first, second, third = [json.loads(line) for line in lines]
+    # written by hand, byte for byte what json.dumps gives (quotes, backslashes, non-ASCII)
+    assert all(json.dumps(json.loads(line)) == line for line in lines)
+    assert third["msg"] == 'GET /a"b\\c/\u00e9\n 404'
     assert list(first) == ["ts", "level", "logger", "msg", "request_id", "status", "route", "ms"]
     assert first["msg"] == "POST /sample 200" and first["logger"] == "app.access"
     assert first["ts"].endswith("+00:00") and len(first["ts"]) == len(
