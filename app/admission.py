@@ -170,7 +170,7 @@ class InferenceGate:
         def run(key: Any, batch: Any) -> Any:
             started = time.perf_counter()
             out = fn(key, batch)
-            sample = (time.perf_counter() - started) / max(1, batch.shape[0])
+            sample = (time.perf_counter() - started) / max(1, len(batch))
             spr = self.seconds_per_row[op]
             self.seconds_per_row[op] = spr + EWMA_WEIGHT * (sample - spr)  # one float store
             return out
