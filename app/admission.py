@@ -78,6 +78,11 @@ class DecodeGate:
         self._pixels_waiting = 0
         self.seconds_per_pixel = PRIOR_DECODE_S_PER_PIXEL
 
+    @property
+    def busy(self) -> bool:
+        """Uploads are being decoded or wait to be: they are on their way to a batcher."""
+        return self._running > 0 or bool(self._waiters)
+
     def expected_wait_s(self) -> float:
         """Time until a decode arriving now could start: the work ahead of it, spread over the
         threads (the pixel budget may let fewer run at once, so this is a lower bound)."""

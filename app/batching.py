@@ -2,8 +2,10 @@
 
 When the model is idle a request runs at once; requests that arrive while a batch runs queue up
 and form the next batch, so batches grow with the load by themselves and a lone request never
-waits for company. `max_wait_ms > 0` is an opt-in for those who prefer fuller batches to latency:
-a batch then waits that long after its first job before it closes. A job larger than
+waits for company. A batch waits only for jobs known to be on their way: `more_coming` (uploads
+still being decoded, see `Engine.batch_uploads_with`), for at most `more_coming_wait_s`.
+`max_wait_ms > 0` is an opt-in for those who prefer fuller batches to latency: a batch then waits
+that long after its first job before it closes. A job larger than
 `max_batch_size` rows is split into batches of at most that size, and its rows come back in order.
 
 A batch runs on the executor's thread. With `inline_lone` (one core, see
@@ -80,6 +82,10 @@ class MicroBatcher(Generic[K]):
         self._ran_now = False  # a lone row ran in `submit` during this turn of the event loop
         self._queue: asyncio.Queue[_Job[K]] = asyncio.Queue(maxsize=queue_size)
         self._task: asyncio.Task | None = None
+        # Set by the owner (`Engine.batch_uploads_with`): whether more jobs are on their way
+        # (uploads being decoded), and how long a batch may wait for them.
+        self.more_coming: Callable[[], bool] | None = None
+        self.more_coming_wait_s = 0.0
         self._batch_sizes = metrics.BATCH_SIZE.labels(op=name)
         metrics.QUEUE_DEPTH.labels(op=name).set_function(self._queue.qsize)
 
@@ -153,14 +159,15 @@ class MicroBatcher(Generic[K]):
                 await self._execute(jobs)
 
     async def _collect(self, first: _Job[K]) -> tuple[list[_Job[K]], _Job[K] | None]:
-        """`first` and whatever queued behind it that fits; waits only when `max_wait` opts in."""
+        """`first` and whatever queued behind it that fits; waits only for jobs on their way
+        (`more_coming`) or when `max_wait` opts in."""
         jobs, rows = [first], first.size
-        deadline = time.monotonic() + self._max_wait if self._max_wait > 0 else 0.0
+        started = time.monotonic()
         while rows < self._max_rows:
             try:
                 job = self._queue.get_nowait()
             except asyncio.QueueEmpty:
-                remaining = deadline - time.monotonic() if deadline else 0.0
+                remaining = self._wait_left(started)
                 if remaining <= 0:
                     break
                 try:
@@ -173,6 +180,15 @@ class MicroBatcher(Generic[K]):
             jobs.append(job)
             rows += job.size
         return jobs, None
+
+    def _wait_left(self, started: float) -> float:
+        """How much longer this batch may wait for company: `max_wait` when opted in, and while
+        more jobs are on their way, up to `more_coming_wait_s`."""
+        waited = time.monotonic() - started
+        left = self._max_wait - waited
+        if self.more_coming is not None and self.more_coming():
+            left = max(left, self.more_coming_wait_s - waited)
+        return left
 
     async def _execute(self, jobs: list[_Job[K]]) -> None:
         batch = jobs[0].rows if len(jobs) == 1 else torch.cat([j.rows for j in jobs])

@@ -45,6 +45,13 @@ class Settings(BaseSettings):
         description="a lone one-row batch runs on the event loop, not the inference thread; "
         "auto: when the process may use one core and the model is on the CPU",
     )
+    upload_batch_wait_ms: float = Field(
+        5.0,
+        ge=0,
+        le=1000,
+        description="how long an encode or reconstruct batch may wait for uploads still being "
+        "decoded; 0: never",
+    )
     queue_size: int = Field(2048, ge=1, description="queued requests before answering 503")
     request_timeout_s: float = Field(10.0, gt=0, description="per request, queue wait included")
 

@@ -204,20 +204,34 @@ def _ink(grey: np.ndarray) -> np.ndarray:
     perfectly flat, as in MNIST or a drawing. Median and MAD still hold when a tightly cropped
     digit hits the edges.
     """
-    paper = float(np.median(grey))
+    paper = _median(grey)
     dark_ink = paper - float(grey.min()) > float(grey.max()) - paper
     if dark_ink:
         grey = 1.0 - grey
     grey = _remove_light(grey, reflective=dark_ink)
     border = _border(grey)
-    level = float(np.median(border))
+    level = _median(border)
     peak = float(grey.max())
-    spread = 3 * 1.4826 * float(np.median(np.abs(border - level)))
+    spread = 3 * 1.4826 * _median(np.abs(border - level))
     clean = float(border.max()) == level  # a drawn or MNIST image: faint pixels are antialiasing
     floor = level if clean else level + max(spread, PAPER_FRACTION * (peak - level))
     if peak - floor < MIN_INK_CONTRAST:
         return np.zeros_like(grey)
     return np.clip((grey - floor) / (peak - floor), 0.0, 1.0)
+
+
+def _median(values: np.ndarray) -> float:
+    """`float(np.median(values))`, the same number, for a fraction of its overhead on the small
+    arrays of an upload (it ran three times per upload, a tenth of the normalisation)."""
+    flat = values.ravel()
+    middle = flat.size // 2
+    if flat.size % 2:
+        return float(np.partition(flat, middle)[middle])
+    low, high = np.partition(flat, (middle - 1, middle))[middle - 1 : middle + 1]
+    return float((low + high) / 2)
+
+
+_EIGHT_NEIGHBOURS = np.ones((3, 3), dtype=bool)  # diagonal pixels touch: one stroke
 
 
 def _remove_light(ink: np.ndarray, *, reflective: bool) -> np.ndarray:
@@ -267,10 +281,9 @@ def _digit_region(ink: np.ndarray) -> np.ndarray | None:
     peak = float(ink.max())
     if peak <= 0.0:
         return None
-    labels, count = ndimage.label(ink > CROP_FRACTION * peak, structure=np.ones((3, 3)))
+    labels, count = ndimage.label(ink > CROP_FRACTION * peak, structure=_EIGHT_NEIGHBOURS)
     slices = ndimage.find_objects(labels)
     boxes = np.array([(y.start, y.stop, x.start, x.stop) for y, x in slices], dtype=np.int64)
-    index = np.arange(1, count + 1)
     strokes = np.flatnonzero(labels)  # a few % of the image: count only those
     areas = np.bincount(labels.ravel()[strokes], minlength=count + 1)[1:]
     masses = np.bincount(labels.ravel()[strokes], ink.ravel()[strokes], minlength=count + 1)[1:]
@@ -285,11 +298,25 @@ def _digit_region(ink: np.ndarray) -> np.ndarray | None:
     left, right = int(boxes[chosen, 2].min()), int(boxes[chosen, 3].max())
     top, left = max(top - 1, 0), max(left - 1, 0)  # and the rim just outside the strokes
     box = (slice(top, bottom + 1), slice(left, right + 1))
-    near_strokes = ndimage.maximum_filter(np.isin(labels[box], index[chosen]), size=3)
+    kept = np.zeros(count + 1, dtype=bool)  # by label: a lookup, much cheaper than np.isin
+    kept[1:] = chosen
+    near_strokes = _grow_by_one(kept[labels[box]])
     digit = np.where(near_strokes & (ink[box] > RIM_FRACTION * peak), ink[box], 0.0)
     rows, cols = np.nonzero(digit)
     digit = digit[rows.min() : rows.max() + 1, cols.min() : cols.max() + 1]
     return digit / float(digit.max())
+
+
+def _grow_by_one(mask: np.ndarray) -> np.ndarray:
+    """A boolean mask grown by one pixel in all eight directions: `maximum_filter(mask, size=3)`,
+    as four shifted ORs, at a fifth of scipy's per-call cost on an upload's small crop."""
+    rows = mask.copy()
+    rows[1:] |= mask[:-1]
+    rows[:-1] |= mask[1:]
+    grown = rows.copy()
+    grown[:, 1:] |= rows[:, :-1]
+    grown[:, :-1] |= rows[:, 1:]
+    return grown
 
 
 def _lines_across(boxes: np.ndarray, areas: np.ndarray, shape: tuple[int, int]) -> np.ndarray:

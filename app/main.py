@@ -94,6 +94,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.state.examples = ExampleStore()
     app.state.lifecycle = Lifecycle()
     app.state.decode_gate = DecodeGate(settings.decode_concurrency, settings.decode_pixel_budget)
+    app.state.engine.batch_uploads_with(app.state.decode_gate)
 
     app.include_router(ops.router)
     app.include_router(oip.health_router)

@@ -169,3 +169,27 @@ def test_a_flood_of_big_samples_gets_503s_rather_than_timeouts(make_settings, se
     assert statuses.count(503) >= 8, statuses
     assert statuses.count(504) <= statuses.count(503) // 4, statuses
     assert set(statuses) <= {200, 503, 504}
+
+
+def test_the_decode_gate_says_when_uploads_are_on_their_way():
+    gate = DecodeGate(concurrency=1, pixel_budget=10_000)
+    seen: list[bool] = []
+
+    async def run() -> None:
+        assert not gate.busy
+        started = asyncio.Event()
+        loop = asyncio.get_running_loop()
+
+        def decode() -> int:
+            loop.call_soon_threadsafe(started.set)
+            time.sleep(0.2)
+            return 1
+
+        task = asyncio.ensure_future(gate.run(100, decode, time_left_s=10))
+        await started.wait()
+        seen.append(gate.busy)
+        await task
+        seen.append(gate.busy)
+
+    asyncio.run(run())
+    assert seen == [True, False]

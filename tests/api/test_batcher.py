@@ -187,3 +187,51 @@ def test_inline_lone_batches_auto_means_one_cpu_core(monkeypatch):
     assert not engine.inline_lone_batches("auto", "cpu")
     assert engine.inline_lone_batches("on", "cpu")
     assert not engine.inline_lone_batches("auto", "cuda")
+
+
+def test_a_batch_waits_for_uploads_on_their_way_and_only_for_them():
+    """While `more_coming` says uploads are being decoded, a batch waits (bounded) to take them;
+    when nothing is on its way it runs at once."""
+    on_the_way = [True]
+
+    async def run() -> tuple[list[int], float, float]:
+        fn = Recorder()
+        b = batcher(fn)
+        b.more_coming = lambda: on_the_way[0]
+        b.more_coming_wait_s = 5.0
+        b.start()
+        try:
+            first = asyncio.ensure_future(b.submit("m", torch.ones(1, 1)))
+            await asyncio.sleep(0.2)
+            assert not first.done() and fn.sizes == []  # held for the upload being decoded
+            on_the_way[0] = False  # its decode finished: it arrives, and nothing else is coming
+            start = time.perf_counter()
+            await asyncio.gather(first, b.submit("m", torch.ones(1, 1)))
+            together = time.perf_counter() - start
+            start = time.perf_counter()
+            await b.submit("m", torch.ones(1, 1))  # nothing on its way: no wait at all
+            alone = time.perf_counter() - start
+            return fn.sizes, together, alone
+        finally:
+            await b.stop()
+
+    sizes, together, alone = asyncio.run(run())
+    assert sizes == [2, 1]
+    assert together < 1.0 and alone < 1.0  # far below the 5 s bound
+
+
+def test_the_wait_for_uploads_is_bounded():
+    async def run() -> float:
+        fn = Recorder()
+        b = batcher(fn)
+        b.more_coming = lambda: True  # a decode that never delivers (another route's, a failure)
+        b.more_coming_wait_s = 0.3
+        b.start()
+        try:
+            start = time.perf_counter()
+            await b.submit("m", torch.ones(1, 1))
+            return time.perf_counter() - start
+        finally:
+            await b.stop()
+
+    assert 0.25 <= asyncio.run(run()) < 2.0
