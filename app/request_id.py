@@ -6,8 +6,8 @@ error handlers, the engine) names the request without passing it around.
 
 from __future__ import annotations
 
+import random
 import re
-import secrets
 from contextvars import ContextVar
 
 from starlette.types import Scope
@@ -29,4 +29,6 @@ def request_id_for(scope: Scope) -> str:
             if _SANE_ID.match(text):
                 return text
             break
-    return secrets.token_hex(16)  # 32 hex digits, as uuid4().hex, for a quarter of the cost
+    # 32 hex digits, as uuid4().hex was. An id must be unique, not unpredictable: no system call
+    # for it (os.urandom was 2 % of the event loop's time at c=64).
+    return f"{random.getrandbits(128):032x}"
