@@ -10,11 +10,12 @@ is its HTTP ceiling.
     pip install -e '.[bench]'                 # LitServe and Ray Serve
     .venv/bin/python bench/peers_bench.py --duration 8
 
-Rows: this service (the default backend, one worker), its reduced-precision backend
-(`openvino-bf16`), the same service at `--baseline` (default: main before issue 8, served from a
-git worktree of that commit, for the before/after of every endpoint), a naive FastAPI server (one
-forward pass per request in the threadpool), LitServe (batching up to 64) and Ray Serve
-(`@serve.batch` up to 64).
+Rows: this service (the default backend, one worker; pinned to one core, so a lone row runs on
+the event loop, `VAE_INLINE_LONE_BATCHES=auto`), its reduced-precision backend (`openvino-bf16`),
+optionally (`--rows threaded`) the same with every batch on the inference thread, the same service
+at `--baseline` (default: main before issue 8, served from a git worktree of that commit, for the
+before/after of every endpoint), a naive FastAPI server (one forward pass per request in the
+threadpool), LitServe (batching up to 64) and Ray Serve (`@serve.batch` up to 64).
 """
 
 from __future__ import annotations
@@ -216,6 +217,14 @@ def peers(args: argparse.Namespace, baseline: Path | None) -> list[Peer]:
         rows.append(
             service("this service, openvino-bf16", args.checkpoint, VAE_BACKEND="openvino-bf16")
         )
+    if "threaded" in args.rows:
+        rows.append(
+            service(
+                "this service, VAE_INLINE_LONE_BATCHES=off",
+                args.checkpoint,
+                VAE_INLINE_LONE_BATCHES="off",
+            )
+        )
     if baseline is not None:
         # The old build reads only checkpoint format 1: serve its own copy of the same weights.
         old_checkpoint = baseline / "models" / "mnist-vae.pt"
@@ -367,7 +376,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         "--rows",
         nargs="+",
         default=["bf16", "naive", "litserve", "ray"],
-        help="peers besides this service: bf16 naive litserve ray",
+        help="rows besides this service: bf16 threaded (lone rows on the inference thread "
+        "too) naive litserve ray",
     )
     p.add_argument(
         "--ray-path", default=os.environ.get("RAY_PATH"), help="a site dir with ray, if apart"

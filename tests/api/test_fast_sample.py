@@ -159,3 +159,23 @@ def test_a_request_past_its_deadline_gets_the_guards_504(make_settings, monkeypa
         response = client.post("/sample", json={"n": 1})
     assert response.status_code == 504
     assert response.json() == {"detail": "request took longer than 0.2 s (VAE_REQUEST_TIMEOUT_S)"}
+
+
+def test_inline_lone_batches_give_the_same_answers_as_the_thread(make_settings, serving, digit_png):
+    """With one core (`VAE_INLINE_LONE_BATCHES=auto` there, `on` here) lone rows run on the event
+    loop; the bytes must not depend on where the model ran, alone or in a burst."""
+
+    async def answers(mode: str) -> tuple[bytes, list[bytes], dict]:
+        async with serving(make_settings(inline_lone_batches=mode)) as client:
+            lone = (await client.post("/sample", json={"n": 1, "seed": 11})).content
+            burst = await asyncio.gather(
+                *[client.post("/sample", json={"n": 1, "seed": s}) for s in range(12)]
+            )
+            files = {"file": ("7.png", digit_png, "image/png")}
+            encoded = (await client.post("/encode", files=files)).json()
+            return lone, [r.content for r in burst], encoded
+
+    on, off = asyncio.run(answers("on")), asyncio.run(answers("off"))
+    assert on[0] == off[0]
+    assert on[1] == off[1] and len(set(on[1])) == 12
+    assert on[2] == off[2]
