@@ -17,6 +17,7 @@ strings (what `torch.load(weights_only=True)` accepts).
 
 from __future__ import annotations
 
+import bisect
 import math
 from dataclasses import dataclass, field, replace
 from functools import cached_property
@@ -128,9 +129,11 @@ class GaussianMixture:
             return self.means.new_zeros(0, self.dim)
         u = torch.rand(n, generator=generator, dtype=torch.float64).numpy()
         cumulative = self._numpy_parameters[2]
-        component = np.minimum(
-            np.searchsorted(cumulative, u * cumulative[-1], side="right"), cumulative.shape[0] - 1
-        )
+        last = cumulative.shape[0] - 1
+        if n == 1:  # the common `/sample` call: the same numbers, without numpy's per-call cost
+            k = min(bisect.bisect_right(self._cumulative_list, float(u[0]) * self._total), last)
+            return self._at(slice(k, k + 1), generator, temperature)
+        component = np.minimum(np.searchsorted(cumulative, u * cumulative[-1], side="right"), last)
         return self._at(component, generator, temperature)
 
     def _draw(
@@ -151,14 +154,24 @@ class GaussianMixture:
         return self._at(component, generator, temperature)
 
     def _at(
-        self, component: np.ndarray, generator: torch.Generator | None, temperature: float
+        self, component: np.ndarray | slice, generator: torch.Generator | None, temperature: float
     ) -> torch.Tensor:
-        """A draw from each listed component: mean + temperature * L @ eps."""
+        """A draw from each listed component (an index array, or a slice: views, not copies):
+        mean + temperature * L @ eps."""
         means, scale_tril, _ = self._numpy_parameters
-        n, dim = component.shape[0], means.shape[1]
+        means, scale_tril = means[component], scale_tril[component]
+        n, dim = means.shape
         eps = torch.randn(n, dim, 1, generator=generator, dtype=self.means.dtype).numpy()
-        z = torch.from_numpy(means[component] + temperature * (scale_tril[component] @ eps)[..., 0])
+        z = torch.from_numpy(means + temperature * (scale_tril @ eps)[..., 0])
         return z if self.means.device.type == "cpu" else z.to(self.means.device)
+
+    @cached_property
+    def _cumulative_list(self) -> list[float]:
+        return self._numpy_parameters[2].tolist()
+
+    @cached_property
+    def _total(self) -> float:
+        return float(self._numpy_parameters[2][-1])
 
     @cached_property
     def _numpy_parameters(self) -> tuple[np.ndarray, np.ndarray, np.ndarray]:

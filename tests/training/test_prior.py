@@ -140,3 +140,28 @@ def test_merged_class_mixture_weights_each_digit_by_its_share():
     merged = merge_labelled({1: one, 8: two}, {1: 0.25, 8: 0.75})
     assert merged.labels.tolist() == [1, 8, 8]
     assert torch.allclose(merged.weights.float(), torch.tensor([0.25, 0.75 * 0.3, 0.75 * 0.7]))
+
+
+def test_a_lone_draw_is_the_same_numbers_as_the_general_path():
+    """n=1 skips numpy's searchsorted and fancy indexing (the common `/sample` call); the latent
+    for a seed must not change because of it."""
+    generator = torch.Generator().manual_seed(3)
+    k, d = 7, 5
+    a = torch.randn(k, d, d, generator=generator, dtype=torch.float64)
+    covs = (a @ a.transpose(1, 2) + 0.1 * torch.eye(d, dtype=torch.float64)).float()
+    weights = torch.rand(k, generator=generator)
+    mix = GaussianMixture(
+        weights / weights.sum(),
+        torch.randn(k, d, generator=generator),
+        torch.linalg.cholesky(covs),
+    )
+    means, scale_tril, cumulative = mix._numpy_parameters
+    for seed in range(300):
+        temperature = (1.0, 0.6, 1.4)[seed % 3]
+        g = torch.Generator().manual_seed(seed)
+        u = torch.rand(1, generator=g, dtype=torch.float64).numpy()
+        c = np.minimum(np.searchsorted(cumulative, u * cumulative[-1], side="right"), k - 1)
+        eps = torch.randn(1, d, 1, generator=g, dtype=torch.float32).numpy()
+        expected = torch.from_numpy(means[c] + temperature * (scale_tril[c] @ eps)[..., 0])
+        got = mix.sample(1, torch.Generator().manual_seed(seed), temperature)
+        assert torch.equal(got, expected), seed
