@@ -227,13 +227,14 @@ class Engine:
         self._current: LoadedModel | None = None
         self.guide: DigitGuide | None = None  # set by start(); None: chosen digits unguided
         self._executor = ThreadPoolExecutor(1, thread_name_prefix="inference")
+        self.inline_lone = inline_lone_batches(settings.inline_lone_batches, settings.device)
         self._reload_lock = asyncio.Lock()
         knobs = dict(
             max_batch_size=settings.max_batch_size,
             max_wait_ms=settings.max_wait_ms,
             queue_size=settings.queue_size,
             timeout_s=settings.request_timeout_s,
-            inline_lone=inline_lone_batches(settings.inline_lone_batches, settings.device),
+            inline_lone=self.inline_lone,
         )
         # Learns each operation's seconds per row, and answers 503 up front when the work
         # already queued would outlast the request timeout (rather than a 504 at its end).

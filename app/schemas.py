@@ -198,6 +198,11 @@ class ModelResponse(BaseModel):
     device: str
     dtype: str
     backend: BackendResponse
+    batching: dict[str, Any] = Field(
+        description="how requests share forward passes: max_batch_size, max_wait_ms, "
+        "upload_batch_wait_ms, and inline_lone_batches (whether a lone row runs on the event "
+        "loop, as `VAE_INLINE_LONE_BATCHES` resolved for this process)"
+    )
     prior: dict[str, Any] = Field(
         description="the prior /sample draws from by default: N(0, I) or a learned mixture"
     )

@@ -64,6 +64,12 @@ async def model_info(m: ModelDep, engine: EngineDep) -> ModelResponse:
         device=str(m.device),
         dtype=str(m.dtype).removeprefix("torch."),
         backend=BackendResponse(**dataclasses.asdict(m.backend)),
+        batching={
+            "max_batch_size": engine.settings.max_batch_size,
+            "max_wait_ms": engine.settings.max_wait_ms,
+            "upload_batch_wait_ms": engine.settings.upload_batch_wait_ms,
+            "inline_lone_batches": engine.inline_lone,
+        },
         prior={**describe_prior(m.prior), "digit_guide": _guide(engine, m)},
         metrics=meta.get("metrics") or {},
         training={k: v for k, v in meta.items() if k not in ("metrics", "preset")},

@@ -94,3 +94,19 @@ def test_an_unexpected_error_is_a_500_that_keeps_its_request_id():
     assert response.status_code == 500
     assert response.headers["x-request-id"] == "abc123"
     assert response.json() == {"detail": "internal error", "request_id": "abc123"}
+
+
+def test_model_says_how_requests_are_batched(make_settings):
+    from fastapi.testclient import TestClient
+
+    from app.main import create_app
+
+    settings = make_settings(inline_lone_batches="on", upload_batch_wait_ms=3.0)
+    with TestClient(create_app(settings)) as client:
+        batching = client.get("/model").json()["batching"]
+    assert batching == {
+        "max_batch_size": 64,
+        "max_wait_ms": 0.0,
+        "upload_batch_wait_ms": 3.0,
+        "inline_lone_batches": True,
+    }
