@@ -235,3 +235,42 @@ def test_the_wait_for_uploads_is_bounded():
             await b.stop()
 
     assert 0.25 <= asyncio.run(run()) < 2.0
+
+
+def test_a_lone_row_that_fails_fails_its_caller_not_the_batcher():
+    from app.errors import InferenceFailed
+
+    calls = []
+
+    def fn(key: str, rows: torch.Tensor) -> torch.Tensor:
+        calls.append(len(rows))
+        if len(calls) == 1:
+            raise RuntimeError("the model broke once")
+        return rows * 2
+
+    async def run() -> float:
+        b = MicroBatcher(
+            "lane",
+            fn,
+            ThreadPoolExecutor(1),
+            max_batch_size=8,
+            queue_size=8,
+            timeout_s=5.0,
+            inline_lone=True,
+            lone_at_once=True,
+        )
+        b.start()
+        try:
+            try:
+                await b.submit("m", torch.ones(1, 1))
+            except InferenceFailed:
+                pass
+            else:
+                raise AssertionError("the failure was not reported")
+            await asyncio.sleep(0)  # a later turn of the loop
+            return (await b.submit("m", torch.ones(1, 1))).item()
+        finally:
+            await b.stop()
+
+    assert asyncio.run(run()) == 2.0
+    assert calls == [1, 1]
