@@ -24,6 +24,7 @@ import torch
 from torch import nn
 
 from models.likelihood import bernoulli_nll, crop_padding, gaussian_kl
+from models.runtime import float32_numpy
 from models.vae import ConvVAE
 
 log = logging.getLogger("app.backends")
@@ -185,14 +186,6 @@ def _float_cpu_copy(model: ConvVAE) -> ConvVAE:
     return copy.eval()
 
 
-def _as_numpy(t: torch.Tensor):
-    """A float32 CPU view of `t` (no copy and a single dispatch in the usual case: per `/sample`
-    each torch call here cost microseconds of the event loop)."""
-    if t.dtype is torch.float32 and t.is_cpu and not t.requires_grad and t.is_contiguous():
-        return t.numpy()
-    return t.detach().to("cpu", torch.float32).contiguous().numpy()
-
-
 class GraphRunner:
     """The three operations of a runner that runs one graph per operation by name (`_run`)."""
 
@@ -237,7 +230,7 @@ class OnnxRuntimeRunner(GraphRunner):
         }
 
     def _run(self, op: str, x: torch.Tensor) -> list[torch.Tensor]:
-        outputs = self._sessions[op].run(None, {"input": _as_numpy(x)})
+        outputs = self._sessions[op].run(None, {"input": float32_numpy(x)})
         return [torch.from_numpy(o) for o in outputs]
 
 
@@ -275,7 +268,7 @@ class OpenVinoRunner(GraphRunner):
 
     def _run(self, op: str, x: torch.Tensor) -> list[torch.Tensor]:
         request = self._requests[op]
-        result = request.infer({0: _as_numpy(x)})  # copies the outputs (share_outputs=False)
+        result = request.infer({0: float32_numpy(x)})  # copies the outputs (share_outputs=False)
         return [torch.from_numpy(result[o]) for o in request.model_outputs]
 
 

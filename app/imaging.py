@@ -23,6 +23,7 @@ from scipy import ndimage
 from torchvision.utils import make_grid
 
 from app.errors import ImageError, PayloadTooLarge, UnsupportedImageFormat
+from models.runtime import float32_numpy
 
 ACCEPTED_FORMATS = ("PNG", "JPEG", "WEBP", "BMP", "GIF", "TIFF")  # JPEG covers MPO, phones' JPEG
 MAX_SIDE = 4096
@@ -401,10 +402,7 @@ def to_png(image: torch.Tensor) -> bytes:
     """[1, H, W] or [H, W] floats in [0, 1] -> 8-bit greyscale PNG, byte-identical for one input."""
     # numpy, not torch, for the arithmetic: the same float32 operations (so the same bytes) at a
     # fraction of the per-op cost on a 32x32 image; this runs on the event loop for every image.
-    if image.dtype is torch.float32 and image.is_cpu and not image.requires_grad:
-        values = image.numpy()  # the usual case: a view, one call
-    else:
-        values = image.detach().to("cpu", torch.float32).numpy()
+    values = float32_numpy(image)
     if values.ndim == 3 and values.shape[0] == 1:
         values = values[0]
     if values.ndim != 2:

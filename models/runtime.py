@@ -1,4 +1,4 @@
-"""Where to run: one rule shared by training, evaluation and serving."""
+"""Where to run, and tensors out of torch: rules shared by training, evaluation and serving."""
 
 from __future__ import annotations
 
@@ -13,3 +13,11 @@ def resolve_device(requested: str = "auto") -> torch.device:
     if device.type == "cuda" and not torch.cuda.is_available():
         raise RuntimeError("device 'cuda' was requested but no CUDA GPU is available")
     return device
+
+
+def float32_numpy(t: torch.Tensor):
+    """`t` as a contiguous float32 NumPy array on the CPU: a view in the usual case (one call, no
+    copy), since per `/sample` every torch call here cost microseconds of the event loop."""
+    if t.dtype is torch.float32 and t.is_cpu and not t.requires_grad and t.is_contiguous():
+        return t.numpy()
+    return t.detach().to("cpu", torch.float32).contiguous().numpy()
