@@ -131,7 +131,8 @@ class GaussianMixture:
         cumulative = self._numpy_parameters[2]
         last = cumulative.shape[0] - 1
         if n == 1:  # the common `/sample` call: the same numbers, without numpy's per-call cost
-            k = min(bisect.bisect_right(self._cumulative_list, float(u[0]) * self._total), last)
+            bounds = self._cumulative_list
+            k = min(bisect.bisect_right(bounds, float(u[0]) * bounds[-1]), last)
             return self._at(slice(k, k + 1), generator, temperature)
         component = np.minimum(np.searchsorted(cumulative, u * cumulative[-1], side="right"), last)
         return self._at(component, generator, temperature)
@@ -168,10 +169,6 @@ class GaussianMixture:
     @cached_property
     def _cumulative_list(self) -> list[float]:
         return self._numpy_parameters[2].tolist()
-
-    @cached_property
-    def _total(self) -> float:
-        return float(self._numpy_parameters[2][-1])
 
     @cached_property
     def _numpy_parameters(self) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
