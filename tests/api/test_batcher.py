@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import threading
 import time
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 
 import torch
@@ -30,9 +31,10 @@ class Recorder:
         return rows * 2
 
 
-def batcher(fn: Recorder, **knobs) -> MicroBatcher:
+def batcher(fn: Callable[[str, torch.Tensor], torch.Tensor], **knobs) -> MicroBatcher:
     defaults = dict(max_batch_size=8, queue_size=64, timeout_s=10.0)
-    return MicroBatcher("test", fn, ThreadPoolExecutor(1), **{**defaults, **knobs})
+    executor = ThreadPoolExecutor(1, thread_name_prefix="inference")
+    return MicroBatcher("test", fn, executor, **{**defaults, **knobs})
 
 
 def test_the_default_is_not_to_wait():
@@ -146,16 +148,7 @@ def test_inline_a_lone_row_runs_at_once_on_the_loop_and_a_burst_still_batches():
         return rows * 2
 
     async def run() -> None:
-        b = MicroBatcher(
-            "inline",
-            fn,
-            ThreadPoolExecutor(1, thread_name_prefix="inference"),
-            max_batch_size=8,
-            queue_size=64,
-            timeout_s=5.0,
-            inline_lone=True,
-            lone_at_once=True,
-        )
+        b = batcher(fn, inline_lone=True, lone_at_once=True)
         b.start()
         try:
             assert (await b.submit("m", torch.ones(1, 1))).item() == 2.0
@@ -249,16 +242,7 @@ def test_a_lone_row_that_fails_fails_its_caller_not_the_batcher():
         return rows * 2
 
     async def run() -> float:
-        b = MicroBatcher(
-            "lane",
-            fn,
-            ThreadPoolExecutor(1),
-            max_batch_size=8,
-            queue_size=8,
-            timeout_s=5.0,
-            inline_lone=True,
-            lone_at_once=True,
-        )
+        b = batcher(fn, inline_lone=True, lone_at_once=True)
         b.start()
         try:
             try:
