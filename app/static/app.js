@@ -451,9 +451,10 @@ $("api-key").addEventListener("change", (ev) => {
 // checkpoint may serve a learned mixture instead (/model's prior).
 function priorNote(prior) {
   if (prior.name !== "mixture") return "The prior, which samples come from, is N(0,\u00a01).";
-  const parts = `${prior.components} Gaussians` + (prior.digits?.length ? ", some for each digit" : "");
+  const perDigit = prior.digits?.length && prior.class_components;
   return "The encoder was trained against N(0,\u00a01); samples come from a learned prior, " +
-    `a mixture of ${parts} fitted to the training digits' codes.`;
+    `a mixture of ${prior.components} Gaussians fitted to the training digits' codes` +
+    (perDigit ? `, ${prior.class_components} for each digit.` : ".");
 }
 
 // The digit picker only offers what the served prior can draw (/model lists its digits).
