@@ -101,7 +101,8 @@ def take(base: str, out: Path, width: int) -> None:
         page.goto(base)
         page.wait_for_function("document.querySelectorAll('#end-a option').length > 1")
         # /model has answered: the digit picker and the prior's note are filled in.
-        page.wait_for_function("!document.getElementById('prior-note').textContent.includes('every dimension')")
+        note = "document.getElementById('prior-note').textContent"
+        page.wait_for_function(f"!{note}.includes('every dimension')")
         draw(page, three())
         page.locator("#recon-img:not([hidden])").wait_for()
         page.select_option("#digit", "7")
