@@ -193,9 +193,11 @@ def baseline_worktree(ref: str, into: Path) -> Path:
 
 
 def service(label: str, checkpoint: Path, cwd: Path = REPO, **env: str) -> Peer:
+    # `vae-serve`'s module in that tree: app/server/cli.py since the restructure, app/cli.py before
+    cli = "app.server.cli" if (cwd / "app" / "server" / "cli.py").exists() else "app.cli"
     return Peer(
         label,
-        [sys.executable, "-m", "app.server.cli", "--host", HOST, "--port", "{port}"],
+        [sys.executable, "-m", cli, "--host", HOST, "--port", "{port}"],
         env={
             "VAE_CHECKPOINT": str(checkpoint),
             "VAE_DEVICE": "cpu",
