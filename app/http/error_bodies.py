@@ -33,6 +33,11 @@ def error_response(
 
     `protocol`: the Open Inference Protocol's `{"error": "<text>"}` instead.
     """
+    return JSONResponse(error_body(status, detail, protocol=protocol), status, headers=headers)
+
+
+def error_body(status: int, detail: Any, *, protocol: bool = False) -> dict[str, Any]:
+    """The JSON of every error answer, also the edge's (which writes bytes, not ASGI)."""
     body: dict[str, Any]
     if protocol:
         body = {"error": detail if isinstance(detail, str) else json.dumps(detail)}
@@ -40,7 +45,7 @@ def error_response(
         body = {"detail": detail}
     if status == 500:
         body["request_id"] = current_request_id()
-    return JSONResponse(body, status, headers=headers)
+    return body
 
 
 def internal_error() -> JSONResponse:

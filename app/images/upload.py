@@ -17,9 +17,17 @@ from PIL import Image, UnidentifiedImageError
 
 from app.errors import ImageError, PayloadTooLarge, UnsupportedImageFormat
 
-# The formats the service decodes (JPEG covers MPO, phones' JPEG), and how the docs name them.
-ACCEPTED_FORMATS = ("PNG", "JPEG", "WEBP", "BMP", "GIF", "TIFF")
-FORMAT_NAMES = "PNG, JPEG, WebP, BMP, GIF or TIFF"
+# The formats the service decodes, as Pillow names them and as people do (JPEG covers MPO).
+_FORMATS = {
+    "PNG": "PNG",
+    "JPEG": "JPEG",
+    "WEBP": "WebP",
+    "BMP": "BMP",
+    "GIF": "GIF",
+    "TIFF": "TIFF",
+}
+ACCEPTED_FORMATS = tuple(_FORMATS)
+FORMAT_NAMES = ", ".join(list(_FORMATS.values())[:-1]) + " or " + list(_FORMATS.values())[-1]
 UPLOAD_DESCRIPTION = f"{FORMAT_NAMES}; at most `VAE_MAX_UPLOAD_BYTES` (see the API description)"
 MAX_SIDE = 4096
 BASE64_CLEANUP = str.maketrans({"\n": None, "\r": None, "\t": None, " ": "+", "-": "+", "_": "/"})

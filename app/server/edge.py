@@ -28,6 +28,7 @@ from typing import Any, ClassVar
 from uvicorn.protocols.http.httptools_impl import STATUS_LINE, HttpToolsProtocol
 
 from app.config import MAX_URL_BYTES, Settings, get_settings
+from app.http.error_bodies import error_body
 
 log = logging.getLogger("app.edge")
 
@@ -219,7 +220,7 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
 def _error_bytes(
     status: int, detail: str, default_headers: list[tuple[bytes, bytes]], retry_after: int | None
 ) -> bytes:
-    body = json.dumps({"detail": detail}).encode()
+    body = json.dumps(error_body(status, detail)).encode()
     head = [STATUS_LINE[status]]
     for name, value in default_headers:
         head += [name, b": ", value, b"\r\n"]
