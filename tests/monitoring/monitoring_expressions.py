@@ -18,7 +18,7 @@ import yaml
 
 REPO = Path(__file__).resolve().parents[2]
 RULES = REPO / "deploy" / "prometheus" / "rules.yml"
-DASHBOARD = REPO / "deploy" / "grafana" / "mnist-vae.json"
+DASHBOARD = REPO / "deploy" / "grafana" / "dashboards" / "mnist-vae.json"
 ADAPTER = REPO / "deploy" / "kubernetes" / "prometheus-adapter" / "values.yaml"
 
 # Grafana's own variables stand for a duration or a label value inside an expression.
