@@ -20,6 +20,7 @@ import pytest
 import yaml
 from live_service import Service, exercise, free_port
 from monitoring_expressions import REPO, RULES
+from prometheus_client.parser import text_string_to_metric_families
 
 PROMETHEUS = shutil.which("prometheus")
 pytestmark = [
@@ -114,14 +115,30 @@ def _wait_ready(url: str, process: subprocess.Popen, log_path: Path) -> None:
     pytest.fail(f"prometheus not ready within {WAIT_S} s:\n{log_path.read_text()[-3000:]}")
 
 
+def _sample_count(service: Service) -> float:
+    """The service's own count of /sample requests answered 200, before the test's traffic."""
+    key = ("vae_http_requests_total", ("POST", "/sample", "200"))
+    text = httpx.get(f"{service.url}/metrics", timeout=10).text
+    for family in text_string_to_metric_families(text):
+        for sample in family.samples:
+            labels = sample.labels
+            if (
+                sample.name,
+                (labels.get("method"), labels.get("route"), labels.get("status")),
+            ) == key:
+                return sample.value
+    return 0.0
+
+
 def test_prometheus_scrapes_the_service_and_sees_its_requests(prometheus, service) -> None:
     prometheus.wait_for('up{job="mnist-vae"} == 1', "the service as a healthy target")
+    before = _sample_count(service)
     exercise(service, samples=5)
     [series] = prometheus.wait_for(
-        'vae_http_requests_total{job="mnist-vae", route="/sample", status="200"} >= 5',
+        f'vae_http_requests_total{{route="/sample", status="200"}} >= {before + 5}',
         "the five /sample requests",
     )
-    assert series["metric"]["method"] == "POST"
+    assert series["metric"]["method"] == "POST" and series["metric"]["job"] == "mnist-vae"
     assert series["metric"]["instance"] == service.host_port
     # The other series the dashboard draws are there too, with the labels it groups by.
     ops = {r["metric"]["op"] for r in prometheus.query('vae_queue_depth{job="mnist-vae"}')}
