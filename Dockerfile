@@ -1,5 +1,5 @@
 # The MNIST VAE service: torch + torchvision (CUDA wheels, which also run on the CPU), the app and
-# the shipped checkpoint. No dataset, no compiler, no tests. See the README, "Deployment".
+# the shipped checkpoint. No dataset, no compiler, no tests. See docs/deployment.md.
 #
 #   docker build -t mnist-vae .
 #   docker build --build-arg BASE_IMAGE=mnist-vae-base:bookworm -t mnist-vae .   (stand-in base)

@@ -10,6 +10,7 @@ from pydantic import Field, SecretStr, ValidationError, field_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 DEFAULT_DIGIT_GUIDE = "models/mnist-digit-guide.pt"  # a missing default file: guide off, logged
+MAX_URL_BYTES = 65_535  # httptools' URL parser refuses longer URLs (the edge answers 414)
 
 
 class Settings(BaseSettings):
@@ -27,7 +28,9 @@ class Settings(BaseSettings):
         "auto",
         description="auto: ONNX Runtime on the CPU, PyTorch on CUDA; each checked against eager",
     )
-    cuda_graphs: bool = Field(True, description="CUDA graphs per batch-size bucket on CUDA")
+    cuda_graphs: bool = Field(
+        False, description="CUDA graphs per batch-size bucket on CUDA; off until proven on a GPU"
+    )
     digit_guide: str = Field(
         DEFAULT_DIGIT_GUIDE,
         description="classifier that accepts chosen digits (models/digit_guide.py); '': off",
@@ -60,7 +63,7 @@ class Settings(BaseSettings):
     )
     max_image_pixels: int = Field(4096 * 4096, ge=1, description="width x height per upload")
 
-    # The HTTP edge (app/http_edge.py): what one client may cost before the app sees a request.
+    # The HTTP edge (app/server/edge.py): what one client may cost before the app sees a request.
     max_header_bytes: int = Field(
         80 * 1024, ge=8 * 1024, description="request line plus headers; more gets 431 (or 414)"
     )
@@ -144,5 +147,5 @@ def configuration_error(exc: ValidationError) -> str:
 @lru_cache
 def get_settings() -> Settings:
     """The process's settings, for code that runs outside any app (uvicorn's protocol in
-    `app.http_edge`); routes get their app's settings through `app.deps.SettingsDep`."""
+    `app.server.edge`); routes get their app's settings through `app.routes.deps.SettingsDep`."""
     return Settings()

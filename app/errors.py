@@ -1,7 +1,7 @@
 """Every error the service answers with, each type bound to its HTTP status right here.
 
 Nothing else picks a status code: the engine, the routes and the image decoder raise these types,
-and `app.error_responses` turns any of them into a JSON body in one place. A 500 never carries an
+and `app.http.error_bodies` turns any of them into a JSON body in one place. A 500 never carries an
 exception's text (it may hold paths or data); the log line with the same request id does.
 """
 
@@ -31,6 +31,10 @@ class BadInferenceRequest(ServiceError, status=400):
 
 class Unauthorized(ServiceError, status=401):
     """The API key or the admin token is missing or wrong."""
+
+
+class ReloadPathRefused(ServiceError, status=403):
+    """A reload path outside the checkpoint directory (or a link out of it)."""
 
 
 class NotFound(ServiceError, status=404):
@@ -84,7 +88,3 @@ class ShuttingDown(ServiceError, status=503):
 
     def __init__(self, detail: str = "server is shutting down") -> None:
         super().__init__(detail)
-
-
-class InferenceTimeout(ServiceError, status=504):
-    """The request waited (queue included) longer than `VAE_REQUEST_TIMEOUT_S`."""

@@ -9,24 +9,24 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from pathlib import Path
 
-from fastapi import Depends, FastAPI
+from fastapi import Depends, FastAPI, Security
 from fastapi.middleware.cors import CORSMiddleware
 from pydantic import ValidationError
-from starlette.types import ASGIApp
 
-from app.admission import DecodeGate
-from app.auth import require_api_key
 from app.config import Settings, configuration_error
-from app.engine import Engine
-from app.error_responses import install_error_handlers
-from app.examples import ExampleStore
-from app.fast_sample import FastSample
-from app.guard import RequestGuardMiddleware, start_deadline
-from app.json_logs import configure_logging
-from app.lifecycle import Lifecycle
-from app.request_context import RequestContextMiddleware
+from app.http.auth import api_key_scheme
+from app.http.body_limit import BodyLimitMiddleware
+from app.http.context import RequestContextMiddleware
+from app.http.error_bodies import install_error_handlers
+from app.http.guard import RequestGuardMiddleware, start_deadline
+from app.http.lifecycle import Lifecycle
+from app.http.logs import configure_logging
+from app.images.examples import ExampleStore
+from app.inference.admission import DecodeGate
+from app.inference.engine import Engine
 from app.routes import admin, examples, generate, images, oip, ops
-from app.static_pages import StaticPages
+from app.routes.fast_sample import FastSample
+from app.routes.static_pages import StaticPages
 from models.checkpoint import CheckpointError
 
 log = logging.getLogger("app")
@@ -42,19 +42,6 @@ The `/v2` routes speak the Open Inference Protocol (KServe v2, as Triton and `tr
 Uploads (and a decoded `?image=`) may be at most {max_upload_bytes} bytes
 (`VAE_MAX_UPLOAD_BYTES`) and {max_image_pixels} pixels (`VAE_MAX_IMAGE_PIXELS`).
 """
-
-
-class ServiceApp(FastAPI):
-    """FastAPI with `FastSample` in front of its whole middleware stack (its own error, telemetry
-    and body-limit layers included): the common `POST /sample` does its few jobs itself."""
-
-    def build_middleware_stack(self) -> ASGIApp:
-        return FastSample(
-            super().build_middleware_stack(),
-            fastapi_app=self,
-            settings=self.state.settings,
-            lifecycle=self.state.lifecycle,
-        )
 
 
 def create_app(settings: Settings | None = None) -> FastAPI:
@@ -76,7 +63,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             await app.state.engine.stop()
             app.state.decode_gate.shutdown()
 
-    app = ServiceApp(
+    app = FastAPI(
         title="MNIST VAE",
         version="0.1.0",
         description=DESCRIPTION.format(
@@ -84,7 +71,6 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             max_image_pixels=settings.max_image_pixels,
         ),
         lifespan=lifespan,
-        max_body_size=settings.max_body_bytes,  # vae-serve's edge refuses these first (JSON)
         # Prometheus (`/metrics`) is the service's telemetry; FastAPI's OpenTelemetry hook
         # asked the tracer and meter providers whether it was on for every request.
         telemetry={"tracing": False, "metrics": False},
@@ -98,13 +84,23 @@ def create_app(settings: Settings | None = None) -> FastAPI:
 
     app.include_router(ops.router)
     app.include_router(oip.health_router)
-    guarded = [Depends(require_api_key), Depends(start_deadline)]
+    guarded = [Security(api_key_scheme), Depends(start_deadline)]
     for module in (generate, images, examples, oip):
         app.include_router(module.router, dependencies=guarded)
     if settings.admin_token is not None:
         app.include_router(admin.router)
+    install_error_handlers(app)
 
-    install_error_handlers(app, settings.max_upload_bytes)
+    # The pipeline every request passes, innermost first (each `add_middleware` wraps the rest):
+    # the fast path for /sample, the body's size, the guard (API key, drain, deadline), CORS, the
+    # request context
+    # (id, metrics, access line, last-resort 500).
+    app.add_middleware(FastSample, fastapi_app=app)
+    app.add_middleware(
+        BodyLimitMiddleware,
+        max_bytes=settings.max_body_bytes,
+        max_upload_bytes=settings.max_upload_bytes,
+    )
     app.add_middleware(RequestGuardMiddleware, settings=settings, lifecycle=app.state.lifecycle)
     if settings.cors_origins:
         app.add_middleware(

@@ -61,7 +61,7 @@ class Server:
         environ.update(env)
         environ["PYTHONPATH"] = str(cwd)
         if kind == "edge":
-            command = [sys.executable, "-m", "app.cli"]
+            command = [sys.executable, "-m", "app.server.cli"]
         else:
             command = [sys.executable, "-m", "uvicorn", "app.main:app", "--no-access-log"]
         command += ["--host", HOST, "--port", str(self.port)]

@@ -103,7 +103,7 @@ class Running:
 
 
 def digit_png() -> bytes:
-    return (REPO / "app" / "examples" / "7-0.png").read_bytes()
+    return (REPO / "app" / "images" / "example_digits" / "7-0.png").read_bytes()
 
 
 def wrk_script(workdir: Path, name: str, method: str, path: str, body: bytes, ctype: str) -> Path:
@@ -195,7 +195,7 @@ def baseline_worktree(ref: str, into: Path) -> Path:
 def service(label: str, checkpoint: Path, cwd: Path = REPO, **env: str) -> Peer:
     return Peer(
         label,
-        [sys.executable, "-m", "app.cli", "--host", HOST, "--port", "{port}"],
+        [sys.executable, "-m", "app.server.cli", "--host", HOST, "--port", "{port}"],
         env={
             "VAE_CHECKPOINT": str(checkpoint),
             "VAE_DEVICE": "cpu",

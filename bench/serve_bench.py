@@ -41,7 +41,7 @@ BOUNDARY = "benchboundary"
 
 
 def digit_png() -> bytes:
-    return (REPO / "app" / "examples" / "7-0.png").read_bytes()
+    return (REPO / "app" / "images" / "example_digits" / "7-0.png").read_bytes()
 
 
 def request_bytes(endpoint: str, port: int) -> bytes:
@@ -138,7 +138,7 @@ class Server:
         }
         env.pop("VAE_API_KEY", None)
         self.process = subprocess.Popen(
-            [sys.executable, "-m", "app.cli", "--host", HOST, "--port", str(self.port)],
+            [sys.executable, "-m", "app.server.cli", "--host", HOST, "--port", str(self.port)],
             cwd=REPO,
             env=env,
             stdout=subprocess.DEVNULL,

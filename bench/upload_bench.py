@@ -2,12 +2,12 @@
 
     python bench/upload_bench.py [--rounds 40] [--before eb9a3a9] [--json out.json]
 
-"Before" is `app/imaging.py` as of commit `--before` (the last one before the light was taken
-out with a morphological opening and the digit picked among the pieces of ink), read with
-`git show` into a temporary module; "after" is the working tree's. The service runs in-process
-(FastAPI's TestClient, the shipped checkpoint, one CPU thread pool) and the route looks
-`normalize_upload` up at call time, so each round swaps the function in and posts the same photo
-to both, interleaved, and the ratio of medians compares them under the same load. Rows: the
+"Before" is the normaliser as of commit `--before` (`app/images/normalise.py`, or
+`app/imaging.py` before the move), read with `git show` into a temporary module; "after" is the
+working tree's. The service runs in-process (FastAPI's TestClient, the shipped checkpoint) and
+the upload dependency looks `normalize` up at call time, so each round swaps the function in and
+posts the same photo to both, interleaved, and the ratio of medians compares them under the
+same load. Rows: the
 whole request, and `normalize_upload` alone, for a clean page, a shadow over a third of it and a
 page edge with the desk (the "before" code answers those two wrongly, but no slower).
 """
@@ -33,28 +33,39 @@ sys.path.insert(0, str(REPO / "tests"))
 import photo_scenes  # noqa: E402
 from fastapi.testclient import TestClient  # noqa: E402
 
-from app import imaging  # noqa: E402
 from app.config import Settings  # noqa: E402
+from app.images import normalise  # noqa: E402
 from app.main import create_app  # noqa: E402
+from app.routes import deps  # noqa: E402
 from training.data import load_split  # noqa: E402
 
 BEFORE = "eb9a3a9"  # main just before issue 13's first commit
 
 
 def load_before(commit: str):
-    """`app/imaging.py` at `commit`, imported as a module of its own."""
-    source = subprocess.run(
-        ["git", "-C", str(REPO), "show", f"{commit}:app/imaging.py"],
-        check=True,
-        capture_output=True,
-        text=True,
-    ).stdout
+    """The normaliser at `commit`, imported as a module of its own."""
+    for path in ("app/images/normalise.py", "app/imaging.py"):
+        shown = subprocess.run(
+            ["git", "-C", str(REPO), "show", f"{commit}:{path}"], capture_output=True, text=True
+        )
+        if shown.returncode == 0:
+            break
+    source = shown.stdout
     path = Path(tempfile.mkdtemp()) / "imaging_before.py"
     path.write_text(source)
     spec = importlib.util.spec_from_file_location("imaging_before", path)
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     return module
+
+
+def _on_opened(module):
+    """`module`'s normaliser for an image `open_upload` opened (older ones take bytes)."""
+    if hasattr(module, "normalize"):
+        return module.normalize
+    return lambda image, preprocess: module.normalize_upload(
+        image.fp.getvalue(), preprocess=preprocess
+    )
 
 
 def photos() -> dict[str, bytes]:
@@ -79,15 +90,15 @@ def timed(call) -> float:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--rounds", type=int, default=40)
-    parser.add_argument("--before", default=BEFORE, help="commit of the old app/imaging.py")
+    parser.add_argument("--before", default=BEFORE, help="commit of the old normaliser")
     parser.add_argument("--checkpoint", type=Path, default=REPO / "models" / "mnist-vae.pt")
     parser.add_argument("--json", type=Path, default=None)
     args = parser.parse_args(argv)
 
-    versions = {
-        "before": load_before(args.before).normalize_upload,
-        "after": imaging.normalize_upload,
-    }
+    before = load_before(args.before)
+    versions = {"before": before.normalize_upload, "after": normalise.normalize_upload}
+    # What the upload dependency calls with the opened image, per version.
+    in_route = {"before": _on_opened(before), "after": normalise.normalize}
     settings = Settings(checkpoint=args.checkpoint, device="cpu", api_key=None, admin_token=None)
     rows = []
     with TestClient(create_app(settings)) as client:
@@ -98,14 +109,14 @@ def main(argv: list[str] | None = None) -> int:
                 v: {"request": [], "normalise": []} for v in versions
             }
             for round_ in range(args.rounds + 3):  # three rounds of warm-up
-                for version, normalise in versions.items():
-                    imaging.normalize_upload = normalise
+                for version, normalize_upload in versions.items():
+                    deps.normalize = in_route[version]
                     request = timed(functools.partial(post, client, files))
-                    alone = timed(functools.partial(normalise, jpeg))
+                    alone = timed(functools.partial(normalize_upload, jpeg))
                     if round_ >= 3:
                         times[version]["request"].append(request)
                         times[version]["normalise"].append(alone)
-            imaging.normalize_upload = versions["after"]
+            deps.normalize = normalise.normalize
             for what in ("request", "normalise"):
                 before = statistics.median(times["before"][what]) * 1e3
                 after = statistics.median(times["after"][what]) * 1e3

@@ -168,8 +168,8 @@ def model_from_payload(payload: dict[str, Any], source: str = "checkpoint") -> C
 
 def check_model_size(config: VAEConfig, state: dict[str, Any], source: str = "checkpoint") -> None:
     """Refuses a config whose network would be absurdly large, or larger than its weights, before
-    a byte of it is allocated: a few numbers in a 1 KB file once made the server allocate 1.1 GB
-    only to find that the weights did not fit. The network is built on the meta device (shapes,
+    a byte of it is allocated (a few numbers in a small file could otherwise ask for gigabytes
+    only to find that the weights do not fit). The network is built on the meta device (shapes,
     no memory) and its size compared with `MAX_PARAMETERS` and with the stored tensors."""
     widths = [*config.channels, config.latent_dim, config.image_size]
     if min(widths) < 1 or max(widths) > MAX_WIDTH or len(config.channels) > 8:

@@ -17,7 +17,6 @@ strings (what `torch.load(weights_only=True)` accepts).
 
 from __future__ import annotations
 
-import bisect
 import math
 from dataclasses import dataclass, field, replace
 from functools import cached_property
@@ -130,10 +129,6 @@ class GaussianMixture:
         u = torch.rand(n, generator=generator, dtype=torch.float64).numpy()
         cumulative = self._numpy_parameters[2]
         last = cumulative.shape[0] - 1
-        if n == 1:  # the common `/sample` call: the same numbers, without numpy's per-call cost
-            bounds = self._cumulative_list
-            k = min(bisect.bisect_right(bounds, float(u[0]) * bounds[-1]), last)
-            return self._at(slice(k, k + 1), generator, temperature)
         component = np.minimum(np.searchsorted(cumulative, u * cumulative[-1], side="right"), last)
         return self._at(component, generator, temperature)
 
@@ -143,8 +138,7 @@ class GaussianMixture:
         """One draw per row of `probs` [n, K] (component probabilities, rows need not sum to 1).
 
         The randomness comes from two torch calls on the caller's generator; the rest is NumPy on
-        the CPU, because per `/sample` request (n = 1) a dozen small torch ops cost about 70 us of
-        the event loop, a third of its work per request at c=64.
+        the CPU, where a dozen small torch ops per `/sample` would cost the event loop more.
         """
         n = len(probs)
         if n == 0:
@@ -155,20 +149,15 @@ class GaussianMixture:
         return self._at(component, generator, temperature)
 
     def _at(
-        self, component: np.ndarray | slice, generator: torch.Generator | None, temperature: float
+        self, component: np.ndarray, generator: torch.Generator | None, temperature: float
     ) -> torch.Tensor:
-        """A draw from each listed component (an index array, or a slice: views, not copies):
-        mean + temperature * L @ eps."""
+        """A draw from each listed component: mean + temperature * L @ eps."""
         means, scale_tril, _ = self._numpy_parameters
         means, scale_tril = means[component], scale_tril[component]
         n, dim = means.shape
         eps = torch.randn(n, dim, 1, generator=generator, dtype=self.means.dtype).numpy()
         z = torch.from_numpy(means + temperature * (scale_tril @ eps)[..., 0])
         return z if self.means.device.type == "cpu" else z.to(self.means.device)
-
-    @cached_property
-    def _cumulative_list(self) -> list[float]:
-        return self._numpy_parameters[2].tolist()
 
     @cached_property
     def _numpy_parameters(self) -> tuple[np.ndarray, np.ndarray, np.ndarray]:

@@ -1,6 +1,6 @@
 """Writes the bundled example digits: the first N MNIST test images of each class as 28x28 PNGs.
 
-Run once from the repository root; the output in app/examples/ is committed:
+Run once from the repository root; the output in app/images/example_digits/ is committed:
 
     .venv/bin/python scripts/make_examples.py --per-class 10
 """
@@ -15,7 +15,7 @@ from PIL import Image
 
 from training.data import load_split
 
-OUT = Path(__file__).resolve().parent.parent / "app" / "examples"
+OUT = Path(__file__).resolve().parent.parent / "app" / "images" / "example_digits"
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -1,4 +1,4 @@
-"""Takes the README screenshot: draws a 3 on the page, waits for its reconstruction, saves a PNG.
+"""Takes the web page's screenshot: draws a 3, samples sevens with the digit picker, saves a PNG.
 
     .venv/bin/python scripts/screenshot.py                      # serves models/mnist-vae.pt itself
     .venv/bin/python scripts/screenshot.py --url http://127.0.0.1:8000/
@@ -100,8 +100,12 @@ def take(base: str, out: Path, width: int) -> None:
         page = browser.new_page(viewport={"width": width, "height": 900}, device_scale_factor=1)
         page.goto(base)
         page.wait_for_function("document.querySelectorAll('#end-a option').length > 1")
+        # /model has answered: the digit picker and the prior's note are filled in.
+        note = "document.getElementById('prior-note').textContent"
+        page.wait_for_function(f"!{note}.includes('every dimension')")
         draw(page, three())
         page.locator("#recon-img:not([hidden])").wait_for()
+        page.select_option("#digit", "7")
         page.fill("#seed", "7")
         page.click("#sample-btn")
         page.locator("#grid-img:not([hidden])").wait_for()

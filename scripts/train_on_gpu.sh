@@ -26,7 +26,7 @@ for f in .gpu/mnist/*.gz; do gunzip -c "$f" > "data/MNIST/raw/$(basename "$f" .g
 
 common=(--device "$DEVICE" "${small[@]}" --no-progress --kl-warmup-epochs 5 --epochs 400 --time-budget "$TRAIN_SECONDS")
 # Two recipes of the default preset side by side (the GPU is launch-bound, so they share it well),
-# and the seed network under both losses for the README's comparison.
+# and the seed network under both losses for the model card's comparison (docs/model-card.md).
 timeout $((TRAIN_SECONDS + 120)) $PY -m training --preset default --batch-size 128 --lr 1e-3 \
   "${common[@]}" --out runs/default-b128 > runs/default-b128.log 2>&1 &
 timeout $((TRAIN_SECONDS + 120)) $PY -m training --preset default --batch-size 256 --lr 1.5e-3 \

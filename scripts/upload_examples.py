@@ -1,4 +1,4 @@
-"""Draws the README's upload examples: photos that work and photos that do not, each row the
+"""Draws docs/api.md's upload examples: photos that work and photos that do not, each row the
 photo, what the model saw and its reconstruction, all through `/reconstruct` and the shipped model.
 
     python scripts/upload_examples.py [--checkpoint models/mnist-vae.pt] [--out docs]

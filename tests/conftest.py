@@ -92,7 +92,7 @@ def client(settings: Settings) -> Iterator[TestClient]:
 @pytest.fixture(scope="session")
 def digit_png() -> bytes:
     """A real MNIST test digit (a 7) as a 28x28 PNG, from the bundled examples."""
-    return (REPO / "app" / "examples" / "7-0.png").read_bytes()
+    return (REPO / "app" / "images" / "example_digits" / "7-0.png").read_bytes()
 
 
 @asynccontextmanager

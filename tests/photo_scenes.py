@@ -3,7 +3,7 @@
 A photo is illumination times reflectance: the paper reflects about 0.85 of the light, the ink
 0.12, and a shadow or the desk changes one factor over a large area with a sharp edge. Every scene
 is 640x480 RGB with sensor grain, JPEG-compressed like a phone's upload, and seeded, so a test and
-the README's pictures (`scripts/upload_examples.py`) are the same image every time.
+the pictures in docs/ (`scripts/upload_examples.py`) are the same image every time.
 """
 
 from __future__ import annotations

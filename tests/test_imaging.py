@@ -1,4 +1,4 @@
-"""`app.imaging` on real MNIST digits: what the model sees, how bad uploads are refused, PNG output.
+"""`app.images` on real MNIST digits: what the model sees, how bad uploads are refused, PNGs.
 
 Photo-like uploads are made from real test digits: upscaled to 300x300, drawn dark on a grey,
 unevenly lit, grainy page at a random offset. Without inversion, cropping, centring by mass or the
@@ -23,7 +23,9 @@ from hypothesis import strategies as st
 from PIL import Image, ImageDraw
 
 from app.errors import ImageError, PayloadTooLarge, ServiceError, UnsupportedImageFormat
-from app.imaging import decode_base64_image, grid_png, normalize_upload, strip_png, to_png
+from app.images.normalise import normalize_upload
+from app.images.png import grid_png, strip_png, to_png
+from app.images.upload import decode_base64url
 from training.data import load_split
 
 ACCEPTED = ("PNG", "JPEG", "WEBP", "BMP", "GIF", "TIFF")
@@ -480,12 +482,12 @@ def test_strip_png_is_a_single_row() -> None:
 )
 def test_decode_base64_image_reads_both_alphabets(encoder) -> None:
     payload = bytes(range(256)) * 3
-    assert decode_base64_image(encoder(payload)) == payload
+    assert decode_base64url(encoder(payload), 1 << 20) == payload
 
 
 @pytest.mark.parametrize("text", ["", "=", "not base64!", "abcde", "a" * 4 + "%%"])
 def test_decode_base64_image_refuses_bad_text_with_422(text: str) -> None:
     with pytest.raises(ImageError) as caught:
-        decode_base64_image(text)
+        decode_base64url(text, 1 << 20)
     assert caught.value.status_code == 422
     assert "base64" in caught.value.detail

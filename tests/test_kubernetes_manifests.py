@@ -2,7 +2,7 @@
 
 `kubectl kustomize` renders each overlay (as `kubectl apply -k` would), every rendered object is
 validated against the Kubernetes OpenAPI schemas that `kubernetes-validate` ships (strict: unknown
-fields fail), and the choices the README promises are checked on the rendered objects: probes,
+fields fail), and the choices docs/scaling.md promises are checked on the rendered objects: probes,
 the non-root user, the read-only root file system, GPU limits only in the GPU overlay, a grace
 period longer than the request timeout, selectors that match the pods. KServe's InferenceService
 is a custom resource the schemas do not have: its required fields are checked by hand and its

@@ -58,7 +58,7 @@ def test_serves_everything_with_only_tmpdir_writable(tiny_checkpoint, tmp_path):
     if not _namespaces_work(scratch):
         pytest.skip("no private mount namespaces here (unshare -m needs CAP_SYS_ADMIN)")
     port = _free_port()
-    command = [sys.executable, "-m", "app.cli", "--host", "127.0.0.1", "--port", str(port)]
+    command = [sys.executable, "-m", "app.server.cli", "--host", "127.0.0.1", "--port", str(port)]
     serve = shlex.join(command)
     script = (
         f"mount --make-rprivate / && mount -o remount,bind,ro / && mount -t tmpfs t {scratch} "

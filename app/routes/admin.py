@@ -6,9 +6,9 @@ from typing import Annotated
 
 from fastapi import APIRouter, Body, Depends
 
-from app.auth import require_admin
-from app.checkpoint_paths import checkpoint_root, resolve_checkpoint
-from app.deps import EngineDep, SettingsDep
+from app.http.auth import require_admin
+from app.routes.checkpoint_paths import checkpoint_root, resolve_checkpoint
+from app.routes.deps import EngineDep, SettingsDep
 from app.routes.openapi import ERRORS
 from app.routes.ops import model_info
 from app.schemas import ModelResponse, ReloadRequest

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 from fastapi import APIRouter, Response
 
-from app.deps import ExamplesDep
-from app.responses import png_response
+from app.routes.deps import ExamplesDep
 from app.routes.openapi import ERRORS, PNG_RESPONSE
+from app.routes.responses import png_response
 from app.schemas import Example, ExamplesResponse
 
 router = APIRouter(tags=["examples"], responses=ERRORS)

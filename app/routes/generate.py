@@ -8,12 +8,22 @@ from typing import Annotated
 import torch
 from fastapi import APIRouter, File, Form, Response, UploadFile
 
-from app.deps import DecodeGateDep, EngineDep, ExamplesDep, JsonDep, ModelDep, SettingsDep
-from app.engine import Engine, LoadedModel, check_digits, sample_prior_name
 from app.errors import InvalidInput
-from app.examples import ExampleStore
-from app.responses import decode_response, interpolation_response, sample_response
+from app.images.examples import ExampleStore
+from app.images.upload import UPLOAD_DESCRIPTION, read_upload
+from app.inference.engine import Engine, LoadedModel, check_digits, sample_prior_name
+from app.routes.deps import (
+    DecodeGateDep,
+    EngineDep,
+    ExamplesDep,
+    JsonDep,
+    ModelDep,
+    PreprocessQuery,
+    SettingsDep,
+    to_model_input,
+)
 from app.routes.openapi import ERRORS, PNG_RESPONSE
+from app.routes.responses import decode_response, interpolation_response, sample_response
 from app.schemas import (
     MAX_STEPS,
     DecodeRequest,
@@ -24,7 +34,6 @@ from app.schemas import (
     SampleRequest,
     SampleResponse,
 )
-from app.uploads import UPLOAD_DESCRIPTION, PreprocessQuery, read_upload, to_model_input
 
 router = APIRouter(tags=["generate"], responses=ERRORS)
 
@@ -33,6 +42,13 @@ router = APIRouter(tags=["generate"], responses=ERRORS)
 async def sample(body: SampleRequest, engine: EngineDep, m: ModelDep, as_json: JsonDep) -> Response:
     """Draws `n` digits from the checkpoint's prior (`"prior": "standard"`: N(0, I)), or the
     digits asked for with `digit` / `digits`. PNG: one grid. The seed is echoed in `X-Seed`."""
+    return await draw_sample(body, engine, m, as_json)
+
+
+async def draw_sample(
+    body: SampleRequest, engine: Engine, m: LoadedModel, as_json: bool
+) -> Response:
+    """The whole of `/sample` once its body is valid (the fast path calls it too)."""
     digits = body.digit_list
     check_digits(m, body.prior, digits)
     seed = body.seed if body.seed is not None else secrets.randbits(63)
@@ -75,7 +91,7 @@ async def interpolate_uploads(
     preprocess: PreprocessQuery = "auto",
 ) -> Response:
     """A strip between the encodings (posterior means) of two uploaded images."""
-    uploads = [await read_upload(f, settings) for f in (start, end)]
+    uploads = [await read_upload(f, settings.max_upload_bytes) for f in (start, end)]
     x = torch.cat([await to_model_input(d, settings, preprocess, gate) for d in uploads])
     mu, _ = await engine.encode(m, x)
     z, images = await engine.interpolate(m, mu[0], mu[1], steps)

@@ -7,22 +7,24 @@ from typing import Annotated
 import torch
 from fastapi import APIRouter, Query, Response
 
-from app.deps import (
+from app.config import MAX_URL_BYTES
+from app.errors import InvalidInput
+from app.images.upload import decode_base64url
+from app.inference.engine import Engine, LoadedModel
+from app.routes.deps import (
     DecodeGateDep,
     EngineDep,
     ExamplesDep,
     JsonDep,
     ModelDep,
+    PreprocessQuery,
     SettingsDep,
     UploadedImage,
+    to_model_input,
 )
-from app.engine import Engine, LoadedModel
-from app.errors import InvalidInput
-from app.http_edge import MAX_URL_BYTES
-from app.responses import latent_response, reconstruction_response
 from app.routes.openapi import ERRORS, PNG_RESPONSE
+from app.routes.responses import latent_response, reconstruction_response
 from app.schemas import LatentResponse, ReconstructResponse
-from app.uploads import PreprocessQuery, decode_base64url, to_model_input
 
 router = APIRouter(tags=["images"], responses=ERRORS)
 
@@ -62,7 +64,7 @@ async def encode_query(
     if example is not None:
         x = examples.get(example).tensor.unsqueeze(0)
     else:
-        data = decode_base64url(image or "", settings)
+        data = decode_base64url(image or "", settings.max_upload_bytes)
         x = await to_model_input(data, settings, preprocess, gate)
     return await _encode(engine, m, x)
 

@@ -4,7 +4,7 @@ Two models come out of one checkpoint: `<dataset>-vae-decoder` (`z` -> `image`) 
 `<dataset>-vae-encoder` (`image` -> `mu`, `logvar`), both versioned by the checkpoint's sha256
 prefix, so a reload shows up as a new version. Inference goes through `Engine.decode` and
 `Engine.encode`, the micro-batchers that `/decode` and `/encode` use, so requests of both APIs
-share batches. Errors are `{"error": "..."}` as the protocol says (`app.error_responses`).
+share batches. Errors are `{"error": "..."}` as the protocol says (`app.http.error_bodies`).
 """
 
 from __future__ import annotations
@@ -17,11 +17,11 @@ import numpy as np
 import torch
 from fastapi import APIRouter, Header, Request, Response
 
-from app.deps import EngineDep, ModelDep
-from app.engine import Engine, LoadedModel
-from app.error_responses import PROTOCOL_PREFIX
 from app.errors import BadInferenceRequest, NotFound
-from app.inference_protocol import (
+from app.http.error_bodies import PROTOCOL_PREFIX
+from app.inference.engine import Engine, LoadedModel
+from app.routes.deps import EngineDep, ModelDep
+from app.routes.oip_codec import (
     BINARY_EXTENSION,
     HEADER_LENGTH,
     TensorSpec,

@@ -1,14 +1,14 @@
 """What the OpenAPI document says about responses the route functions do not declare themselves.
 
 FastAPI only knows the JSON `response_model`; the PNG alternative and the error statuses (raised
-as `app.errors` types, mapped in `app.error_responses`) are described here once for every router.
+as `app.errors` types, mapped in `app.http.error_bodies`) are described here once for every router.
 """
 
 from __future__ import annotations
 
 from typing import Any
 
-from app.responses import PNG
+from app.routes.responses import PNG
 
 OpenApiResponses = dict[int | str, dict[str, Any]]
 

@@ -7,13 +7,13 @@ import platform
 
 import fastapi
 import torch
-from fastapi import APIRouter, Depends, Request, Response
+from fastapi import APIRouter, Request, Response, Security
 from fastapi.responses import JSONResponse
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
-from app.auth import require_api_key
-from app.deps import EngineDep, ModelDep
-from app.engine import Engine, LoadedModel
+from app.http.auth import api_key_scheme
+from app.inference.engine import Engine, LoadedModel
+from app.routes.deps import EngineDep, ModelDep
 from app.schemas import BackendResponse, ModelResponse, Status
 from models.prior import describe as describe_prior
 
@@ -51,7 +51,7 @@ async def prometheus_metrics() -> Response:
     return Response(generate_latest(), media_type=CONTENT_TYPE_LATEST)
 
 
-@router.get("/model", response_model=ModelResponse, dependencies=[Depends(require_api_key)])
+@router.get("/model", response_model=ModelResponse, dependencies=[Security(api_key_scheme)])
 async def model_info(m: ModelDep, engine: EngineDep) -> ModelResponse:
     """The checkpoint being served: its identity, training metrics and where it runs."""
     meta = m.metadata
@@ -68,7 +68,7 @@ async def model_info(m: ModelDep, engine: EngineDep) -> ModelResponse:
             "max_batch_size": engine.settings.max_batch_size,
             "max_wait_ms": engine.settings.max_wait_ms,
             "upload_batch_wait_ms": engine.settings.upload_batch_wait_ms,
-            "inline_lone_batches": engine.inline_lone,
+            "inline_lone_batches": engine.lone_rows_now,
         },
         prior={**describe_prior(m.prior), "digit_guide": _guide(engine, m)},
         metrics=meta.get("metrics") or {},

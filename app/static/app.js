@@ -447,6 +447,16 @@ $("api-key").addEventListener("change", (ev) => {
   loadPrior();
 });
 
+// Says which prior the samples come from: the encoder was trained against N(0, 1), but a
+// checkpoint may serve a learned mixture instead (/model's prior).
+function priorNote(prior) {
+  if (prior.name !== "mixture") return "The prior, which samples come from, is N(0,\u00a01).";
+  const perDigit = prior.digits?.length && prior.class_components;
+  return "The encoder was trained against N(0,\u00a01); samples come from a learned prior, " +
+    `a mixture of ${prior.components} Gaussians fitted to the training digits' codes` +
+    (perDigit ? `, ${prior.class_components} for each digit.` : ".");
+}
+
 // The digit picker only offers what the served prior can draw (/model lists its digits).
 async function loadPrior() {
   const select = $("digit");
@@ -457,6 +467,7 @@ async function loadPrior() {
     select.disabled = digits.size === 0;
     select.title = digits.size ? "" : "this model's prior cannot choose a digit";
     if (select.selectedOptions[0]?.disabled) select.value = "";
+    $("prior-note").textContent = priorNote(info.prior || {});
   } catch {
     // /model unreachable (e.g. the key is missing): leave the picker; the API says what is wrong.
   }

@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Prints `--add-host NAME:IP` for every package registry a build may need, for hosts where
-# containers cannot resolve names themselves (dockerd --dns 127.0.0.1, see docs/deploy.md).
+# containers cannot resolve names themselves (dockerd --dns 127.0.0.1, see docs/deployment.md).
 # The names are read at run time from apt's sources, pip's configuration and pip's default index,
 # so no registry host name is written into this repository. Extra names: VAE_BUILD_HOSTS="a b".
 # A name that resolves to a private-range address is skipped: builds must not reach those.

@@ -21,7 +21,7 @@ def free_port() -> int:
 
 
 class LiveServer:
-    """Starts `python -m app.cli` and keeps its stderr, so a test can read the log lines."""
+    """Starts `python -m app.server.cli` and keeps its stderr, so a test can read the log lines."""
 
     def __init__(self, checkpoint: Path, **env: str) -> None:
         self.port = free_port()
@@ -32,7 +32,15 @@ class LiveServer:
         )
         environ.update(env)
         self.process = subprocess.Popen(
-            [sys.executable, "-m", "app.cli", "--host", "127.0.0.1", "--port", str(self.port)],
+            [
+                sys.executable,
+                "-m",
+                "app.server.cli",
+                "--host",
+                "127.0.0.1",
+                "--port",
+                str(self.port),
+            ],
             cwd=REPO,
             env=environ,
             stderr=subprocess.PIPE,

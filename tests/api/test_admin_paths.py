@@ -15,9 +15,9 @@ import pytest
 import torch
 from fastapi.testclient import TestClient
 
-from app.checkpoint_paths import ReloadPathRefused, checkpoint_root, resolve_checkpoint
-from app.errors import NotFound
+from app.errors import NotFound, ReloadPathRefused
 from app.main import create_app
+from app.routes.checkpoint_paths import checkpoint_root, resolve_checkpoint
 from models.checkpoint import CheckpointError, load_checkpoint, read_checkpoint
 from models.vae import VAEConfig
 

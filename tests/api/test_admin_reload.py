@@ -121,7 +121,7 @@ def test_a_checkpoint_replaced_while_loading_is_refused(
     """/model must never show a sha256 other than the weights being served."""
     import shutil
 
-    from app import engine
+    from app.inference import loading as engine
     from models.checkpoint import CheckpointError
 
     path = tmp_path / "model.pt"

@@ -8,13 +8,8 @@ import time
 
 import pytest
 
-from app.admission import DecodeGate, InferenceGate, image_pixels
 from app.errors import Overloaded
-
-
-def test_image_pixels_reads_the_header_only(digit_png):
-    assert image_pixels(digit_png) == 28 * 28
-    assert image_pixels(b"not an image") == 1
+from app.inference.admission import DecodeGate, InferenceGate
 
 
 def test_decodes_never_exceed_the_thread_count_or_the_pixel_budget():
@@ -86,13 +81,13 @@ def test_a_request_that_gives_up_frees_its_place_and_its_budget():
 
 
 def test_inference_gate_refuses_work_that_would_wait_past_the_timeout():
-    gate = InferenceGate(timeout_s=1.0)
+    gate = InferenceGate()
     gate.seconds_per_row["decode"] = 0.001  # 256 rows: 0.256 s
 
     admitted, refused = [], 0
     for _ in range(10):
         try:
-            admitted.append(gate.reserve("decode", 256))
+            admitted.append(gate.reserve("decode", 256, time_left_s=1.0))
         except Overloaded as exc:
             assert exc.retry_after >= 1
             refused += 1
@@ -103,7 +98,7 @@ def test_inference_gate_refuses_work_that_would_wait_past_the_timeout():
 
 
 def test_inference_gate_learns_seconds_per_row_from_the_batches():
-    gate = InferenceGate(timeout_s=10)
+    gate = InferenceGate()
     timed = gate.timed("encode", lambda key, batch: time.sleep(0.01 * len(batch)) or batch)
     for _ in range(20):
         timed(None, [0] * 4)

@@ -58,7 +58,7 @@ def test_a_blank_key_refuses_to_start_with_one_line(tiny_checkpoint, variable, v
     env = {k: v for k, v in os.environ.items() if not k.startswith("VAE_")}
     env.update({"VAE_CHECKPOINT": str(tiny_checkpoint), variable: value})
     done = subprocess.run(
-        [sys.executable, "-m", "app.cli", "--port", "0"],
+        [sys.executable, "-m", "app.server.cli", "--port", "0"],
         cwd=REPO,
         env=env,
         capture_output=True,

@@ -9,10 +9,12 @@ import logging
 import pytest
 import torch
 
-from app import backends
-from app.backends import FP32_BOUND, REDUCED_BOUND, TorchRunner, select_runner
-from app.cuda_graphs import BucketedRunner, buckets_up_to
-from app.examples import ExampleStore
+from app.images.examples import ExampleStore
+from app.inference.backends import onnx, select
+from app.inference.backends.base import FP32_BOUND, REDUCED_BOUND, check
+from app.inference.backends.cuda_graphs import BucketedRunner, buckets_up_to
+from app.inference.backends.eager import TorchRunner
+from app.inference.backends.select import select_runner
 from models.checkpoint import load_checkpoint
 
 BOUNDS = {"onnxruntime": FP32_BOUND, "openvino": FP32_BOUND, "openvino-bf16": REDUCED_BOUND}
@@ -63,9 +65,9 @@ def test_auto_is_onnxruntime_on_the_cpu(reference):
 
 
 def test_a_backend_that_returns_wrong_numbers_falls_back_to_torch(reference, monkeypatch, caplog):
-    real_decode = backends.OnnxRuntimeRunner.decode
+    real_decode = onnx.OnnxRuntimeRunner.decode
     monkeypatch.setattr(
-        backends.OnnxRuntimeRunner, "decode", lambda self, z: real_decode(self, z) + 1e-3
+        onnx.OnnxRuntimeRunner, "decode", lambda self, z: real_decode(self, z) + 1e-3
     )
     with caplog.at_level(logging.WARNING, logger="app.backends"):
         runner, info = select_runner("onnxruntime", reference, threads=1)
@@ -80,7 +82,7 @@ def test_a_backend_that_cannot_be_built_falls_back_to_torch(reference, monkeypat
     def broken(graphs, threads):
         raise ImportError("No module named 'onnxruntime'")
 
-    monkeypatch.setattr(backends, "OnnxRuntimeRunner", broken)
+    monkeypatch.setattr(select, "OnnxRuntimeRunner", broken)
     runner, info = select_runner("onnxruntime", reference, threads=1)
     assert runner is reference and "could not be built" in info.fallback_reason
 
@@ -102,7 +104,7 @@ def test_bucketed_runs_pad_to_the_bucket_and_return_only_the_callers_rows(refere
     images = runner.decode(z)
     assert seen == [8] and images.shape == (5, 1, 32, 32)
     assert _worst(images, reference.decode(z)) < 1e-5
-    assert backends.check(runner, reference) < 1e-5
+    assert check(runner, reference) < 1e-5
     big = torch.randn(9, reference.model.latent_dim)
     assert runner.decode(big).shape[0] == 9  # over the largest bucket: eager, not an error
 
@@ -126,7 +128,7 @@ def test_model_says_which_backend_serves_and_a_seed_gives_the_same_bytes(
 
 def test_model_reports_a_fallback(make_settings, serving, monkeypatch):
     monkeypatch.setattr(
-        backends.OnnxRuntimeRunner, "encode", lambda self, x: (x.new_zeros(len(x), 8),) * 2
+        onnx.OnnxRuntimeRunner, "encode", lambda self, x: (x.new_zeros(len(x), 8),) * 2
     )
 
     async def run():

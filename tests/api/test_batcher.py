@@ -11,8 +11,8 @@ from concurrent.futures import ThreadPoolExecutor
 
 import torch
 
-from app.batching import MicroBatcher
 from app.config import Settings
+from app.inference.batching import MicroBatcher
 
 
 class Recorder:
@@ -32,7 +32,7 @@ class Recorder:
 
 
 def batcher(fn: Callable[[str, torch.Tensor], torch.Tensor], **knobs) -> MicroBatcher:
-    defaults = dict(max_batch_size=8, queue_size=64, timeout_s=10.0)
+    defaults = dict(max_batch_size=8, queue_size=64)
     executor = ThreadPoolExecutor(1, thread_name_prefix="inference")
     return MicroBatcher("test", fn, executor, **{**defaults, **knobs})
 
@@ -108,7 +108,6 @@ def test_a_split_job_keeps_tuple_outputs_in_order():
             ThreadPoolExecutor(1),
             max_batch_size=3,
             queue_size=16,
-            timeout_s=5.0,
         )
         b.start()
         try:
@@ -148,11 +147,12 @@ def test_inline_a_lone_row_runs_at_once_on_the_loop_and_a_burst_still_batches():
         return rows * 2
 
     async def run() -> None:
-        b = batcher(fn, inline_lone=True, lone_at_once=True)
+        b = batcher(fn, lone_rows_now=True)
         b.start()
         try:
             assert (await b.submit("m", torch.ones(1, 1))).item() == 2.0
-            assert (await b.submit("m", torch.ones(1, 1))).item() == 2.0  # a later turn: again
+            await asyncio.sleep(0)  # the next request comes in a later turn of the loop
+            assert (await b.submit("m", torch.ones(1, 1))).item() == 2.0  # at once again
             assert (await b.submit("m", torch.ones(3, 1))).sum().item() == 6.0  # not a lone row
             burst = await asyncio.gather(*[b.submit("m", torch.ones(1, 1)) for _ in range(5)])
             assert [r.item() for r in burst] == [2.0] * 5
@@ -170,16 +170,16 @@ def test_inline_a_lone_row_runs_at_once_on_the_loop_and_a_burst_still_batches():
     assert len(calls) == 5
 
 
-def test_inline_lone_batches_auto_means_one_cpu_core(monkeypatch):
-    from app import engine
+def test_lone_rows_run_now_by_default_only_with_one_cpu_core(monkeypatch):
+    from app.inference import threads
 
-    monkeypatch.setattr(engine.os, "sched_getaffinity", lambda pid: {0})
-    assert engine.inline_lone_batches("auto", "cpu")
-    assert not engine.inline_lone_batches("off", "cpu")
-    monkeypatch.setattr(engine.os, "sched_getaffinity", lambda pid: {0, 1})
-    assert not engine.inline_lone_batches("auto", "cpu")
-    assert engine.inline_lone_batches("on", "cpu")
-    assert not engine.inline_lone_batches("auto", "cuda")
+    monkeypatch.setattr(threads.os, "sched_getaffinity", lambda pid: {0})
+    assert threads.lone_rows_now("auto", "cpu")
+    assert not threads.lone_rows_now("off", "cpu")
+    monkeypatch.setattr(threads.os, "sched_getaffinity", lambda pid: {0, 1})
+    assert not threads.lone_rows_now("auto", "cpu")
+    assert threads.lone_rows_now("on", "cpu")
+    assert not threads.lone_rows_now("auto", "cuda")
 
 
 def test_a_batch_waits_for_uploads_on_their_way_and_only_for_them():
@@ -242,7 +242,7 @@ def test_a_lone_row_that_fails_fails_its_caller_not_the_batcher():
         return rows * 2
 
     async def run() -> float:
-        b = batcher(fn, inline_lone=True, lone_at_once=True)
+        b = batcher(fn, lone_rows_now=True)
         b.start()
         try:
             try:

@@ -6,11 +6,12 @@ import asyncio
 import threading
 from concurrent.futures import ThreadPoolExecutor
 
+import pytest
 import torch
 from prometheus_client.parser import text_string_to_metric_families
 
-from app.batching import MicroBatcher
-from app.errors import InferenceTimeout, Overloaded, ShuttingDown
+from app.errors import Overloaded, ShuttingDown
+from app.inference.batching import MicroBatcher
 
 
 def batch_stats(metrics_text: str, op: str) -> tuple[float, float]:
@@ -60,7 +61,7 @@ def test_batched_results_match_one_at_a_time(settings, serving):
 
 def _batcher(fn=lambda key, rows: rows * 2, **knobs) -> MicroBatcher:
     """A batcher on its own thread; by default its "model" doubles every row."""
-    defaults = dict(max_batch_size=8, max_wait_ms=1.0, queue_size=16, timeout_s=5.0)
+    defaults = dict(max_batch_size=8, max_wait_ms=1.0, queue_size=16)
     return MicroBatcher("test", fn, ThreadPoolExecutor(1), **{**defaults, **knobs})
 
 
@@ -94,25 +95,32 @@ def test_full_queue_answers_overloaded():
     assert any(isinstance(r, torch.Tensor) for r in results)
 
 
-def test_slow_inference_times_out():
+def test_a_caller_past_its_deadline_stops_waiting_and_its_queued_rows_never_run():
     release = threading.Event()
+    ran: list[float] = []
 
     def stuck(key, rows):
         release.wait(5)
+        ran.append(rows.item())
         return rows
 
     async def run() -> object:
-        batcher = _batcher(stuck, max_batch_size=1, max_wait_ms=0, timeout_s=0.05)
+        batcher = _batcher(stuck, max_batch_size=1, max_wait_ms=0)
         batcher.start()
         try:
-            return (
-                await asyncio.gather(batcher.submit("m", torch.ones(1)), return_exceptions=True)
-            )[0]
+            first = asyncio.ensure_future(batcher.submit("m", torch.ones(1)))
+            await asyncio.sleep(0.05)  # running, stuck
+            with pytest.raises(TimeoutError):
+                async with asyncio.timeout(0.05):  # the guard's deadline, as in a request
+                    await batcher.submit("m", torch.full((1,), 2.0))
+            release.set()
+            return await first
         finally:
             release.set()
             await batcher.stop()
 
-    assert isinstance(asyncio.run(run()), InferenceTimeout)
+    assert asyncio.run(run()).item() == 1.0
+    assert ran == [1.0]  # the row whose caller gave up was dropped, not run
 
 
 def test_jobs_still_queued_at_shutdown_get_shutting_down():
@@ -123,7 +131,7 @@ def test_jobs_still_queued_at_shutdown_get_shutting_down():
         return rows
 
     async def run() -> list[object]:
-        batcher = _batcher(stuck, max_batch_size=1, max_wait_ms=0, timeout_s=1.0)
+        batcher = _batcher(stuck, max_batch_size=1, max_wait_ms=0)
         batcher.start()
         jobs = [asyncio.ensure_future(batcher.submit("m", torch.ones(1))) for _ in range(3)]
         await asyncio.sleep(0.05)  # the first is running, the others wait in the queue

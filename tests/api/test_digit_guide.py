@@ -15,7 +15,7 @@ from fastapi.testclient import TestClient
 from PIL import Image
 
 from app.config import DEFAULT_DIGIT_GUIDE, Settings
-from app.engine import load_digit_guide
+from app.inference.engine import load_digit_guide
 from app.main import create_app
 from models.checkpoint import CheckpointError, load_checkpoint_and_prior
 from models.classifier import DEFAULT_PATH as JUDGE_PATH

@@ -15,7 +15,7 @@ from live_server import REPO, STARTUP_TIMEOUT_S, free_port
 
 
 def vae_serve(*args: str, env: dict[str, str]) -> subprocess.Popen:
-    command = [sys.executable, "-m", "app.cli", *args]
+    command = [sys.executable, "-m", "app.server.cli", *args]
     inherited = {k: v for k, v in os.environ.items() if k not in ("VAE_API_KEY", "VAE_ADMIN_TOKEN")}
     return subprocess.Popen(
         command, cwd=REPO, env={**inherited, **env}, stderr=subprocess.PIPE, text=True

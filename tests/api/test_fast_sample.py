@@ -7,7 +7,7 @@ import json
 
 from fastapi.testclient import TestClient
 
-from app.access_log import ACCESS_LOG
+from app.http.logs import ACCESS_LOG
 from app.main import create_app
 
 
@@ -84,7 +84,7 @@ def test_access_lines_are_json_with_every_field(tmp_path):
         stream.close()
     lines = (tmp_path / "access.log").read_text().splitlines()
     first, second, third = [json.loads(line) for line in lines]
-    # written by hand, byte for byte what json.dumps gives (quotes, backslashes, non-ASCII)
+    # quotes, backslashes and non-ASCII as json.dumps writes them
     assert all(json.dumps(json.loads(line)) == line for line in lines)
     assert third["msg"] == 'GET /a"b\\c/\u00e9\n 404'
     assert list(first) == ["ts", "level", "logger", "msg", "request_id", "status", "route", "ms"]

@@ -84,7 +84,7 @@ def test_interpolate_between_latents_starts_and_ends_on_them(client):
 
 
 def test_interpolate_between_two_uploads(client, digit_png):
-    other = (REPO / "app" / "examples" / "1-0.png").read_bytes()
+    other = (REPO / "app" / "images" / "example_digits" / "1-0.png").read_bytes()
     files = {"start": ("a.png", digit_png, "image/png"), "end": ("b.png", other, "image/png")}
     response = client.post("/interpolate/upload?format=json", files=files, data={"steps": "4"})
     assert response.status_code == 200

@@ -21,7 +21,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from app.examples import ExampleStore
+from app.images.examples import ExampleStore
 from models.checkpoint import file_sha256, load_checkpoint
 
 httpclient = pytest.importorskip("tritonclient.http", reason="pip install 'tritonclient[http]'")
@@ -52,7 +52,7 @@ def server(tiny_checkpoint: Path) -> Iterator[str]:
         "VAE_DEVICE": "cpu",
         "VAE_API_KEY": API_KEY,
     }
-    command = [sys.executable, "-m", "app.cli", "--host", "127.0.0.1", "--port", str(port)]
+    command = [sys.executable, "-m", "app.server.cli", "--host", "127.0.0.1", "--port", str(port)]
     process = subprocess.Popen(command, cwd=REPO, env=env, stderr=subprocess.PIPE, text=True)
     started = threading.Event()
 

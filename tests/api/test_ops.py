@@ -7,8 +7,8 @@ import asyncio
 import httpx
 from prometheus_client.parser import text_string_to_metric_families
 
+from app.http.context import RequestContextMiddleware
 from app.main import create_app
-from app.request_context import RequestContextMiddleware
 
 
 def test_healthz(client):

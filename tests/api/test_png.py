@@ -9,7 +9,7 @@ import pytest
 import torch
 from PIL import Image
 
-from app.imaging import grey_png, grid_png, to_png
+from app.images.png import grey_png, grid_png, to_png
 
 
 @pytest.mark.parametrize("shape", [(32, 32), (1, 1), (32, 140), (70, 33)])

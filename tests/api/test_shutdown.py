@@ -20,11 +20,15 @@ from live_server import LiveServer, read_all, status_and_body
 GRACE_S = 4.0
 
 
-def half_sent_upload(server: LiveServer, body: bytes, sent: int) -> socket.socket:
+def half_sent_upload(
+    server: LiveServer, body: bytes, sent: int, request_id: str = "upload"
+) -> socket.socket:
     sock = server.connect()
     sock.sendall(
-        b"POST /encode HTTP/1.1\r\nHost: x\r\nContent-Length: %d\r\n"
-        b"Content-Type: multipart/form-data; boundary=b\r\n\r\n" % len(body) + body[:sent]
+        b"POST /encode HTTP/1.1\r\nHost: x\r\nContent-Length: %d\r\nX-Request-ID: %s\r\n"
+        b"Content-Type: multipart/form-data; boundary=b\r\n\r\n"
+        % (len(body), request_id.encode())
+        + body[:sent]
     )
     return sock
 
@@ -80,5 +84,35 @@ def test_an_idle_server_exits_at_once_and_cleanly(tiny_checkpoint: Path):
         server.process.send_signal(signal.SIGTERM)
         assert server.process.wait(timeout=25) == 0
         assert time.monotonic() - start < 3
+    finally:
+        server.stop()
+
+
+@pytest.mark.slow
+def test_every_answered_request_has_its_access_line_after_sigterm(tiny_checkpoint: Path, digit_png):
+    """`os._exit` skips the interpreter's teardown; the access log is flushed first on every way
+    out, so requests the drain cancels (answered 503) are logged like the rest."""
+    server = LiveServer(
+        tiny_checkpoint, VAE_SHUTDOWN_GRACE_S=str(GRACE_S), VAE_BODY_TIMEOUT_S="600"
+    )
+    try:
+        served = [f"served-{i}" for i in range(10)]
+        for request_id in served:
+            headers = {"X-Request-ID": request_id}
+            response = httpx.post(f"{server.url}/sample", json={"n": 1}, headers=headers)
+            assert response.status_code == 200
+        body = multipart(digit_png)
+        cancelled = [f"stalled-{i}" for i in range(5)]
+        stalled = [half_sent_upload(server, body, 40, rid) for rid in cancelled]
+        time.sleep(0.3)
+        server.process.send_signal(signal.SIGTERM)
+        answers = [status_and_body(read_all(sock, timeout=GRACE_S + 5))[0] for sock in stalled]
+        assert server.process.wait(timeout=GRACE_S + 10) == 0
+        assert answers == [503] * 5
+        time.sleep(0.5)  # the log reader reaches the end of stderr
+        access = [json.loads(line) for line in server.log if '"logger": "app.access"' in line]
+        logged = {entry["request_id"]: entry["status"] for entry in access}
+        assert {rid: logged.get(rid) for rid in served} == dict.fromkeys(served, 200)
+        assert {rid: logged.get(rid) for rid in cancelled} == dict.fromkeys(cancelled, 503)
     finally:
         server.stop()

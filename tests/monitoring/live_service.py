@@ -108,8 +108,9 @@ def running_service(folder: Path) -> Iterator[Service]:
 def exercise(service: Service, samples: int = 5) -> None:
     """Traffic that puts every kind of series on /metrics: inference on each batched
     operation, a 404, and a reload refused with 409 (a classifier is no VAE checkpoint)."""
-    digit = (REPO / "app" / "examples" / "7-0.png").read_bytes()
     with httpx.Client(base_url=service.url, timeout=60) as client:
+        example = client.get("/examples").json()["examples"][0]  # a real MNIST test digit
+        digit = client.get(example["url"]).content
         for seed in range(samples):
             assert client.post("/sample", json={"n": 2, "seed": seed}).status_code == 200
         files = {"file": ("7.png", digit, "image/png")}

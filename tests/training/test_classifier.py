@@ -25,7 +25,7 @@ from training.evaluate import main as eval_main
 from training.sample_quality import SampleJudge, gaussian_stats
 
 REPO = Path(__file__).resolve().parents[2]
-EXAMPLES = REPO / "app" / "examples"
+EXAMPLES = REPO / "app" / "images" / "example_digits"
 
 
 def test_shipped_classifier_is_small_safe_and_accurate():

@@ -76,6 +76,6 @@ def test_the_shipped_prior_draws_the_asked_digit_per_the_shipped_classifier():
     with torch.inference_mode():
         probs, _ = classify(classifier, model.decode(z))
     hits = (probs.argmax(1) == digits).float()
-    # 10,000 draws measure 96.8 % (README model card); this seeded batch of 200 must agree.
+    # 10,000 draws measure 96.8 % (docs/model-card.md); this seeded batch of 200 must agree.
     assert hits.mean() >= 0.94
     assert hits.view(20, 10).mean(0).min() >= 0.8  # every digit, not only on average

@@ -1,0 +1,67 @@
+"""The one check of a request body's size: one 413, in JSON, before the app reads too much.
+
+A body whose `Content-Length` is over the limit is refused before the app reads a byte of it; a
+chunked one as soon as its count passes the limit, and the app then sees a disconnect. Either way
+the answer closes the connection, so the rest of the body is never read.
+"""
+
+from __future__ import annotations
+
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from app.http.error_bodies import error_response, speaks_protocol
+
+
+class BodyLimitMiddleware:
+    def __init__(self, app: ASGIApp, max_bytes: int, max_upload_bytes: int) -> None:
+        self.app = app
+        self.max_bytes = max_bytes
+        self.detail = (
+            f"request body too large: at most {max_bytes} bytes "
+            f"(uploads may be at most {max_upload_bytes} bytes each, VAE_MAX_UPLOAD_BYTES)"
+        )
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        length = _content_length(scope)
+        if length is not None and length > self.max_bytes:
+            await self._refuse(scope, receive, send)
+            return
+        received = 0
+        refused = started = False
+
+        async def counting_receive() -> Message:
+            nonlocal received, refused
+            if refused:
+                return {"type": "http.disconnect"}
+            message = await receive()
+            if message["type"] == "http.request":
+                received += len(message.get("body", b""))
+                if received > self.max_bytes:
+                    refused = True
+                    if not started:
+                        await self._refuse(scope, receive, send)
+                    return {"type": "http.disconnect"}
+            return message
+
+        async def send_unless_refused(message: Message) -> None:
+            nonlocal started
+            if not refused:
+                started = True
+                await send(message)
+
+        await self.app(scope, counting_receive, send_unless_refused)
+
+    async def _refuse(self, scope: Scope, receive: Receive, send: Send) -> None:
+        protocol = speaks_protocol(scope["path"])
+        response = error_response(413, self.detail, {"Connection": "close"}, protocol=protocol)
+        await response(scope, receive, send)
+
+
+def _content_length(scope: Scope) -> int | None:
+    for name, value in scope["headers"]:
+        if name == b"content-length":
+            return int(value) if value.isdigit() else None
+    return None

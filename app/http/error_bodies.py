@@ -1,0 +1,98 @@
+"""The one place where errors become HTTP: the status comes from the error's type, one JSON shape.
+
+Every error body is `{"detail": ...}`; a 500 adds the request id and says nothing more, because
+an exception's text may hold paths, data or internals. The log line with that id has the rest.
+Under `/v2/` (the Open Inference Protocol) the same errors read `{"error": "..."}`, the shape that
+protocol's clients parse.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from typing import Any
+
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
+from starlette.exceptions import HTTPException
+
+from app.errors import Overloaded, ServiceError, Unauthorized
+from app.http.request_id import current_request_id
+
+log = logging.getLogger("app")
+
+
+PROTOCOL_PREFIX = "/v2"
+
+
+def error_response(
+    status: int, detail: Any, headers: dict[str, str] | None = None, *, protocol: bool = False
+) -> JSONResponse:
+    """`{"detail": ...}` with `status`; a 500 also names the request, to quote in a bug report.
+
+    `protocol`: the Open Inference Protocol's `{"error": "<text>"}` instead.
+    """
+    body: dict[str, Any]
+    if protocol:
+        body = {"error": detail if isinstance(detail, str) else json.dumps(detail)}
+    else:
+        body = {"detail": detail}
+    if status == 500:
+        body["request_id"] = current_request_id()
+    return JSONResponse(body, status, headers=headers)
+
+
+def internal_error() -> JSONResponse:
+    """The answer to a bug: a 500 with nothing in it but the request id."""
+    return error_response(500, "internal error")
+
+
+def install_error_handlers(app: FastAPI) -> None:
+    """Maps the service's errors, FastAPI's validation errors and Starlette's HTTP errors.
+
+    Anything else is answered with `internal_error()` by `RequestContextMiddleware`.
+    """
+
+    @app.exception_handler(ServiceError)
+    async def service_error(request: Request, exc: ServiceError) -> JSONResponse:
+        return service_error_response(exc, protocol=_protocol(request))
+
+    @app.exception_handler(RequestValidationError)
+    async def invalid_request(request: Request, exc: RequestValidationError) -> JSONResponse:
+        errors = [_safe_error(e) for e in exc.errors()]
+        return error_response(422, errors, protocol=_protocol(request))
+
+    @app.exception_handler(HTTPException)
+    async def http_error(request: Request, exc: HTTPException) -> JSONResponse:
+        return error_response(exc.status_code, exc.detail, exc.headers, protocol=_protocol(request))
+
+
+def service_error_response(exc: ServiceError, *, protocol: bool = False) -> JSONResponse:
+    """The answer to one of the service's own errors, with the headers its status calls for."""
+    overloaded = isinstance(exc, Overloaded)
+    if overloaded or exc.status_code >= 500:
+        log.warning("%s: %s", type(exc).__name__, exc.detail)
+    headers = None
+    if overloaded:
+        headers = {"Retry-After": str(exc.retry_after)}
+    elif isinstance(exc, Unauthorized):
+        headers = {"WWW-Authenticate": "Bearer"}
+    return error_response(exc.status_code, exc.detail, headers, protocol=protocol)
+
+
+def speaks_protocol(path: str) -> bool:
+    """Whether a path is one of the Open Inference Protocol's (`/v2`, `/v2/...`)."""
+    return path == PROTOCOL_PREFIX or path.startswith(PROTOCOL_PREFIX + "/")
+
+
+def _protocol(request: Request) -> bool:
+    return speaks_protocol(request.url.path)
+
+
+def _safe_error(error: dict[str, Any]) -> dict[str, Any]:
+    """Pydantic's error without the offending input (it may be NaN or megabytes) or raw ctx."""
+    safe = {k: error[k] for k in ("type", "loc", "msg") if k in error}
+    if "ctx" in error:
+        safe["ctx"] = {k: str(v) for k, v in error["ctx"].items()}
+    return safe

@@ -1,0 +1,81 @@
+"""What every request passes before a route: the API key, the drain, and the request deadline.
+
+Plain ASGI, inside the request context (so its refusals carry a request id and reach the metrics)
+and inside CORS (so preflights stay open):
+
+- With `VAE_API_KEY` set, every path but `OPEN_PATHS` needs `Authorization: Bearer <key>`, the
+  docs, the web page and unknown paths included (a 401 says nothing about which routes exist).
+- While the service drains (`app.http.lifecycle`), new work gets 503 with `Retry-After` and
+  `Connection: close`; health, readiness and metrics still answer.
+- Each request runs under an `asyncio.timeout` that waits until its deadline starts
+  (`app.deadline.start`, once the body has arrived); past it, the request gets 504.
+"""
+
+from __future__ import annotations
+
+import asyncio
+
+from fastapi import Request
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from app import deadline
+from app.config import Settings
+from app.http.auth import UNAUTHORIZED, authorized, bearer_value
+from app.http.error_bodies import error_response, speaks_protocol
+from app.http.lifecycle import Lifecycle
+
+# Health, readiness (also the Open Inference Protocol's) and metrics: for probes and scrapers.
+OPEN_PATHS = frozenset({"/healthz", "/readyz", "/metrics", "/v2/health/live", "/v2/health/ready"})
+
+
+class RequestGuardMiddleware:
+    def __init__(self, app: ASGIApp, settings: Settings, lifecycle: Lifecycle) -> None:
+        self.app = app
+        self.api_key = bearer_value(settings.api_key)
+        self.lifecycle = lifecycle
+        self.timeout_s = settings.request_timeout_s
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http" or scope["path"] in OPEN_PATHS:
+            await self.app(scope, receive, send)
+            return
+        protocol = speaks_protocol(scope["path"])  # /v2 errors read {"error": ...}
+        if self.api_key is not None and not authorized(scope, self.api_key):
+            headers = {"WWW-Authenticate": "Bearer"}
+            refusal = error_response(401, UNAUTHORIZED, headers, protocol=protocol)
+            await refusal(scope, receive, send)
+            return
+        if self.lifecycle.draining:
+            headers = {"Retry-After": "1", "Connection": "close"}
+            refusal = error_response(503, "server is shutting down", headers, protocol=protocol)
+            await refusal(scope, receive, send)
+            return
+        started = False
+
+        async def send_tracking(message: Message) -> None:
+            nonlocal started
+            started = started or message["type"] == "http.response.start"
+            await send(message)
+
+        try:
+            async with asyncio.timeout(None) as timeout:
+                scope[deadline.SCOPE_KEY] = timeout
+                await self.app(scope, receive, send_tracking)
+        except TimeoutError:
+            if started:
+                raise
+            detail = deadline.timeout_detail(self.timeout_s)
+            await error_response(504, detail, protocol=protocol)(scope, receive, send)
+        except asyncio.CancelledError:
+            # uvicorn cancels what is still running when the shutdown grace runs out (e.g. an
+            # upload whose client went silent): answer it, rather than a traceback per request.
+            if started or not self.lifecycle.draining:
+                raise
+            detail = "server shut down before this request completed; retry"
+            refusal = error_response(503, detail, {"Connection": "close"}, protocol=protocol)
+            await refusal(scope, receive, send)
+
+
+async def start_deadline(request: Request) -> None:
+    """A route dependency: the body has arrived by the time it runs, so the clock starts here."""
+    deadline.start(request.scope, request.app.state.settings.request_timeout_s)

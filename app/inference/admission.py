@@ -1,0 +1,181 @@
+"""Admission control for the whole request: image decodes and inference, each with an estimate.
+
+A small PNG can hold 4096x4096 16-bit pixels, which take seconds and hundreds of megabytes to
+decode; and a queue that only refuses when full lets a flood of heavy requests wait until they
+time out (504) instead of being told to come back (503). Both gates admit work only while it can
+finish before the request's deadline, and otherwise answer 503 with `Retry-After` at once:
+
+- `DecodeGate` runs at most `concurrency` decodes, on its own threads, with at most
+  `pixel_budget` pixels among them (one maximal image by default), in arrival order. It learns
+  the seconds per pixel as it goes, and refuses a decode whose wait plus run would pass the
+  request's deadline.
+- `InferenceGate` keeps the estimated seconds of inference work in flight (rows times the learned
+  seconds per row of each operation, which share one inference thread) and refuses a job that
+  could not finish before the request's deadline (`app.deadline`).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import math
+import time
+from collections import deque
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from typing import Any, TypeVar
+
+from app.errors import Overloaded
+
+T = TypeVar("T")
+
+# Estimates until the first measurements replace them (docs/benchmarks.md has the real ones).
+PRIOR_DECODE_S_PER_PIXEL = 4e-7
+PRIOR_INFERENCE_S_PER_ROW = 2e-3
+EWMA_WEIGHT = 0.2
+
+
+def retry_after(wait_s: float) -> int:
+    return max(1, math.ceil(wait_s))
+
+
+@dataclass(eq=False)
+class _Waiter:
+    pixels: int
+    future: asyncio.Future = field(repr=False)
+
+
+class DecodeGate:
+    """Bounded, budgeted, deadline-aware image decoding (see the module doc)."""
+
+    def __init__(self, concurrency: int, pixel_budget: int) -> None:
+        self.concurrency = concurrency
+        self.pixel_budget = pixel_budget
+        self._executor = ThreadPoolExecutor(concurrency, thread_name_prefix="decode")
+        self._running = 0
+        self._pixels_running = 0
+        self._waiters: deque[_Waiter] = deque()
+        self._pixels_waiting = 0
+        self.seconds_per_pixel = PRIOR_DECODE_S_PER_PIXEL
+
+    @property
+    def busy(self) -> bool:
+        """Uploads are being decoded or wait to be: they are on their way to a batcher."""
+        return self._running > 0 or bool(self._waiters)
+
+    def expected_wait_s(self) -> float:
+        """Time until a decode arriving now could start: the work ahead of it, spread over the
+        threads (the pixel budget may let fewer run at once, so this is a lower bound)."""
+        ahead = self._pixels_running + self._pixels_waiting
+        return ahead * self.seconds_per_pixel / self.concurrency
+
+    async def run(self, pixels: int, fn: Callable[[], T], time_left_s: float) -> T:
+        """Runs `fn` on a decode thread once `pixels` fit, or raises `Overloaded` (503)."""
+        pixels = min(max(1, pixels), self.pixel_budget)
+        wait = self.expected_wait_s() if (self._running or self._waiters) else 0.0
+        if wait + pixels * self.seconds_per_pixel > time_left_s:
+            raise Overloaded(
+                f"image decoding is busy (about {wait:.1f} s of work ahead), retry shortly",
+                retry_after=retry_after(wait),
+            )
+        await self._acquire(pixels)
+        loop = asyncio.get_running_loop()
+
+        def decode() -> T:
+            started = time.perf_counter()
+            try:
+                return fn()
+            finally:  # released when the thread is done, even if the request stopped waiting
+                elapsed = time.perf_counter() - started
+                with contextlib.suppress(RuntimeError):  # the loop closed at shutdown
+                    loop.call_soon_threadsafe(self._release, pixels, elapsed)
+
+        return await loop.run_in_executor(self._executor, decode)
+
+    async def _acquire(self, pixels: int) -> None:
+        if not self._waiters and self._fits(pixels):
+            self._take(pixels)
+            return
+        waiter = _Waiter(pixels, asyncio.get_running_loop().create_future())
+        self._waiters.append(waiter)
+        self._pixels_waiting += pixels
+        try:
+            await waiter.future
+        except BaseException:
+            if waiter.future.done() and not waiter.future.cancelled():
+                self._release(pixels, None)  # granted just as the request gave up
+            else:
+                self._waiters.remove(waiter)
+                self._pixels_waiting -= pixels
+                self._wake()
+            raise
+
+    def _fits(self, pixels: int) -> bool:
+        return (
+            self._running < self.concurrency and self._pixels_running + pixels <= self.pixel_budget
+        )
+
+    def _take(self, pixels: int) -> None:
+        self._running += 1
+        self._pixels_running += pixels
+
+    def _release(self, pixels: int, elapsed: float | None) -> None:
+        self._running -= 1
+        self._pixels_running -= pixels
+        if elapsed is not None and pixels >= 4096:  # tiny images say more about overhead
+            sample = elapsed / pixels
+            self.seconds_per_pixel += EWMA_WEIGHT * (sample - self.seconds_per_pixel)
+        self._wake()
+
+    def _wake(self) -> None:
+        while self._waiters and self._fits(self._waiters[0].pixels):
+            waiter = self._waiters.popleft()
+            self._pixels_waiting -= waiter.pixels
+            if waiter.future.done():  # cancelled meanwhile
+                continue
+            self._take(waiter.pixels)
+            waiter.future.set_result(None)
+
+    def shutdown(self) -> None:
+        self._executor.shutdown(wait=False, cancel_futures=True)
+
+
+class InferenceGate:
+    """Refuses inference that could not finish before the request's deadline (503, not a 504)."""
+
+    def __init__(self) -> None:
+        self.pending_s = 0.0
+        self.seconds_per_row: dict[str, float] = {}
+
+    def learn(self, op: str, rows: int, seconds: float) -> None:
+        """One measured run of `op` over `rows` rows, into its moving average."""
+        spr = self.seconds_per_row.get(op, PRIOR_INFERENCE_S_PER_ROW)
+        self.seconds_per_row[op] = spr + EWMA_WEIGHT * (seconds / max(1, rows) - spr)
+
+    def timed(self, op: str, fn: Callable[..., Any]) -> Callable[..., Any]:
+        """Wraps a batch function (run on the inference thread) to learn its seconds per row."""
+        self.seconds_per_row.setdefault(op, PRIOR_INFERENCE_S_PER_ROW)
+
+        def run(key: Any, batch: Any) -> Any:
+            started = time.perf_counter()
+            out = fn(key, batch)
+            self.learn(op, len(batch), time.perf_counter() - started)
+            return out
+
+        return run
+
+    def reserve(self, op: str, rows: int, time_left_s: float) -> float:
+        """Books `rows` of `op` and returns their estimated seconds, to `release` when done;
+        raises `Overloaded` (503) when the work already booked would outlast `time_left_s`."""
+        cost = rows * self.seconds_per_row.get(op, PRIOR_INFERENCE_S_PER_ROW)
+        if self.pending_s > 0 and self.pending_s + cost > time_left_s:
+            raise Overloaded(
+                f"{op} queue holds about {self.pending_s:.1f} s of work, retry shortly",
+                retry_after=retry_after(self.pending_s),
+            )
+        self.pending_s += cost
+        return cost
+
+    def release(self, cost: float) -> None:
+        self.pending_s = max(0.0, self.pending_s - cost)

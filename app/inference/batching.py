@@ -1,0 +1,218 @@
+"""`MicroBatcher`: merges concurrent requests into forward passes without waiting for nothing.
+
+When the model is idle a request runs at once; requests that arrive while a batch runs queue up
+and form the next batch, so batches grow with the load by themselves and a lone request never
+waits for company. A batch waits only for jobs known to be on their way (`more_coming`: uploads
+still being decoded) for at most `more_coming_wait_s`, or for `max_wait_ms` when that is opted in.
+A job larger than `max_batch_size` rows is split, and its rows come back in order.
+
+Batches run on the executor's thread, so the event loop keeps reading requests meanwhile. With
+`lone_rows_now` (a process with one core, see `app.inference.engine.lone_rows_now`) a lone row that
+finds the model idle runs right in `submit` instead: with one core the thread cannot run beside
+the loop anyway, and the hop there and back is worth 5 % or more of `/sample` at c=1
+(`docs/benchmarks.md`). That happens once per turn of the loop, so a burst still shares a batch.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Callable
+from concurrent.futures import Executor
+from dataclasses import dataclass
+from typing import Generic, TypeVar
+
+import torch
+
+from app.errors import InferenceFailed, NotReady, Overloaded, ShuttingDown
+from app.inference import metrics
+
+log = logging.getLogger("app.inference.engine")
+
+K = TypeVar("K")
+Output = torch.Tensor | tuple[torch.Tensor, ...]
+
+
+@dataclass(eq=False, slots=True)
+class _Job(Generic[K]):
+    key: K
+    rows: torch.Tensor
+    future: asyncio.Future
+    size: int  # rows.shape[0], kept: `len()` on a tensor is a Python-level call
+
+
+class MicroBatcher(Generic[K]):
+    """Merges concurrent `submit` calls into one call of `fn(key, rows)` on the executor.
+
+    `fn` takes a batch along dim 0 and returns a tensor (or tuple of tensors) with the same leading
+    size; each caller gets its own rows back. Jobs are only merged when they share `key` (the model
+    they started on). One batch runs at a time per batcher; the next is whatever queued meanwhile.
+    """
+
+    def __init__(
+        self,
+        name: str,
+        fn: Callable[[K, torch.Tensor], Output],
+        executor: Executor,
+        *,
+        max_batch_size: int,
+        max_wait_ms: float = 0.0,
+        queue_size: int,
+        lone_rows_now: bool = False,
+    ) -> None:
+        self.name = name
+        self._fn = fn
+        self._executor = executor
+        self._max_rows = max_batch_size
+        self._max_wait = max_wait_ms / 1000.0
+        self._lone_rows_now = lone_rows_now and self._max_wait == 0
+        self._busy = False  # a batch is running (on the loop or on the executor)
+        self._ran_now = False  # a lone row ran in `submit` during this turn of the event loop
+        self._queue: asyncio.Queue[_Job[K]] = asyncio.Queue(maxsize=queue_size)
+        self._task: asyncio.Task | None = None
+        # Set by the owner (`Engine.batch_uploads_with`): whether more jobs are on their way
+        # (uploads being decoded), and how long a batch may wait for them.
+        self.more_coming: Callable[[], bool] | None = None
+        self.more_coming_wait_s = 0.0
+        self._batch_sizes = metrics.BATCH_SIZE.labels(op=name)
+        metrics.QUEUE_DEPTH.labels(op=name).set_function(self._queue.qsize)
+
+    def start(self) -> None:
+        loop = asyncio.get_running_loop()
+        self._task = loop.create_task(self._run(), name=f"batcher-{self.name}")
+
+    async def stop(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            await asyncio.gather(self._task, return_exceptions=True)
+            self._task = None
+        while not self._queue.empty():
+            job = self._queue.get_nowait()
+            if not job.future.done():
+                job.future.set_exception(ShuttingDown())
+
+    async def submit(self, key: K, rows: torch.Tensor) -> Output:
+        """Queues `rows` (split into `max_batch_size` chunks) and waits for their outputs."""
+        if self._task is None:
+            raise NotReady()
+        if (
+            self._lone_rows_now
+            and rows.shape[0] == 1
+            and not self._busy
+            and not self._ran_now
+            and self._queue.empty()
+        ):
+            return self._run_now(key, rows)
+        chunks = rows.split(self._max_rows) if rows.shape[0] > self._max_rows else (rows,)
+        if self._queue.maxsize - self._queue.qsize() < len(chunks):
+            raise Overloaded(f"{self.name} queue is full, retry shortly")
+        loop = asyncio.get_running_loop()
+        futures = [loop.create_future() for _ in chunks]
+        for chunk, future in zip(chunks, futures, strict=True):
+            self._queue.put_nowait(_Job(key, chunk, future, chunk.shape[0]))
+        try:  # the request's deadline (the guard's timeout) cancels this wait
+            if len(futures) == 1:
+                return await futures[0]
+            return _concat(await asyncio.gather(*futures))
+        finally:
+            for future in futures:  # a cancelled or failed job's other chunks are not run
+                future.cancel()
+
+    def _run_now(self, key: K, rows: torch.Tensor) -> Output:
+        """A lone row with the model idle, run right here: no queue, no task switch. Once per
+        turn of the loop: requests that arrived in the same turn (a burst) queue behind it and
+        share the next batch, so load still forms batches."""
+        self._ran_now = True
+        asyncio.get_running_loop().call_soon(self._next_turn)
+        self._batch_sizes.observe(1)
+        try:
+            return self._fn(key, rows)
+        except Exception:
+            log.exception("a lone row failed in %s", self.name)
+            raise InferenceFailed() from None
+
+    def _next_turn(self) -> None:
+        self._ran_now = False
+
+    async def _run(self) -> None:
+        carry: _Job[K] | None = None
+        while True:
+            first = carry if carry is not None else await self._queue.get()
+            jobs, carry = await self._collect(first)
+            jobs = [j for j in jobs if not j.future.done()]  # timed out while queued
+            if jobs:
+                await self._execute(jobs)
+
+    async def _collect(self, first: _Job[K]) -> tuple[list[_Job[K]], _Job[K] | None]:
+        """`first` and whatever queued behind it that fits; waits only for jobs on their way
+        (`more_coming`) or when `max_wait` opts in."""
+        jobs, rows = [first], first.size
+        started = time.monotonic()
+        while rows < self._max_rows:
+            try:
+                job = self._queue.get_nowait()
+            except asyncio.QueueEmpty:
+                remaining = self._wait_left(started)
+                if remaining <= 0:
+                    break
+                try:
+                    async with asyncio.timeout(remaining):
+                        job = await self._queue.get()
+                except TimeoutError:
+                    break
+            if job.key is not first.key or rows + job.size > self._max_rows:
+                return jobs, job
+            jobs.append(job)
+            rows += job.size
+        return jobs, None
+
+    def _wait_left(self, started: float) -> float:
+        """How much longer this batch may wait for company: `max_wait` when opted in, and while
+        more jobs are on their way, up to `more_coming_wait_s`."""
+        waited = time.monotonic() - started
+        left = self._max_wait - waited
+        if self.more_coming is not None and self.more_coming():
+            left = max(left, self.more_coming_wait_s - waited)
+        return left
+
+    async def _execute(self, jobs: list[_Job[K]]) -> None:
+        batch = jobs[0].rows if len(jobs) == 1 else torch.cat([j.rows for j in jobs])
+        size = batch.shape[0]
+        self._batch_sizes.observe(size)
+        self._busy = True
+        try:
+            loop = asyncio.get_running_loop()
+            out = await loop.run_in_executor(self._executor, self._fn, jobs[0].key, batch)
+        except asyncio.CancelledError:  # `stop`: nobody will hand these jobs their rows
+            for job in jobs:
+                if not job.future.done():
+                    job.future.set_exception(ShuttingDown())
+            raise
+        except Exception:  # a failed batch fails its callers, never the batcher
+            log.exception("batch of %d failed in %s", size, self.name)
+            for job in jobs:
+                if not job.future.done():
+                    job.future.set_exception(InferenceFailed())
+            return
+        finally:
+            self._busy = False
+        if len(jobs) == 1:
+            parts: list[Output] = [out]
+        else:
+            counts = [j.size for j in jobs]
+            parts = (
+                list(zip(*(t.split(counts) for t in out), strict=True))
+                if isinstance(out, tuple)
+                else list(out.split(counts))
+            )
+        for job, part in zip(jobs, parts, strict=True):
+            if not job.future.done():
+                job.future.set_result(part)
+
+
+def _concat(parts: list[Output]) -> Output:
+    """A split job's outputs, back in one piece in the order of its rows."""
+    if isinstance(parts[0], tuple):
+        return tuple(torch.cat(column) for column in zip(*parts, strict=True))
+    return torch.cat(parts)  # type: ignore[arg-type]

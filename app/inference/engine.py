@@ -1,0 +1,261 @@
+"""The served model behind micro-batchers: what the routes call, and nothing about HTTP.
+
+The seam follows LitServe: `app.inference.loading` is setup (load, check the backend, warm up),
+the runner's operations are `predict` over one batch, and `MicroBatcher` owns queueing and the
+inference thread. Every operation books its estimated cost with admission control first, so a
+request is either admitted whole or refused at once with 503 and `Retry-After`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import platform
+import time
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import torch
+
+from app import deadline
+from app.config import Settings
+from app.errors import CheckpointRejected, InvalidInput, NotReady
+from app.inference import metrics
+from app.inference.admission import DecodeGate, InferenceGate
+from app.inference.batching import MicroBatcher, Output
+from app.inference.loading import LoadedModel, load_digit_guide, load_model
+from app.inference.threads import inference_threads, lone_rows_now
+from models.checkpoint import CheckpointError
+from models.digit_guide import DigitGuide, guided_digits
+from models.prior import MixturePrior, StandardNormalPrior
+
+log = logging.getLogger("app.engine")
+
+__all__ = ["Engine", "LoadedModel", "check_digits", "sample_prior_name"]
+
+
+def sample_prior_name(m: LoadedModel, prior: str, digits: list[int] | None) -> str:
+    """What a /sample request draws from, as the response names it."""
+    return "standard" if prior == "standard" and digits is None else m.prior.name
+
+
+def check_digits(m: LoadedModel, prior: str, digits: list[int] | None) -> None:
+    """Refuses, with a 422 that says why, digits this checkpoint's prior cannot draw."""
+    if digits is None:
+        return
+    if prior == "standard":
+        raise InvalidInput('"prior": "standard" is N(0, I), which cannot choose a digit')
+    known = m.prior.digits() if isinstance(m.prior, MixturePrior) else []
+    if not known:
+        raise InvalidInput(
+            "this checkpoint's prior has no per-digit mixtures, so it cannot draw a chosen "
+            "digit (fit one with vae-fit-prior)"
+        )
+    missing = sorted(set(digits) - set(known))
+    if missing:
+        raise InvalidInput(f"this checkpoint's prior cannot draw digit(s) {missing}")
+
+
+class Engine:
+    """The served model, its three batched operations (encode, decode, reconstruct) and the
+    latent-space operations built on them (sampling, chosen digits, interpolation)."""
+
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+        self._current: LoadedModel | None = None
+        self.guide: DigitGuide | None = None  # set by start(); None: chosen digits unguided
+        self._executor = ThreadPoolExecutor(1, thread_name_prefix="inference")
+        self.lone_rows_now = lone_rows_now(settings.inline_lone_batches, settings.device)
+        self._reload_lock = asyncio.Lock()
+        self.admission = gate = InferenceGate()
+
+        def batcher(op: str, lone_rows_now: bool = False) -> MicroBatcher:
+            def run(m: LoadedModel, rows: torch.Tensor) -> Output:
+                return getattr(m.runner, op)(rows)
+
+            return MicroBatcher(
+                op,
+                gate.timed(op, run),
+                self._executor,
+                max_batch_size=settings.max_batch_size,
+                max_wait_ms=settings.max_wait_ms,
+                queue_size=settings.queue_size,
+                lone_rows_now=lone_rows_now,
+            )
+
+        self.encoder = batcher("encode")
+        # Uploads reach the other two one by one from the decode threads: only /sample's lone
+        # rows arrive straight from HTTP.
+        self.decoder = batcher("decode", lone_rows_now=self.lone_rows_now)
+        self.reconstructor = batcher("reconstruct")
+
+    def batch_uploads_with(self, gate: DecodeGate) -> None:
+        """Lets encode and reconstruct batches wait (up to `VAE_UPLOAD_BATCH_WAIT_MS`) for uploads
+        that `gate` is still decoding, instead of running batches of one or two. An idle gate means
+        nothing is on its way, so a lone upload (or an OIP tensor) never waits."""
+        for batcher in (self.encoder, self.reconstructor):
+            batcher.more_coming = lambda: gate.busy
+            batcher.more_coming_wait_s = self.settings.upload_batch_wait_ms / 1000.0
+
+    @property
+    def ready(self) -> bool:
+        return self._current is not None
+
+    @property
+    def current(self) -> LoadedModel:
+        if self._current is None:
+            raise NotReady()
+        return self._current
+
+    async def start(self) -> LoadedModel:
+        """Loads and warms the configured checkpoint off the event loop, then starts batching."""
+        s = self.settings
+        torch.set_num_threads(inference_threads(s.torch_threads))
+        self.guide = await asyncio.to_thread(load_digit_guide, s)
+        loaded = await asyncio.to_thread(self._load, s.checkpoint)
+        self._install(loaded)
+        for batcher in (self.encoder, self.decoder, self.reconstructor):
+            batcher.start()
+        return loaded
+
+    async def stop(self) -> None:
+        for batcher in (self.encoder, self.decoder, self.reconstructor):
+            await batcher.stop()
+        self._executor.shutdown(wait=True)
+
+    async def reload(self, path: Path | None = None) -> LoadedModel:
+        """Loads `path` beside the serving model and swaps. A checkpoint that cannot be served
+        changes nothing: `CheckpointRejected` (409) with the reason, the old model serving on."""
+        async with self._reload_lock:
+            try:
+                loaded = await asyncio.to_thread(self._load, path or self.settings.checkpoint)
+            except CheckpointError as exc:
+                metrics.MODEL_LOAD_FAILURES.inc()
+                raise CheckpointRejected(
+                    f"reload refused, still serving the old model: {exc}"
+                ) from None
+            self._install(loaded)
+        return loaded
+
+    def _load(self, path: Path) -> LoadedModel:
+        s = self.settings
+        return load_model(
+            path,
+            s.device,
+            s.fp16,
+            s.max_batch_size,
+            backend=s.backend,
+            threads=inference_threads(s.torch_threads),
+            cuda_graphs=s.cuda_graphs,
+        )
+
+    def _install(self, loaded: LoadedModel) -> None:
+        self._current = loaded
+        _publish_model_info(loaded)
+        log.info(
+            "serving %s (sha256 %s, latent %d) on %s with %s",
+            loaded.checkpoint,
+            loaded.sha256[:12],
+            loaded.latent_dim,
+            loaded.device,
+            loaded.backend.name,
+        )
+
+    async def _submit(self, batcher: MicroBatcher, m: LoadedModel, rows: torch.Tensor) -> Output:
+        """Books the rows with admission control (503 at once if they could not finish in
+        time), then waits for their batch."""
+        time_left = deadline.time_left_s(self.settings.request_timeout_s)
+        cost = self.admission.reserve(batcher.name, rows.shape[0], time_left)
+        try:
+            return await batcher.submit(m, rows)
+        finally:
+            self.admission.release(cost)
+
+    async def encode(self, m: LoadedModel, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """x [N,1,32,32] -> (mu, logvar), each [N, latent_dim]."""
+        return await self._submit(self.encoder, m, x)  # type: ignore[return-value]
+
+    async def decode(self, m: LoadedModel, z: torch.Tensor) -> torch.Tensor:
+        """z [N, latent_dim] -> images [N,1,32,32] in [0, 1]."""
+        return await self._submit(self.decoder, m, z)  # type: ignore[return-value]
+
+    async def reconstruct(self, m: LoadedModel, x: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        """x -> (mu, logvar, reconstruction at the posterior mean, -ELBO at z=mu in nats)."""
+        return await self._submit(self.reconstructor, m, x)  # type: ignore[return-value]
+
+    async def sample(
+        self,
+        m: LoadedModel,
+        n: int,
+        seed: int,
+        temperature: float,
+        prior: str = "checkpoint",
+        digits: list[int] | None = None,
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Latents come from a per-request CPU generator, so a seed means the same digits no
+        matter which batch (or device) decodes them. `prior` is "checkpoint" (the checkpoint's
+        own) or "standard" (N(0, I)); `digits` (one per image) draws those digits instead."""
+        generator = torch.Generator().manual_seed(seed)
+        if digits is not None:
+            return await self._chosen_digits(m, digits, generator, temperature)
+        chosen = m.prior if prior == "checkpoint" else StandardNormalPrior(m.latent_dim)
+        z = chosen.sample(n, generator, temperature)
+        return z, await self.decode(m, z)
+
+    async def _chosen_digits(
+        self, m: LoadedModel, digits: list[int], generator: torch.Generator, temperature: float
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """`models.digit_guide.guided_digits` on the inference thread: all of a request's
+        candidates (its worst case) are booked with admission control up front, so it is admitted
+        whole or refused at once, never half-way."""
+        assert isinstance(m.prior, MixturePrior)  # check_digits ran first
+        guide, prior = self.guide, m.prior
+        rows = len(digits) * (guide.candidates if guide is not None else 1)
+        time_left = deadline.time_left_s(self.settings.request_timeout_s)
+        cost = self.admission.reserve("chosen digits", rows, time_left)
+
+        def decode(z: torch.Tensor) -> torch.Tensor:
+            chunks = z.split(self.settings.max_batch_size)
+            return torch.cat([m.runner.decode(chunk) for chunk in chunks])
+
+        def run() -> tuple[torch.Tensor, torch.Tensor]:
+            started = time.perf_counter()
+            if guide is None:
+                z = prior.sample_digits(digits, generator, temperature)
+                out = z, decode(z)
+            else:
+                out = guided_digits(prior, digits, generator, decode, guide, temperature)
+            self.admission.learn("chosen digits", rows, time.perf_counter() - started)
+            return out
+
+        try:
+            return await asyncio.get_running_loop().run_in_executor(self._executor, run)
+        finally:
+            self.admission.release(cost)
+
+    async def interpolate(
+        self, m: LoadedModel, start: torch.Tensor, end: torch.Tensor, steps: int
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """`steps` latents evenly spaced on the line from `start` to `end` (both included), decoded
+        in one batch: (latents [steps, latent_dim], images [steps, 1, 32, 32])."""
+        weights = torch.linspace(0.0, 1.0, steps).unsqueeze(1)
+        z = torch.lerp(start.unsqueeze(0), end.unsqueeze(0), weights)
+        return z, await self.decode(m, z)
+
+
+def _publish_model_info(m: LoadedModel) -> None:
+    """`vae_model_info` and `vae_model_loads_total` for the checkpoint now serving."""
+    metrics.MODEL_INFO.info(
+        {
+            "checkpoint": m.checkpoint.name,  # the file name only: /metrics is open to all
+            "sha256": m.sha256,
+            "preset": str(m.metadata.get("preset", "unknown")),
+            "latent_dim": str(m.latent_dim),
+            "device": str(m.device),
+            "dtype": str(m.dtype).removeprefix("torch."),
+            "backend": m.backend.name,
+            "torch": str(torch.__version__),
+            "python": platform.python_version(),
+        }
+    )
+    metrics.MODEL_LOADS.inc()

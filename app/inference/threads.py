@@ -1,0 +1,28 @@
+"""How inference shares the machine's cores with the event loop."""
+
+from __future__ import annotations
+
+import os
+
+import torch
+
+
+def inference_threads(requested: int = 0) -> int:
+    """0 means: leave one core to the event loop (HTTP, JSON, PNG) and use up to 4 for inference.
+
+    On a small machine torch's default (every core) makes its threads spin against the event loop
+    and against each other.
+    """
+    if requested > 0:
+        return requested
+    return max(1, min(4, len(os.sched_getaffinity(0)) - 1))
+
+
+def lone_rows_now(setting: str, device: str) -> bool:
+    """Whether a lone row may run on the event loop (`MicroBatcher(lone_rows_now=...)`): `auto`
+    when the process may use one core and the model is on the CPU, where the inference thread
+    cannot run beside the loop anyway (on CUDA the loop would wait for the GPU)."""
+    if setting != "auto":
+        return setting == "on"
+    on_cpu = device == "cpu" or (device == "auto" and not torch.cuda.is_available())
+    return on_cpu and len(os.sched_getaffinity(0)) == 1

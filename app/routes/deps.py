@@ -1,0 +1,94 @@
+"""Dependencies shared by the routes: settings, the engine, the examples, the model a request
+runs on, and the response format. Routes reach the app's state only through these, so a test or
+another app can hand them different ones."""
+
+from __future__ import annotations
+
+import functools
+from typing import Annotated, Literal
+
+import torch
+from fastapi import Depends, File, Query, Request, UploadFile
+
+from app.config import Settings
+from app.deadline import time_left_s
+from app.images.examples import ExampleStore
+from app.images.normalise import normalize
+from app.images.upload import UPLOAD_DESCRIPTION, open_upload, read_upload
+from app.inference.admission import DecodeGate
+from app.inference.engine import Engine, LoadedModel
+from app.routes.responses import asks_for_json
+
+
+async def get_settings(request: Request) -> Settings:
+    return request.app.state.settings
+
+
+async def get_engine(request: Request) -> Engine:
+    return request.app.state.engine
+
+
+async def get_examples(request: Request) -> ExampleStore:
+    return request.app.state.examples
+
+
+async def get_decode_gate(request: Request) -> DecodeGate:
+    return request.app.state.decode_gate
+
+
+async def get_model(engine: Annotated[Engine, Depends(get_engine)]) -> LoadedModel:
+    """The model this request runs on, pinned at its start so a reload cannot change it midway."""
+    return engine.current
+
+
+async def wants_json(
+    request: Request,
+    format: Annotated[
+        Literal["png", "json"] | None,
+        Query(description="`json` for base64 PNGs plus the numbers; default PNG (or Accept)"),
+    ] = None,
+) -> bool:
+    """`?format=` wins; otherwise `Accept: application/json` asks for JSON."""
+    return asks_for_json(format, request.headers.get("accept", ""))
+
+
+SettingsDep = Annotated[Settings, Depends(get_settings)]
+EngineDep = Annotated[Engine, Depends(get_engine)]
+ExamplesDep = Annotated[ExampleStore, Depends(get_examples)]
+ModelDep = Annotated[LoadedModel, Depends(get_model)]
+JsonDep = Annotated[bool, Depends(wants_json)]
+DecodeGateDep = Annotated[DecodeGate, Depends(get_decode_gate)]
+
+
+Preprocess = Literal["auto", "none"]
+PreprocessQuery = Annotated[
+    Preprocess, Query(description="`none` skips MNIST normalisation for MNIST-like inputs")
+]
+
+
+async def to_model_input(
+    data: bytes, settings: Settings, preprocess: Preprocess, gate: DecodeGate
+) -> torch.Tensor:
+    """Upload bytes -> [1, 1, 32, 32]: the header checked here, the decode on the gate's threads,
+    which bound the pixels being decoded at once (503 when it cannot finish in time)."""
+    image = open_upload(
+        data, max_bytes=settings.max_upload_bytes, max_pixels=settings.max_image_pixels
+    )
+    pixels = image.size[0] * image.size[1]
+    decode = functools.partial(normalize, image, preprocess=preprocess != "none")
+    x = await gate.run(pixels, decode, time_left_s(settings.request_timeout_s))
+    return x.unsqueeze(0)
+
+
+async def uploaded_image(
+    file: Annotated[UploadFile, File(description=UPLOAD_DESCRIPTION)],
+    settings: SettingsDep,
+    gate: DecodeGateDep,
+    preprocess: PreprocessQuery = "auto",
+) -> torch.Tensor:
+    """The model input [1, 1, 32, 32] of the multipart `file`, within the upload limits."""
+    data = await read_upload(file, settings.max_upload_bytes)
+    return await to_model_input(data, settings, preprocess, gate)
+
+
+UploadedImage = Annotated[torch.Tensor, Depends(uploaded_image)]

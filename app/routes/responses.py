@@ -1,0 +1,132 @@
+"""Tensors into HTTP responses: the one place that encodes PNGs, grids, strips and JSON bodies.
+
+Image routes answer PNG by default and JSON (base64 PNGs plus the numbers) on request; each
+builder here takes the engine's tensors and the caller's choice and returns a finished
+`Response`, so no route encodes an image or assembles a body by hand. Bodies are rendered straight
+from the pydantic models: FastAPI would validate them once more on the way out.
+"""
+
+from __future__ import annotations
+
+import base64
+import math
+
+import torch
+from fastapi import Response
+from fastapi.responses import JSONResponse
+from pydantic import BaseModel
+
+from app.images import png
+from app.schemas import (
+    DecodeResponse,
+    InterpolateResponse,
+    LatentResponse,
+    ReconstructResponse,
+    SampleResponse,
+)
+
+PNG = "image/png"
+Headers = dict[str, str] | None
+
+
+def asks_for_json(format: str | None, accept: str) -> bool:
+    """Content negotiation for image routes: `?format=` wins, else `Accept` (PNG by default)."""
+    if format is not None:
+        return format == "json"
+    return "application/json" in accept and "image/png" not in accept
+
+
+def png_response(png: bytes, headers: Headers = None) -> Response:
+    """Ready-made PNG bytes (a bundled example, or one this module encoded)."""
+    return Response(png, media_type=PNG, headers=headers)
+
+
+def json_response(body: BaseModel, headers: Headers = None) -> JSONResponse:
+    return JSONResponse(body.model_dump(mode="json"), headers=headers)
+
+
+def base64_png(image: torch.Tensor) -> str:
+    """One [1, H, W] image in [0, 1] as a base64 PNG, the JSON form of every image we return."""
+    return base64.b64encode(png.to_png(image)).decode("ascii")
+
+
+def base64_pngs(images: torch.Tensor) -> list[str]:
+    return [base64_png(image) for image in images]
+
+
+def square_grid_png(images: torch.Tensor) -> bytes:
+    """Several images as one near-square grid PNG (one image: that image)."""
+    return png.grid_png(images, nrow=max(1, math.ceil(math.sqrt(images.shape[0]))))
+
+
+def grid_response(images: torch.Tensor, headers: Headers = None) -> Response:
+    return png_response(square_grid_png(images), headers)
+
+
+def sample_response(
+    seed: int,
+    temperature: float,
+    z: torch.Tensor,
+    images: torch.Tensor,
+    as_json: bool,
+    prior: str = "standard",
+    digits: list[int] | None = None,
+) -> Response:
+    """/sample: a grid PNG or the images with their latents; the seed in `X-Seed` and the prior
+    in `X-Prior` either way."""
+    headers = {"X-Seed": str(seed), "X-Prior": prior}
+    if not as_json:
+        return grid_response(images, headers)
+    body = SampleResponse(
+        seed=seed,
+        temperature=temperature,
+        prior=prior,
+        digits=digits,
+        images=base64_pngs(images),
+        latents=z.tolist(),
+    )
+    return json_response(body, headers)
+
+
+def decode_response(images: torch.Tensor, one_latent: bool, as_json: bool) -> Response:
+    """/decode: one latent gives one 32x32 PNG, several a grid; JSON lists every image."""
+    if as_json:
+        return json_response(DecodeResponse(images=base64_pngs(images)))
+    if one_latent:
+        return png_response(png.to_png(images[0]))
+    return grid_response(images)
+
+
+def interpolation_response(z: torch.Tensor, images: torch.Tensor, as_json: bool) -> Response:
+    """/interpolate: the images as one strip PNG, or with the latents they were decoded from."""
+    if not as_json:
+        return png_response(png.strip_png(images))
+    body = InterpolateResponse(steps=len(z), images=base64_pngs(images), latents=z.tolist())
+    return json_response(body)
+
+
+def reconstruction_response(
+    x: torch.Tensor,
+    mu: torch.Tensor,
+    logvar: torch.Tensor,
+    recon: torch.Tensor,
+    neg_elbo: torch.Tensor,
+    as_json: bool,
+) -> Response:
+    """/reconstruct of one image: what the model saw beside its reconstruction, or the numbers."""
+    if not as_json:
+        return png_response(png.strip_png(torch.cat([x, recon])))
+    body = ReconstructResponse(
+        input=base64_png(x[0]),
+        reconstruction=base64_png(recon[0]),
+        mu=mu[0].tolist(),
+        logvar=logvar[0].tolist(),
+        neg_elbo=float(neg_elbo[0]),
+    )
+    return json_response(body)
+
+
+def latent_response(mu: torch.Tensor, logvar: torch.Tensor) -> JSONResponse:
+    """/encode of one image: the posterior's mean and log-variance."""
+    body = LatentResponse(latent_dim=mu.shape[1], mu=mu[0].tolist(), logvar=logvar[0].tolist())
+    return json_response(body)

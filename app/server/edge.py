@@ -1,0 +1,234 @@
+"""The HTTP edge: bounds what one client can cost before a request reaches the app.
+
+uvicorn's default parser (httptools) has no cap on header size, no timeout for a request that is
+sent slowly and no cap on open connections. `GuardedHttpToolsProtocol` keeps httptools and adds
+those limits by extending uvicorn's protocol (each override calls uvicorn's own method):
+
+- request line plus headers over `max_header_bytes`, more than `max_headers` fields: 431
+  (a URL past the parser's 65,535 bytes: 414);
+- a request head not complete `header_timeout_s` after connect (or after its first byte): 408,
+  or a silent close when nothing was sent at all;
+- a request body that sends nothing for `body_timeout_s`: 408, and the app sees a disconnect;
+- more than `max_connections` open connections: the new one gets 503 with `Retry-After`, closed;
+- idle keep-alive connections close after `keep_alive_s` (uvicorn's own timer).
+
+The body's size is FastAPI's `max_body_size` (one check, in the app). uvicorn's protocol is not a
+public API: `pyproject.toml` pins uvicorn's minor version and `tests/api/test_http_edge.py` checks
+the internals used here. Every refusal is a JSON body `{"detail": ...}` with `Connection: close`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+from dataclasses import dataclass
+from typing import Any, ClassVar
+
+from uvicorn.protocols.http.httptools_impl import STATUS_LINE, HttpToolsProtocol
+
+from app.config import MAX_URL_BYTES, Settings, get_settings
+
+log = logging.getLogger("app.edge")
+
+
+@dataclass(frozen=True)
+class EdgeLimits:
+    max_header_bytes: int
+    max_headers: int
+    header_timeout_s: float
+    body_timeout_s: float
+    max_connections: int
+
+    @classmethod
+    def from_settings(cls, s: Settings) -> EdgeLimits:
+        return cls(
+            max_header_bytes=s.max_header_bytes,
+            max_headers=s.max_headers,
+            header_timeout_s=s.header_timeout_s,
+            body_timeout_s=s.body_timeout_s,
+            max_connections=s.max_connections,
+        )
+
+
+class _Refused(Exception):
+    """Raised inside a parser callback; httptools re-raises it as a parser error."""
+
+
+class GuardedHttpToolsProtocol(HttpToolsProtocol):
+    """uvicorn's httptools protocol with header, time and connection limits (see module doc)."""
+
+    limits: ClassVar[EdgeLimits | None] = None  # None: from `VAE_*` at the first connection
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        cls = type(self)
+        if cls.limits is None:
+            cls.limits = EdgeLimits.from_settings(get_settings())
+        self._limits = cls.limits
+        self._reading_head = True
+        self._head_bytes = 0
+        self._header_count = 0
+        self._head_timer: asyncio.TimerHandle | None = None
+        self._body_timer: asyncio.TimerHandle | None = None
+        self._body_bytes = 0
+        self._body_bytes_seen = 0
+        self._refusal: tuple[int, str] | None = None
+        self._refused = False
+        self.url = b""
+
+    # Connection life
+
+    def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
+        super().connection_made(transport)
+        if len(self.connections) > self._limits.max_connections:
+            log.warning("refused a connection: %d open", len(self.connections) - 1)
+            self._refuse(503, "too many open connections, retry shortly", retry_after=1)
+            return
+        self._head_timer = self.loop.call_later(self._limits.header_timeout_s, self._head_timeout)
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self._cancel_timers()
+        super().connection_lost(exc)
+
+    def data_received(self, data: bytes) -> None:
+        if self._refused:
+            return
+        super().data_received(data)  # a limit hit in a parser callback ends in send_400_response
+        if self._refused:
+            return
+        if self._reading_head:
+            self._head_bytes += len(data)
+            if self._head_bytes > self._limits.max_header_bytes:
+                self._refuse(431, self._head_too_large())
+            elif self._head_timer is None:  # the next request on a keep-alive connection
+                self._head_timer = self.loop.call_later(
+                    self._limits.header_timeout_s, self._head_timeout
+                )
+        elif self.cycle is not None and self.cycle.more_body and self._body_timer is None:
+            self._body_bytes_seen = self._body_bytes
+            self._body_timer = self.loop.call_later(self._limits.body_timeout_s, self._body_watch)
+
+    def shutdown(self) -> None:
+        """uvicorn's graceful shutdown: idle connections close, busy ones after their answer."""
+        self._cancel_timers()
+        super().shutdown()
+
+    # Parser callbacks
+
+    def on_message_begin(self) -> None:
+        super().on_message_begin()
+        self._reading_head = True
+        self._head_bytes = 0
+        self._header_count = 0
+        self._body_bytes = 0
+
+    def on_url(self, url: bytes) -> None:
+        if len(self.url) + len(url) > MAX_URL_BYTES:
+            self._refusal = (414, f"URL longer than {MAX_URL_BYTES} bytes")
+            raise _Refused
+        super().on_url(url)
+
+    def on_header(self, name: bytes, value: bytes) -> None:
+        self._header_count += 1
+        if self._header_count > self._limits.max_headers:
+            self._refusal = (431, f"more than {self._limits.max_headers} header fields")
+            raise _Refused
+        super().on_header(name, value)
+
+    def on_headers_complete(self) -> None:
+        self._reading_head = False
+        if self._head_timer is not None:
+            self._head_timer.cancel()
+            self._head_timer = None
+        super().on_headers_complete()
+
+    def on_body(self, body: bytes) -> None:
+        self._body_bytes += len(body)
+        super().on_body(body)
+
+    def on_message_complete(self) -> None:
+        if self._body_timer is not None:
+            self._body_timer.cancel()
+            self._body_timer = None
+        super().on_message_complete()
+
+    # Timers
+
+    def _head_timeout(self) -> None:
+        self._head_timer = None
+        if not self._reading_head or self.transport.is_closing():
+            return
+        if self._head_bytes == 0 and not self.url:  # connected and said nothing: just close
+            self.transport.close()
+            return
+        self._refuse(408, f"request head not complete within {self._limits.header_timeout_s:g} s")
+
+    def _body_watch(self) -> None:
+        """Runs every `body_timeout_s` while a body is arriving: cheaper than a timer per read."""
+        self._body_timer = None
+        cycle = self.cycle
+        if cycle is None or not cycle.more_body or self.transport.is_closing():
+            return
+        if self._body_bytes != self._body_bytes_seen or self.flow.read_paused:
+            # progress, or we stopped reading because the app has not taken the body yet
+            self._body_bytes_seen = self._body_bytes
+            self._body_timer = self.loop.call_later(self._limits.body_timeout_s, self._body_watch)
+            return
+        self._refuse(408, f"request body stalled for {self._limits.body_timeout_s:g} s")
+
+    def _cancel_timers(self) -> None:
+        for timer in (self._head_timer, self._body_timer):
+            if timer is not None:
+                timer.cancel()
+        self._head_timer = self._body_timer = None
+
+    # Refusals
+
+    def _head_too_large(self) -> str:
+        if len(self.url) > MAX_URL_BYTES:
+            return f"URL longer than {MAX_URL_BYTES} bytes"
+        return f"request line and headers over {self._limits.max_header_bytes} bytes"
+
+    def send_400_response(self, msg: str) -> None:
+        """uvicorn's answer to a parser error: a limit a callback hit, or a malformed request;
+        uvicorn's own 400 is plain text, every error here is JSON."""
+        status, detail = self._refusal or (400, "invalid HTTP request")
+        self._refuse(status, detail)
+
+    def _refuse(self, status: int, detail: str, retry_after: int | None = None) -> None:
+        """Answers with a JSON error (unless a response already started) and closes."""
+        self._refused = True
+        self._cancel_timers()
+        cycle = self.cycle
+        if cycle is not None and not cycle.response_complete:
+            # The app is waiting on this request: it sees a disconnect and stops.
+            started = cycle.response_started
+            cycle.disconnected = True
+            cycle.message_event.set()
+            if started:
+                self.transport.close()
+                return
+        if status != 503:
+            log.info("refused a request: %d %s", status, detail)
+        headers = self.server_state.default_headers
+        self.transport.write(_error_bytes(status, detail, headers, retry_after))
+        self.transport.close()
+
+
+def _error_bytes(
+    status: int, detail: str, default_headers: list[tuple[bytes, bytes]], retry_after: int | None
+) -> bytes:
+    body = json.dumps({"detail": detail}).encode()
+    head = [STATUS_LINE[status]]
+    for name, value in default_headers:
+        head += [name, b": ", value, b"\r\n"]
+    if retry_after is not None:
+        head.append(b"retry-after: %d\r\n" % retry_after)
+    head += [
+        b"content-type: application/json\r\n",
+        b"content-length: %d\r\n" % len(body),
+        b"connection: close\r\n\r\n",
+        body,
+    ]
+    return b"".join(head)
