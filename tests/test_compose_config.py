@@ -133,3 +133,65 @@ def _volumes(service: dict[str, Any]) -> list[str]:
         else:
             out.append(volume)
     return out
+
+
+MONITORING = ("prometheus", "grafana")
+
+
+@pytest.mark.parametrize("file", [GPU_FILE, CPU_FILE], ids=["gpu", "cpu"])
+def test_monitoring_runs_only_in_its_profile_on_the_host_network(file: Path) -> None:
+    config = render(file)
+    for name in MONITORING:
+        service = config["services"][name]
+        assert service["profiles"] == ["monitoring"], name
+        assert service["network_mode"] == "host", name
+        assert "ports" not in service, name  # the host network publishes nothing
+        assert gpu_reservations(service) == [], name
+
+
+def test_prometheus_is_the_official_image_and_loads_the_shipped_config_and_rules() -> None:
+    prometheus = render(GPU_FILE)["services"]["prometheus"]
+    assert prometheus["image"].startswith("prom/prometheus:")
+    mounts = {dst: Path(src) for src, dst in (v.split(":")[:2] for v in _volumes(prometheus))}
+    shipped = ROOT / "deploy" / "prometheus"
+    assert mounts["/etc/prometheus"] == shipped
+    flags = dict(arg.removeprefix("--").split("=", 1) for arg in prometheus["command"])
+    config_in_container = Path(flags["config.file"])
+    assert config_in_container.parent == Path("/etc/prometheus")
+    config = yaml.safe_load((shipped / config_in_container.name).read_text())
+    for rule_file in config["rule_files"]:  # relative to the config file, inside the mount
+        assert (shipped / rule_file).is_file(), rule_file
+    assert flags["web.listen-address"].startswith("127.0.0.1:")
+
+
+def test_prometheus_scrapes_the_port_the_api_publishes() -> None:
+    """Prometheus shares the host's network, so it reaches the api where compose publishes it."""
+    api = render(GPU_FILE)["services"]["api"]
+    published = {
+        str(p["published"]) if isinstance(p, dict) else p.split(":")[0] for p in api["ports"]
+    }
+    config = yaml.safe_load((ROOT / "deploy" / "prometheus" / "prometheus.yml").read_text())
+    [job] = config["scrape_configs"]
+    [static] = job["static_configs"]
+    assert job["job_name"] == "mnist-vae"  # the job the alerts in rules.yml select
+    assert {t.split(":")[1] for t in static["targets"]} == published
+    assert all(t.startswith("127.0.0.1:") for t in static["targets"])
+
+
+def test_grafana_reads_the_prometheus_beside_it_and_the_shipped_dashboard() -> None:
+    services = render(GPU_FILE)["services"]
+    grafana = services["grafana"]
+    assert grafana["image"].startswith("grafana/grafana:")
+    assert grafana["environment"]["GF_SERVER_HTTP_ADDR"] == "127.0.0.1"
+    mounts = {dst: Path(src) for src, dst in (v.split(":")[:2] for v in _volumes(grafana))}
+    provisioning = mounts["/etc/grafana/provisioning"]
+    datasources = yaml.safe_load((provisioning / "datasources" / "prometheus.yml").read_text())
+    [source] = datasources["datasources"]
+    prometheus_flags = dict(
+        arg.removeprefix("--").split("=", 1) for arg in services["prometheus"]["command"]
+    )
+    assert source["url"] == f"http://{prometheus_flags['web.listen-address']}"
+    providers = yaml.safe_load((provisioning / "dashboards" / "mnist-vae.yml").read_text())
+    [provider] = providers["providers"]
+    dashboards = mounts[provider["options"]["path"]]
+    assert (dashboards / "mnist-vae.json").is_file()

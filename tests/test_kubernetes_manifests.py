@@ -6,7 +6,9 @@ fields fail), and the choices docs/scaling.md promises are checked on the render
 the non-root user, the read-only root file system, GPU limits only in the GPU overlay, a grace
 period longer than the request timeout, selectors that match the pods. KServe's InferenceService
 is a custom resource the schemas do not have: its required fields are checked by hand and its
-predictor's pod part is validated as the Pod it becomes.
+predictor's pod part is validated as the Pod it becomes. The Prometheus Operator's
+ServiceMonitor and PrometheusRule (overlays/*-monitored) are validated against models generated
+from its CRDs, and the PrometheusRule must carry exactly deploy/prometheus/rules.yml.
 """
 
 from __future__ import annotations
@@ -177,3 +179,102 @@ def test_kserve_inference_service():
         assert container[probe]["httpGet"] == {"path": path, "port": port}
     assert component["timeout"] > float(env["VAE_REQUEST_TIMEOUT_S"])
     assert container["securityContext"]["readOnlyRootFilesystem"] is True
+
+
+# Prometheus Operator clusters: overlays/<hw>-monitored adds a ServiceMonitor, the alerting rules
+# as a PrometheusRule and queue-depth scaling (components/, prometheus-adapter/values.yaml).
+MONITORED = ["gpu-monitored", "cpu-monitored"]
+RULES_FILE = DEPLOY.parent / "prometheus" / "rules.yml"
+ADAPTER_VALUES = DEPLOY / "prometheus-adapter" / "values.yaml"
+OPERATOR_KINDS = {"ServiceMonitor", "PrometheusRule"}
+
+
+def _validate_operator_object(obj: dict) -> None:
+    """Against the Prometheus Operator's CRD schemas (as pydantic models); strict: a field the
+    CRD does not have is dropped by the model, so the round trip must give the object back."""
+    models = pytest.importorskip(
+        "cloudcoil.models.prometheus_operator.v1",
+        reason="pip install cloudcoil-models-prometheus-operator (the dev extra)",
+    )
+    model = getattr(models, obj["kind"]).model_validate(obj)
+    assert model.model_dump(mode="json", by_alias=True, exclude_unset=True) == obj
+
+
+@pytest.mark.parametrize("overlay", MONITORED)
+def test_monitored_overlay_renders_valid_objects(overlay):
+    objects = render(f"overlays/{overlay}")
+    kinds = by_kind(objects)
+    assert set(kinds) == {
+        "Deployment",
+        "Service",
+        "HorizontalPodAutoscaler",
+        "PodDisruptionBudget",
+        *OPERATOR_KINDS,
+    }
+    for obj in objects:
+        if obj["kind"] in OPERATOR_KINDS:
+            _validate_operator_object(obj)
+        else:
+            kubernetes_validate.validate(obj, K8S_VERSION, strict=True)
+
+
+@pytest.mark.parametrize("overlay", MONITORED)
+def test_monitored_overlay_is_its_overlay_with_monitoring_added(overlay):
+    plain = by_kind(render(f"overlays/{overlay.removesuffix('-monitored')}"))
+    monitored = by_kind(render(f"overlays/{overlay}"))
+    for kind in ("Deployment", "Service", "PodDisruptionBudget"):
+        assert monitored[kind] == plain[kind], kind
+    plain_hpa, hpa = plain["HorizontalPodAutoscaler"], monitored["HorizontalPodAutoscaler"]
+    assert (
+        hpa["spec"]["metrics"][: len(plain_hpa["spec"]["metrics"])] == plain_hpa["spec"]["metrics"]
+    )
+    assert {**hpa["spec"], "metrics": []} == {**plain_hpa["spec"], "metrics": []}
+
+
+@pytest.mark.parametrize("overlay", MONITORED)
+def test_autoscaler_scales_on_queue_depth_as_the_adapter_serves_it(overlay):
+    hpa = by_kind(render(f"overlays/{overlay}"))["HorizontalPodAutoscaler"]
+    by_type = {m["type"]: m for m in hpa["spec"]["metrics"]}
+    assert by_type["Resource"]["resource"]["name"] == "cpu"  # CPU still counts
+    pods = by_type["Pods"]["pods"]
+    assert pods["target"]["type"] == "AverageValue" and float(pods["target"]["averageValue"]) > 0
+
+    [rule] = yaml.safe_load(ADAPTER_VALUES.read_text())["rules"]["custom"]
+    assert rule["name"]["as"] == pods["metric"]["name"]  # the name the HPA asks the adapter for
+    assert re.fullmatch(rule["name"]["matches"], "vae_queue_depth")
+    assert rule["seriesQuery"].startswith("vae_queue_depth{")  # the service's gauge
+    overrides = rule["resources"]["overrides"]
+    assert overrides == {"namespace": {"resource": "namespace"}, "pod": {"resource": "pod"}}
+    for template in ("<<.Series>>", "<<.LabelMatchers>>", "<<.GroupBy>>"):
+        assert template in rule["metricsQuery"]
+
+
+@pytest.mark.parametrize("overlay", MONITORED)
+def test_service_monitor_scrapes_the_pods_behind_the_service(overlay):
+    kinds = by_kind(render(f"overlays/{overlay}"))
+    monitor, service = kinds["ServiceMonitor"], kinds["Service"]
+    assert (
+        monitor["spec"]["selector"]["matchLabels"].items() <= service["metadata"]["labels"].items()
+    )
+    [endpoint] = monitor["spec"]["endpoints"]
+    assert endpoint["port"] in {p["name"] for p in service["spec"]["ports"]}
+    annotations = kinds["Deployment"]["spec"]["template"]["metadata"]["annotations"]
+    assert endpoint["path"] == annotations["prometheus.io/path"] == "/metrics"
+    # The operator names the job after the Service; the VaeDown alert selects that job.
+    down = next(
+        rule
+        for group in kinds["PrometheusRule"]["spec"]["groups"]
+        for rule in group["rules"]
+        if rule.get("alert") == "VaeDown"
+    )
+    assert f'job="{service["metadata"]["name"]}"' in down["expr"]
+
+
+@pytest.mark.parametrize("overlay", MONITORED)
+def test_prometheus_rule_carries_exactly_the_rules_file(overlay):
+    """deploy/prometheus/rules.yml is what promtool checks and unit-tests; the PrometheusRule
+    must be the same rules (regenerate it: python scripts/sync_prometheus_rule.py)."""
+    rule = by_kind(render(f"overlays/{overlay}"))["PrometheusRule"]
+    assert rule["spec"]["groups"] == yaml.safe_load(RULES_FILE.read_text())["groups"], (
+        "run: python scripts/sync_prometheus_rule.py"
+    )
