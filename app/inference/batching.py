@@ -77,6 +77,7 @@ class MicroBatcher(Generic[K]):
         self.more_coming_wait_s = 0.0
         self._batch_sizes = metrics.BATCH_SIZE.labels(op=name)
         metrics.QUEUE_DEPTH.labels(op=name).set_function(self._queue.qsize)
+        metrics.QUEUE_CAPACITY.labels(op=name).set(queue_size)
 
     def start(self) -> None:
         loop = asyncio.get_running_loop()

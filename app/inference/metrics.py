@@ -13,6 +13,7 @@ BATCH_SIZE = Histogram(
     buckets=(1, 2, 4, 8, 16, 32, 64, 128, 256, 512),
 )
 QUEUE_DEPTH = Gauge("vae_queue_depth", "Jobs waiting for a forward pass", ["op"])
+QUEUE_CAPACITY = Gauge("vae_queue_capacity", "Jobs a queue holds before answering 503", ["op"])
 MODEL_INFO = Info("vae_model", "The checkpoint being served")
 MODEL_LOADS = Counter("vae_model_loads_total", "Checkpoints loaded (start-up and reloads)")
 MODEL_LOAD_FAILURES = Counter(
