@@ -23,7 +23,7 @@ from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import (
     ExportTraceServiceResponse,
 )
 from opentelemetry.proto.common.v1.common_pb2 import AnyValue
-from opentelemetry.proto.trace.v1.trace_pb2 import Span
+from opentelemetry.proto.trace.v1.trace_pb2 import Span, Status
 
 from app import tracing
 from app.http.server_span import ServerSpanMiddleware
@@ -218,6 +218,7 @@ def test_a_batch_links_to_every_request_it_served(
     with ThreadPoolExecutor(len(ids)) as pool:
         assert list(pool.map(reconstruct, ids)) == [200] * len(ids)
 
+    sizes = []
     for request_id in ids:
         root, kids = receiver.wait_for(tree_of(request_id, {"batch.queue"}), request_id)
         (link,) = kids["batch.queue"].links
@@ -230,6 +231,8 @@ def test_a_batch_links_to_every_request_it_served(
         assert (root.trace_id, root.span_id) in served
         assert attributes(forward)["vae.batch.requests"] == len(forward.links)
         assert attributes(forward)["vae.batch.size"] == len(forward.links)  # one row each
+        sizes.append(len(forward.links))
+    print("requests per forward pass:", sorted(sizes))
 
 
 def test_the_callers_traceparent_is_honoured_on_the_fast_sample_path(
@@ -263,9 +266,13 @@ def test_errors_are_traced_with_their_status(
         headers={"X-Request-ID": "trace-bad-upload"},
         timeout=30,
     )
-    assert response.status_code == 415 or 400 <= response.status_code < 500
+    assert response.status_code == 422, response.text
     root, kids = receiver.wait_for(tree_of("trace-bad-upload", {"upload.decode"}), "a 4xx trace")
-    assert attributes(root)["http.response.status_code"] == response.status_code
+    assert attributes(root)["http.response.status_code"] == 422
+    assert root.status.code != Status.STATUS_CODE_ERROR  # the caller's error, not the server's
+    decode = kids["upload.decode"]
+    assert decode.status.code == Status.STATUS_CODE_ERROR
+    assert [e.name for e in decode.events] == ["exception"]
     assert "batch.forward" not in kids  # refused before the model
 
 
