@@ -75,12 +75,14 @@ def check(env: Mapping[str, str] | None = None) -> None:
         _exporters(os.environ if env is None else env)
 
 
+FLUSH_TIMEOUT_MS = 2000  # what the exit may wait for the collector, out of the drain's grace
+
+
 def flush() -> None:
-    """Exports the spans still queued (within the exporter's timeout): called when the app
-    stops, so a drained server does not drop its last requests' traces. The SDK shuts the
-    provider down itself when the process exits."""
+    """Exports the spans still queued: called when the app stops, since `vae-serve` leaves with
+    `os._exit` after the drain, which skips the SDK's own exit hook."""
     if _provider is not None:
-        _provider.force_flush()
+        _provider.force_flush(FLUSH_TIMEOUT_MS)
 
 
 def _require_sdk() -> None:

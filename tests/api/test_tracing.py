@@ -325,3 +325,30 @@ def test_an_exporter_it_cannot_use_stops_vae_serve_with_one_line(tiny_checkpoint
     assert result.stderr.strip() == (
         "vae-serve: cannot serve: OTEL_TRACES_EXPORTER=zipkin: this service exports otlp or console"
     )
+
+
+def test_the_last_spans_are_exported_when_vae_serve_drains(
+    tiny_checkpoint: Path, receiver: OtlpReceiver
+) -> None:
+    """A batch schedule of a minute: the request's spans leave only because the drain flushes
+    them before `vae-serve` exits."""
+    server = LiveServer(
+        tiny_checkpoint,
+        OTEL_TRACES_EXPORTER="otlp",
+        OTEL_EXPORTER_OTLP_ENDPOINT=receiver.url,
+        OTEL_BSP_SCHEDULE_DELAY="60000",
+    )
+    try:
+        response = httpx.post(
+            f"{server.url}/sample",
+            json={"n": 1},
+            headers={"X-Request-ID": "trace-at-exit"},
+            timeout=30,
+        )
+        assert response.status_code == 200
+        time.sleep(0.5)
+        assert server_span(receiver.spans, "trace-at-exit") is None  # still in the batch queue
+    finally:
+        server.stop()
+    assert server.process.returncode == 0
+    receiver.wait_for(tree_of("trace-at-exit", {"batch.forward", "response.encode"}), "exit flush")
