@@ -12,13 +12,16 @@ rounds. `--baseline REF` adds the service at REF (before tracing existed) as the
 from __future__ import annotations
 
 import argparse
+import os
+import re
 import statistics
+import subprocess
 import tempfile
 import threading
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
-from peers_bench import REPO, Running, baseline_worktree, scripts, service, wrk
+from peers_bench import HOST, REPO, Running, baseline_worktree, parse_wrk, scripts, service
 
 CELLS = {
     "/sample c=64": ("sample", "/sample"),
@@ -48,6 +51,27 @@ class OtlpSink:
         self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
         self.url = f"http://127.0.0.1:{self.server.server_address[1]}"
         threading.Thread(target=self.server.serve_forever, daemon=True).start()
+
+
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU time of a process so far (its threads included)."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def measure(server: Running, path: str, script: Path, duration: float) -> tuple[float, float]:
+    """req/s and the server's CPU microseconds per request under `wrk -c64` (1 s warm-up first).
+    CPU time per request hardly moves when a neighbour takes the core; req/s does."""
+    url = f"http://{HOST}:{server.port}{path}"
+    base = ["taskset", "-c", "1", "wrk", "-t1", "-c64", "--timeout", "10s", "-s", str(script)]
+    subprocess.run([*base, "-d1s", url], capture_output=True, check=True)
+    before = cpu_seconds(server.process.pid)
+    out = subprocess.run([*base, f"-d{duration:g}s", url], capture_output=True, text=True).stdout
+    cpu = cpu_seconds(server.process.pid) - before
+    result = parse_wrk(out)
+    assert result["errors"] == 0, (server.peer.label, path, out)
+    requests = int(re.search(r"(\d+) requests in", out).group(1))
+    return result["rps"], cpu / requests * 1e6
 
 
 def main() -> int:
@@ -84,27 +108,30 @@ def main() -> int:
         peers.insert(0, service(f"before ({args.baseline})", args.checkpoint, cwd=tree))
     servers = [Running(peer, 0, workdir) for peer in peers]
     rps: dict[tuple[str, str], list[float]] = {}
+    cpu_us: dict[tuple[str, str], list[float]] = {}
     try:
         for round_ in range(args.rounds):
             for cell, (script, path) in CELLS.items():
                 for server in servers:
-                    result = wrk(server.port, path, lua[script], 64, args.duration, 1)
-                    assert result["errors"] == 0, (server.peer.label, cell, result)
-                    rps.setdefault((server.peer.label, cell), []).append(result["rps"])
+                    rate, cpu = measure(server, path, lua[script], args.duration)
+                    rps.setdefault((server.peer.label, cell), []).append(rate)
+                    cpu_us.setdefault((server.peer.label, cell), []).append(cpu)
+                    print(f"{server.peer.label} {cell}: {rate:,.0f} req/s, {cpu:,.0f} us CPU/req")
             print(f"round {round_ + 1}/{args.rounds} done", flush=True)
     finally:
         for server in servers:
             server.stop()
     reference = peers[0].label
-    print(f"\n{args.rounds} rounds x {args.duration:g} s per cell; median req/s (vs the first row)")
-    print("| server | " + " | ".join(CELLS) + " |")
-    print("|---|" + "---|" * len(CELLS))
+    print(f"\n{args.rounds} rounds x {args.duration:g} s per cell, medians (vs the first row)")
+    print("| server | " + " | ".join(f"{c} req/s | {c} CPU us/req" for c in CELLS) + " |")
+    print("|---|" + "---|---|" * len(CELLS))
     for peer in peers:
         cells = []
         for cell in CELLS:
-            median = statistics.median(rps[(peer.label, cell)])
-            ratio = median / statistics.median(rps[(reference, cell)])
-            cells.append(f"{median:,.0f} ({ratio:.3f})")
+            for table in (rps, cpu_us):
+                median = statistics.median(table[(peer.label, cell)])
+                ratio = median / statistics.median(table[(reference, cell)])
+                cells.append(f"{median:,.0f} ({ratio:.3f})")
         print(f"| {peer.label} | " + " | ".join(cells) + " |")
     print(f"\nOTLP bytes received: {sink.bytes:,}")
     return 0
