@@ -29,6 +29,7 @@ from app import tracing
 from app.http.server_span import ServerSpanMiddleware
 from app.inference.batching import MicroBatcher
 from app.main import create_app
+from models.checkpoint import load_checkpoint
 
 WAIT_S = 20  # for the batch processor (100 ms schedule here) to deliver what a test looks for
 
@@ -256,6 +257,57 @@ def test_the_callers_traceparent_is_honoured_on_the_fast_sample_path(
     assert attributes(root)["http.route"] == "/sample"
     assert attributes(forward := kids["batch.forward"])["vae.operation"] == "decode"
     assert attributes(forward)["vae.batch.size"] == 4
+
+
+def test_every_kind_of_route_is_traced_under_its_template(
+    traced_server: LiveServer, receiver: OtlpReceiver, tiny_checkpoint: Path
+) -> None:
+    model, metadata = load_checkpoint(tiny_checkpoint)
+    decoder = f"{metadata['dataset']['name']}-vae-decoder"
+    infer = {
+        "inputs": [
+            {
+                "name": "z",
+                "datatype": "FP32",
+                "shape": [1, model.latent_dim],
+                "data": [0.0] * model.latent_dim,
+            }
+        ]
+    }
+    calls = {  # request id: (method, path, body, route template, status, child spans)
+        "trace-encode": (
+            "GET",
+            "/encode?example=7-0",
+            None,
+            "/encode",
+            200,
+            {"batch.queue", "batch.forward", "response.encode"},
+        ),
+        "trace-infer": (
+            "POST",
+            f"/v2/models/{decoder}/infer",
+            infer,
+            "/v2/models/{name}/infer",
+            200,
+            {"upload.decode", "batch.queue", "batch.forward", "response.encode"},
+        ),
+        "trace-health": ("GET", "/healthz", None, "/healthz", 200, set()),
+    }
+    with httpx.Client(base_url=traced_server.url, timeout=30) as client:
+        for request_id, (method, path, body, _, status, _) in calls.items():
+            response = client.request(method, path, json=body, headers={"X-Request-ID": request_id})
+            assert response.status_code == status, (path, response.text)
+        missing = client.get("/no-such-route", headers={"X-Request-ID": "trace-404"})
+        assert missing.status_code == 404
+    for request_id, (method, _, _, template, status, names) in calls.items():
+        root, kids = receiver.wait_for(tree_of(request_id, names), request_id)
+        assert root.name == f"{method} {template}"
+        assert attributes(root)["http.route"] == template
+        assert attributes(root)["http.response.status_code"] == status
+        assert kids.keys() == names
+    root, kids = receiver.wait_for(tree_of("trace-404", set()), "the 404's span")
+    assert root.name == "GET" and "http.route" not in attributes(root)
+    assert attributes(root)["http.response.status_code"] == 404
 
 
 def test_errors_are_traced_with_their_status(
