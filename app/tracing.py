@@ -138,16 +138,23 @@ def tracer() -> Any:
 
 def traced(name: str) -> Callable[[F], F]:
     """Decorator: each call runs in a span called `name`, a child of the current one. With
-    tracing off it returns the function itself, so the undecorated code is what runs."""
+    tracing off it returns the function itself, so the undecorated code is what runs.
+
+    A request whose span is not recorded (sampled out) gets no child spans at all: the standard
+    samplers would drop them too, and creating them cost about a tenth of a request's CPU."""
 
     def decorate(fn: F) -> F:
         if not ENABLED:
             return fn
+        from opentelemetry.trace import get_current_span
+
         tracer_ = tracer()
         if inspect.iscoroutinefunction(fn):
 
             @functools.wraps(fn)
             async def traced_coroutine(*args: Any, **kwargs: Any) -> Any:
+                if not get_current_span().is_recording():  # see `recording`
+                    return await fn(*args, **kwargs)
                 with tracer_.start_as_current_span(name):
                     return await fn(*args, **kwargs)
 
@@ -155,6 +162,8 @@ def traced(name: str) -> Callable[[F], F]:
 
         @functools.wraps(fn)
         def traced_call(*args: Any, **kwargs: Any) -> Any:
+            if not get_current_span().is_recording():
+                return fn(*args, **kwargs)
             with tracer_.start_as_current_span(name):
                 return fn(*args, **kwargs)
 

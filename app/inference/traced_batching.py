@@ -2,8 +2,9 @@
 
 A batch serves several requests, each in its own trace, so the batch cannot be a child of all of
 them. Each request gets a `batch.queue` span for its wait; the batch gets one `batch.forward` span,
-a child of the request that opened it and LINKED to every request it served; and each queue span
+a child of the first request it serves and LINKED to every request it served; and each queue span
 links to the forward pass that ended its wait, so every request's trace leads to its batch.
+Requests that are not sampled get no spans here, and a batch of only those none.
 """
 
 from __future__ import annotations
@@ -49,7 +50,10 @@ class TracedMicroBatcher(MicroBatcher[K]):
         return _NotingQueue(maxsize, self._queued)
 
     def _queued(self, job: _Job[K]) -> None:
-        request = trace.get_current_span().get_span_context()
+        request_span = trace.get_current_span()
+        if not request_span.is_recording():  # sampled out: no spans (see `tracing.traced`)
+            return
+        request = request_span.get_span_context()
         span = self._tracer.start_span(
             "batch.queue", attributes={OPERATION: self.name, BATCH_ROWS: job.size}
         )
@@ -65,9 +69,11 @@ class TracedMicroBatcher(MicroBatcher[K]):
 
     async def _execute(self, jobs: list[_Job[K]]) -> None:
         waits = [self._waiting.pop(job) for job in jobs if job in self._waiting]
-        opener = (
-            trace.set_span_in_context(NonRecordingSpan(waits[0][1])) if waits else None
-        )  # the batch is a child of the request that opened it
+        if not waits:  # every request it serves was sampled out
+            await super()._execute(jobs)
+            return
+        # The batch is a child of the first (sampled) request it serves.
+        opener = trace.set_span_in_context(NonRecordingSpan(waits[0][1]))
         with self._tracer.start_as_current_span(
             "batch.forward",
             context=opener,
@@ -87,7 +93,10 @@ class TracedMicroBatcher(MicroBatcher[K]):
     def _run_now(self, key: K, rows: torch.Tensor) -> Output:
         """A lone row run at once (no queue, so no queue span): its forward pass, a child of the
         request and linked to it like any batch."""
-        request = trace.get_current_span().get_span_context()
+        request_span = trace.get_current_span()
+        if not request_span.is_recording():
+            return super()._run_now(key, rows)
+        request = request_span.get_span_context()
         with self._tracer.start_as_current_span(
             "batch.forward",
             links=[Link(request)],

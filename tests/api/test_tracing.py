@@ -259,6 +259,35 @@ def test_the_callers_traceparent_is_honoured_on_the_fast_sample_path(
     assert attributes(forward)["vae.batch.size"] == 4
 
 
+def test_a_caller_that_did_not_sample_gets_no_spans(
+    traced_server: LiveServer, receiver: OtlpReceiver, digit_png: bytes
+) -> None:
+    """`traceparent` with the sampled flag off: the parent-based sampler drops the request, and
+    none of its steps makes a span; the next request, sampled, is exported whole."""
+    unsampled, sampled = secrets.token_hex(16), secrets.token_hex(16)
+    with httpx.Client(base_url=traced_server.url, timeout=30) as client:
+        for request_id, trace_id, flags in (
+            ("trace-unsampled", unsampled, "00"),
+            ("trace-sampled-after", sampled, "01"),
+        ):
+            response = client.post(
+                "/reconstruct",
+                files={"file": ("7.png", digit_png, "image/png")},
+                headers={
+                    "traceparent": f"00-{trace_id}-{secrets.token_hex(8)}-{flags}",
+                    "X-Request-ID": request_id,
+                },
+            )
+            assert response.status_code == 200
+    root, _ = receiver.wait_for(
+        tree_of("trace-sampled-after", RECONSTRUCT_CHILDREN), "the sampled request"
+    )
+    assert root.trace_id.hex() == sampled
+    time.sleep(0.5)  # five schedule delays more for anything of the first request
+    assert [s.name for s in receiver.spans if s.trace_id.hex() == unsampled] == []
+    assert server_span(receiver.spans, "trace-unsampled") is None
+
+
 def test_every_kind_of_route_is_traced_under_its_template(
     traced_server: LiveServer, receiver: OtlpReceiver, tiny_checkpoint: Path
 ) -> None:
