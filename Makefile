@@ -9,7 +9,7 @@ PORT ?= 8000
 
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
-	$(VENV)/bin/pip install --quiet --disable-pip-version-check -e '.[dev,train,openvino,ray]'
+	$(VENV)/bin/pip install --quiet --disable-pip-version-check -e '.[dev,train,openvino,ray,otel]'
 	touch $@
 
 install: $(VENV)/.installed

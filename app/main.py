@@ -13,6 +13,7 @@ from fastapi import Depends, FastAPI, Security
 from fastapi.middleware.cors import CORSMiddleware
 from pydantic import ValidationError
 
+from app import tracing
 from app.config import Settings, configuration_error
 from app.http.auth import api_key_scheme
 from app.http.body_limit import BodyLimitMiddleware
@@ -62,6 +63,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         finally:
             await app.state.engine.stop()
             app.state.decode_gate.shutdown()
+            tracing.flush()
 
     app = FastAPI(
         title="MNIST VAE",
@@ -71,8 +73,9 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             max_image_pixels=settings.max_image_pixels,
         ),
         lifespan=lifespan,
-        # Prometheus (`/metrics`) is the service's telemetry; FastAPI's OpenTelemetry hook
-        # asked the tracer and meter providers whether it was on for every request.
+        # Prometheus (`/metrics`) is the service's metrics, and `app.http.server_span` its traces
+        # (OTEL_*); FastAPI's OpenTelemetry hook asked the tracer and meter providers whether it
+        # was on for every request.
         telemetry={"tracing": False, "metrics": False},
     )
     app.state.settings = settings
@@ -93,8 +96,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
 
     # The pipeline every request passes, innermost first (each `add_middleware` wraps the rest):
     # the fast path for /sample, the body's size, the guard (API key, drain, deadline), CORS, the
-    # request context
-    # (id, metrics, access line, last-resort 500).
+    # server span (only with tracing on), the request context (id, metrics, access line,
+    # last-resort 500).
     app.add_middleware(FastSample, fastapi_app=app)
     app.add_middleware(
         BodyLimitMiddleware,
@@ -110,6 +113,11 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             allow_headers=["Authorization", "Content-Type", "Accept", "X-Request-ID"],
             expose_headers=["X-Request-ID", "X-Seed"],
         )
+    if tracing.ENABLED:  # the server span, inside the request context so it has the id
+        from app.http.server_span import ServerSpanMiddleware
+
+        tracing.configure()
+        app.add_middleware(ServerSpanMiddleware)
     app.add_middleware(RequestContextMiddleware)
     if STATIC_DIR.is_dir():
         app.mount("/", StaticPages(directory=STATIC_DIR, html=True), name="static")
@@ -120,8 +128,12 @@ def _app_from_environment() -> FastAPI:
     """`uvicorn app.main:app`: a bad `VAE_*` variable stops it with one line, like `vae-serve`."""
     try:
         settings = Settings()
+        tracing.check()
     except ValidationError as exc:
         print(f"app.main: invalid configuration: {configuration_error(exc)}", file=sys.stderr)
+        raise SystemExit(2) from None
+    except tracing.TracingConfigError as exc:
+        print(f"app.main: invalid configuration: {exc}", file=sys.stderr)
         raise SystemExit(2) from None
     return create_app(settings)
 

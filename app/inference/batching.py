@@ -69,7 +69,7 @@ class MicroBatcher(Generic[K]):
         self._lone_rows_now = lone_rows_now and self._max_wait == 0
         self._busy = False  # a batch is running (on the loop or on the executor)
         self._ran_now = False  # a lone row ran in `submit` during this turn of the event loop
-        self._queue: asyncio.Queue[_Job[K]] = asyncio.Queue(maxsize=queue_size)
+        self._queue: asyncio.Queue[_Job[K]] = self._new_queue(queue_size)
         self._task: asyncio.Task | None = None
         # Set by the owner (`Engine.batch_uploads_with`): whether more jobs are on their way
         # (uploads being decoded), and how long a batch may wait for them.
@@ -78,6 +78,10 @@ class MicroBatcher(Generic[K]):
         self._batch_sizes = metrics.BATCH_SIZE.labels(op=name)
         metrics.QUEUE_DEPTH.labels(op=name).set_function(self._queue.qsize)
         metrics.QUEUE_CAPACITY.labels(op=name).set(queue_size)
+
+    def _new_queue(self, maxsize: int) -> asyncio.Queue[_Job[K]]:
+        """The queue of waiting jobs (a hook: `TracedMicroBatcher` notes each job put in it)."""
+        return asyncio.Queue(maxsize=maxsize)
 
     def start(self) -> None:
         loop = asyncio.get_running_loop()

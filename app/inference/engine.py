@@ -17,7 +17,7 @@ from pathlib import Path
 
 import torch
 
-from app import deadline
+from app import deadline, tracing
 from app.config import Settings
 from app.errors import CheckpointRejected, InvalidInput, NotReady
 from app.inference import metrics
@@ -69,11 +69,13 @@ class Engine:
         self._reload_lock = asyncio.Lock()
         self.admission = gate = InferenceGate()
 
+        batcher_type = _batcher_type()
+
         def batcher(op: str, lone_rows_now: bool = False) -> MicroBatcher:
             def run(m: LoadedModel, rows: torch.Tensor) -> Output:
                 return getattr(m.runner, op)(rows)
 
-            return MicroBatcher(
+            return batcher_type(
                 op,
                 gate.timed(op, run),
                 self._executor,
@@ -241,6 +243,15 @@ class Engine:
         weights = torch.linspace(0.0, 1.0, steps).unsqueeze(1)
         z = torch.lerp(start.unsqueeze(0), end.unsqueeze(0), weights)
         return z, await self.decode(m, z)
+
+
+def _batcher_type() -> type[MicroBatcher]:
+    """The batcher with queue and forward-pass spans when tracing is on, else the plain one."""
+    if not tracing.ENABLED:
+        return MicroBatcher
+    from app.inference.traced_batching import TracedMicroBatcher
+
+    return TracedMicroBatcher
 
 
 def _publish_model_info(m: LoadedModel) -> None:

@@ -10,6 +10,7 @@ from typing import Annotated, Literal
 import torch
 from fastapi import Depends, File, Query, Request, UploadFile
 
+from app import tracing
 from app.config import Settings
 from app.deadline import time_left_s
 from app.images.examples import ExampleStore
@@ -66,6 +67,7 @@ PreprocessQuery = Annotated[
 ]
 
 
+@tracing.traced("upload.decode")
 async def to_model_input(
     data: bytes, settings: Settings, preprocess: Preprocess, gate: DecodeGate
 ) -> torch.Tensor:

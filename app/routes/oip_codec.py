@@ -17,6 +17,7 @@ from typing import Any
 
 import numpy as np
 
+from app import tracing
 from app.errors import BadInferenceRequest as ProtocolError
 
 HEADER_LENGTH = "Inference-Header-Content-Length"
@@ -52,6 +53,7 @@ class InferRequest:
     binary_default: bool
 
 
+@tracing.traced("upload.decode")
 def parse_infer_request(
     body: bytes, header_length: str | None, input_specs: list[TensorSpec]
 ) -> InferRequest:
@@ -113,6 +115,7 @@ def select_outputs(
     return chosen
 
 
+@tracing.traced("response.encode")
 def encode_infer_response(
     model_name: str,
     model_version: str,

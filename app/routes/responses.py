@@ -16,6 +16,7 @@ from fastapi import Response
 from fastapi.responses import JSONResponse
 from pydantic import BaseModel
 
+from app import tracing
 from app.images import png
 from app.schemas import (
     DecodeResponse,
@@ -27,6 +28,7 @@ from app.schemas import (
 
 PNG = "image/png"
 Headers = dict[str, str] | None
+ENCODE_SPAN = "response.encode"  # each route's builder below runs in it when tracing is on
 
 
 def asks_for_json(format: str | None, accept: str) -> bool:
@@ -63,6 +65,7 @@ def grid_response(images: torch.Tensor, headers: Headers = None) -> Response:
     return png_response(square_grid_png(images), headers)
 
 
+@tracing.traced(ENCODE_SPAN)
 def sample_response(
     seed: int,
     temperature: float,
@@ -88,6 +91,7 @@ def sample_response(
     return json_response(body, headers)
 
 
+@tracing.traced(ENCODE_SPAN)
 def decode_response(images: torch.Tensor, one_latent: bool, as_json: bool) -> Response:
     """/decode: one latent gives one 32x32 PNG, several a grid; JSON lists every image."""
     if as_json:
@@ -97,6 +101,7 @@ def decode_response(images: torch.Tensor, one_latent: bool, as_json: bool) -> Re
     return grid_response(images)
 
 
+@tracing.traced(ENCODE_SPAN)
 def interpolation_response(z: torch.Tensor, images: torch.Tensor, as_json: bool) -> Response:
     """/interpolate: the images as one strip PNG, or with the latents they were decoded from."""
     if not as_json:
@@ -105,6 +110,7 @@ def interpolation_response(z: torch.Tensor, images: torch.Tensor, as_json: bool)
     return json_response(body)
 
 
+@tracing.traced(ENCODE_SPAN)
 def reconstruction_response(
     x: torch.Tensor,
     mu: torch.Tensor,
@@ -126,6 +132,7 @@ def reconstruction_response(
     return json_response(body)
 
 
+@tracing.traced(ENCODE_SPAN)
 def latent_response(mu: torch.Tensor, logvar: torch.Tensor) -> JSONResponse:
     """/encode of one image: the posterior's mean and log-variance."""
     body = LatentResponse(latent_dim=mu.shape[1], mu=mu[0].tolist(), logvar=logvar[0].tolist())

@@ -11,6 +11,7 @@ import sys
 
 from pydantic import ValidationError
 
+from app import tracing
 from app.config import Settings, configuration_error
 from app.server.shutdown import serve
 from models.checkpoint import CheckpointError, load_checkpoint
@@ -38,7 +39,8 @@ def main(argv: list[str] | None = None) -> int:
     try:
         resolve_device(settings.device)
         load_checkpoint(settings.checkpoint)
-    except (CheckpointError, RuntimeError) as exc:
+        tracing.check()
+    except (CheckpointError, RuntimeError) as exc:  # TracingConfigError is a RuntimeError
         print(f"vae-serve: cannot serve: {exc}", file=sys.stderr)
         return 2
     serve(settings, host=args.host, port=args.port, workers=args.workers)
