@@ -23,6 +23,8 @@ from scipy import ndimage
 from torchvision.utils import make_grid
 
 from app.errors import ImageError, PayloadTooLarge, UnsupportedImageFormat
+from app.page import find_page
+from app.strokes import frame_or_underline, like_mnist_strokes
 from models.runtime import float32_numpy
 
 ACCEPTED_FORMATS = ("PNG", "JPEG", "WEBP", "BMP", "GIF", "TIFF")  # JPEG covers MPO, phones' JPEG
@@ -173,10 +175,13 @@ def _contrasting_background(grey: np.ndarray, alpha: np.ndarray) -> float:
 
 def _mnist_digit(grey: Image.Image) -> np.ndarray:
     """MNIST's recipe from greyscale: ink made white on black, cropped, 20 px, centred in 28x28."""
-    ink = _ink(np.asarray(_smooth(_shrink(grey)), dtype=np.float32) / 255.0)
+    work = np.asarray(_smooth(_shrink(grey)), dtype=np.float32) / 255.0
+    page = find_page(work)  # a note on a desk, a board on a wall: the page, not the picture
+    ink = _ink(work) if page is None else _ink(page.image, dark_ink=page.dark_ink)
     digit = _digit_region(ink)
     if digit is None:
         return np.zeros((MNIST_SIDE, MNIST_SIDE), dtype=np.float32)
+    digit = like_mnist_strokes(digit)  # a fine pen or a thick marker: MNIST's pen width
     return _place_by_centre_of_mass(_scale_longer_side(digit, DIGIT_SIDE))
 
 
@@ -195,7 +200,7 @@ def _smooth(grey: Image.Image) -> Image.Image:
     return grey.filter(ImageFilter.GaussianBlur(sigma)) if sigma >= 0.5 else grey
 
 
-def _ink(grey: np.ndarray) -> np.ndarray:
+def _ink(grey: np.ndarray, *, dark_ink: bool | None = None) -> np.ndarray:
     """Makes the ink white on black and stretches it so the paper is 0 and the darkest ink 1.
 
     Paper is the bulk of the image, so its level is the median; ink is the extreme furthest from
@@ -203,10 +208,11 @@ def _ink(grey: np.ndarray) -> np.ndarray:
     taken out, the paper is what fills the border: its median plus three robust standard
     deviations (or a tenth of the ink's range, whichever is more) becomes 0, unless the border is
     perfectly flat, as in MNIST or a drawing. Median and MAD still hold when a tightly cropped
-    digit hits the edges.
+    digit hits the edges. `dark_ink`, when the page has been found, says which way round it is.
     """
-    paper = _median(grey)
-    dark_ink = paper - float(grey.min()) > float(grey.max()) - paper
+    if dark_ink is None:
+        paper = _median(grey)
+        dark_ink = paper - float(grey.min()) > float(grey.max()) - paper
     if dark_ink:
         grey = 1.0 - grey
     grey = _remove_light(grey, reflective=dark_ink)
@@ -266,7 +272,7 @@ def _border(grey: np.ndarray) -> np.ndarray:
     return grey[mask]
 
 
-def _digit_region(ink: np.ndarray) -> np.ndarray | None:
+def _digit_region(ink: np.ndarray, *, tidy: int = 2) -> np.ndarray | None:
     """The digit's crop of the ink, other ink blanked, darkest stroke 1; None for a blank image.
 
     Strokes are what passes a quarter of the darkest ink; each connected piece is a candidate,
@@ -275,7 +281,8 @@ def _digit_region(ink: np.ndarray) -> np.ndarray | None:
     photo of a page; only a digit cropped tightly fills the frame. The digit is the heaviest
     candidate, weighted towards the middle, with the candidates close to it (a 4 or a 5 drawn in
     several strokes). Their faint antialiased rims count too, but faint specks away from any
-    stroke (grain, dust, noise) do not.
+    stroke (grain, dust, noise) do not. A box drawn around the digit, or a line under it, is
+    dropped and the digit picked again, `tidy` times at most (a box with an underlined digit).
 
     Raises ImageError (422) when there is ink but all of it is lines across the image.
     """
@@ -301,6 +308,10 @@ def _digit_region(ink: np.ndarray) -> np.ndarray | None:
     box = (slice(top, bottom + 1), slice(left, right + 1))
     kept = np.zeros(count + 1, dtype=bool)  # by label: a lookup, much cheaper than np.isin
     kept[1:] = chosen
+    if tidy and (not_digit := frame_or_underline(kept[labels[box]])) is not None:
+        cleaned = ink.copy()
+        cleaned[box][_grow_by_one(not_digit)] = 0.0
+        return _digit_region(cleaned, tidy=tidy - 1)
     near_strokes = _grow_by_one(kept[labels[box]])
     digit = np.where(near_strokes & (ink[box] > RIM_FRACTION * peak), ink[box], 0.0)
     rows, cols = np.nonzero(digit)

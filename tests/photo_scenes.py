@@ -133,3 +133,161 @@ def lines_only(seed: int = 0) -> bytes:
         page[row : row + 2] *= 0.5
     light = _lighting(rng) * (1 - 0.55 * _band("left", 1 / 3, edge_blur=2.0))
     return _photograph(page, light, rng)
+
+
+# Issue 20: the paper is only part of the picture. Each scene below takes its layout (where the
+# digit sits, how big it is, how far the paper is turned) from `seed`, so ten seeds are ten
+# different photos, not one photo ten times.
+
+
+def _layout(seed: int) -> tuple[np.random.Generator, int, float]:
+    """The scene's random source, the digit's side in px (120-220) and a tilt (-12..12 degrees)."""
+    rng = np.random.default_rng(1000 + seed)
+    return rng, int(rng.integers(120, 221)), float(rng.uniform(-12, 12))
+
+
+def _ink(digit: np.ndarray, size: int) -> np.ndarray:
+    """The digit's ink coverage in [0, 1], scaled to `size` px as a pen would draw it."""
+    scaled = Image.fromarray(digit).resize((size, size), Image.BICUBIC)
+    return np.clip(np.asarray(scaled, np.float32) / 255, 0, 1)
+
+
+def _thin_ink(digit: np.ndarray, size: int, width: float) -> np.ndarray:
+    """The digit drawn with a fine pen: its centre line (the skeleton of the scaled digit) about
+    `width` px wide, where MNIST's strokes would be a tenth of the digit wide."""
+    from scipy import ndimage
+
+    core = _ink(digit, size) > 0.5
+    distance = ndimage.distance_transform_edt(core)
+    ridge = (distance >= ndimage.maximum_filter(distance, size=5) - 0.75) & (distance > 1)
+    ridge = ndimage.binary_dilation(ridge, iterations=1)  # join the ridge into one line
+    near = ndimage.distance_transform_edt(~ridge)
+    return np.clip(width / 2 + 0.5 - near, 0, 1).astype(np.float32)
+
+
+def _rectangle(shape: tuple[int, int], box: tuple[float, float, float, float], width: float):
+    """Coverage of a rectangle's outline (top, left, bottom, right), `width` px thick."""
+    y, x = np.mgrid[0 : shape[0], 0 : shape[1]].astype(np.float32)
+    top, left, bottom, right = box
+    outside = np.maximum.reduce([top - y, y - bottom, left - x, x - right])
+    return np.clip(width / 2 + 0.5 - np.abs(outside), 0, 1)
+
+
+def _hline(shape: tuple[int, int], row: float, left: float, right: float, width: float):
+    """Coverage of a horizontal line at `row` from `left` to `right`, `width` px thick."""
+    y, x = np.mgrid[0 : shape[0], 0 : shape[1]].astype(np.float32)
+    along = np.maximum(np.maximum(left - x, x - right), 0)
+    return np.clip(width / 2 + 0.5 - np.hypot(np.abs(y - row), along), 0, 1)
+
+
+def _turned(coverage: np.ndarray, degrees: float) -> np.ndarray:
+    return np.asarray(
+        Image.fromarray(coverage.astype(np.float32), "F").rotate(degrees, Image.BILINEAR)
+    )
+
+
+def _marked_page(marks: np.ndarray, rng: np.random.Generator, paper=None, ink=INK) -> np.ndarray:
+    """A whole-frame page with the marks (a square of coverage) somewhere near its middle."""
+    page = np.full((HEIGHT, WIDTH), PAPER, np.float32) if paper is None else paper
+    side = marks.shape[0]
+    top = int(rng.integers(10, HEIGHT - side - 10)) if side < HEIGHT - 20 else (HEIGHT - side) // 2
+    left = int(rng.integers(10, WIDTH - side - 10))
+    window = page[top : top + side, left : left + side]
+    page[top : top + side, left : left + side] = window * (1 - marks) + ink * marks
+    return page
+
+
+def _framed(digit: np.ndarray, size: int, margin: float, degrees: float, width: float):
+    """The digit in a square canvas with a box drawn `margin` px outside its ink, all turned."""
+    side = size + 2 * int(abs(margin)) + 60
+    marks = np.zeros((side, side), np.float32)
+    offset = (side - size) // 2
+    marks[offset : offset + size, offset : offset + size] = _ink(digit, size)
+    rows, cols = np.nonzero(marks > 0.3)
+    box = (rows.min() - margin, cols.min() - margin, rows.max() + margin, cols.max() + margin)
+    marks = np.maximum(marks, _rectangle(marks.shape, box, width))
+    return np.clip(_turned(marks, degrees), 0, 1)
+
+
+def note_on_desk(digit: np.ndarray, seed: int = 0) -> bytes:
+    """A square note (twice the digit's size or more) on a darker wooden desk, turned a little.
+
+    The desk fills most of the picture, so its tone is the picture's median: a normaliser that
+    takes the majority for paper reads the note as a bright blob of "ink".
+    """
+    rng, size, degrees = _layout(seed)
+    size = min(size, 170)
+    note = int(size * rng.uniform(1.5, 1.9))
+    y, x = np.mgrid[0:HEIGHT, 0:WIDTH].astype(np.float32)
+    tone = rng.uniform(0.2, 0.4)
+    grain = tone + 0.04 * np.sin(x / 9.0 + 4 * np.sin(y / 70.0)) + rng.normal(0, 0.01)
+    top = int(rng.integers(10, HEIGHT - note - 10)) if note < HEIGHT - 20 else 10
+    left = int(rng.integers(10, WIDTH - note - 10))
+    square = np.zeros((HEIGHT, WIDTH), np.float32)
+    square[top : top + note, left : left + note] = 1
+    marks = np.zeros((HEIGHT, WIDTH), np.float32)
+    inset = (note - size) // 2 + int(rng.integers(-10, 11))
+    marks[top + inset : top + inset + size, left + inset : left + inset + size] = _ink(digit, size)
+    centre = (left + note / 2, top + note / 2)
+    turn = lambda a: np.asarray(  # noqa: E731
+        Image.fromarray(a, "F").rotate(degrees, Image.BILINEAR, center=centre)
+    )
+    square, marks = np.clip(turn(square), 0, 1), np.clip(turn(marks), 0, 1)
+    shadow = np.asarray(
+        Image.fromarray((square * 255).astype(np.uint8)).filter(ImageFilter.GaussianBlur(6))
+    )
+    desk = grain * (1 - 0.5 * np.roll(shadow / 255.0, (6, 6), (0, 1)))
+    paper = PAPER * (1 - marks) + INK * marks
+    return _photograph(
+        (desk * (1 - square) + paper * square).astype(np.float32), _lighting(rng), rng
+    )
+
+
+def boxed_digit(digit: np.ndarray, seed: int = 0) -> bytes:
+    """The digit written in a printed box, as on a form: a thin frame a few px to a fifth of the
+    digit outside its ink (on the odd seeds the ink touches the frame), tilted a little."""
+    rng, size, degrees = _layout(seed)
+    margin = -2.0 if seed % 2 else size * rng.uniform(0.05, 0.2)
+    marks = _framed(digit, size, margin, degrees / 2, width=rng.uniform(2, 5))
+    return _photograph(_marked_page(marks, rng), _lighting(rng), rng)
+
+
+def underlined_digit(digit: np.ndarray, seed: int = 0) -> bytes:
+    """The digit above a pen line that reaches past it on both sides; on every third seed the
+    digit's lowest stroke touches the line."""
+    rng, size, degrees = _layout(seed)
+    side = size + 120
+    marks = np.zeros((side, side), np.float32)
+    offset = (side - size) // 2
+    marks[offset : offset + size, offset : offset + size] = _ink(digit, size)
+    rows, cols = np.nonzero(marks > 0.3)
+    gap = -1.0 if seed % 3 == 0 else size * rng.uniform(0.04, 0.15)
+    reach = (cols.max() - cols.min()) * rng.uniform(0.1, 0.35)
+    line = _hline(
+        marks.shape, rows.max() + gap, cols.min() - reach, cols.max() + reach, rng.uniform(3, 6)
+    )
+    marks = np.clip(_turned(np.maximum(marks, line), degrees / 2), 0, 1)
+    return _photograph(_marked_page(marks, rng), _lighting(rng), rng)
+
+
+def faint_thin_ink(digit: np.ndarray, seed: int = 0) -> bytes:
+    """A fine grey pen in an overexposed photo: the paper clips to white, the strokes 2-4 px wide
+    where MNIST's would be a tenth of the digit, and a third as dark as a marker's."""
+    rng, size, degrees = _layout(seed)
+    marks = np.clip(_turned(_thin_ink(digit, size, rng.uniform(2, 4)), degrees / 2), 0, 1)
+    page = _marked_page(marks, rng, ink=rng.uniform(0.5, 0.62))
+    return _photograph(page, _lighting(rng) * rng.uniform(1.2, 1.35), rng)
+
+
+def textured_page(digit: np.ndarray, seed: int = 0) -> bytes:
+    """The digit on card or kraft paper with a visible grain: blotches and fibres of a few px,
+    each a fifth as dark as the ink, everywhere on the page."""
+    rng, size, degrees = _layout(seed)
+    from scipy import ndimage
+
+    blotches = ndimage.gaussian_filter(rng.normal(0, 1, (HEIGHT, WIDTH)), 6)
+    fibres = ndimage.gaussian_filter(rng.normal(0, 1, (HEIGHT, WIDTH)), (1, 5))
+    texture = blotches / blotches.std() * 0.05 + fibres / fibres.std() * 0.04
+    paper = (PAPER * rng.uniform(0.75, 0.95) * (1 + texture)).astype(np.float32)
+    marks = np.clip(_turned(_ink(digit, size), degrees / 2), 0, 1)
+    return _photograph(_marked_page(marks, rng, paper=paper), _lighting(rng), rng)
