@@ -311,6 +311,8 @@ def _digit_region(ink: np.ndarray, *, tidy: int = 2) -> np.ndarray | None:
     if tidy and (not_digit := frame_or_underline(kept[labels[box]])) is not None:
         cleaned = ink.copy()
         cleaned[box][_grow_by_one(not_digit)] = 0.0
+        if not (cleaned > CROP_FRACTION * peak).any():
+            raise ImageError(NO_DIGIT)
         return _digit_region(cleaned, tidy=tidy - 1)
     near_strokes = _grow_by_one(kept[labels[box]])
     digit = np.where(near_strokes & (ink[box] > RIM_FRACTION * peak), ink[box], 0.0)

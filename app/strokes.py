@@ -12,6 +12,7 @@ from __future__ import annotations
 import cv2
 import numpy as np
 
+MIN_SIDE = 40  # smaller marks are left as they are: at MNIST's size a 2's base is a straight line
 MIN_RECTANGLE = 0.93  # a frame fills 93 % of the smallest turned rectangle around it (a 0: < 0.9)
 ON_RECTANGLE = 0.9  # and 90 % of its outline lies on that rectangle's sides
 FRAME_INK = 0.85  # its line: the outermost rings of depth that are (nearly) all ink
@@ -24,6 +25,7 @@ LINE_SLOPE = np.tan(np.radians(10))  # within 10 degrees of level (the base of a
 LINE_FIT = 0.04  # the marks' lowest edge stays within 4 % of their height of a straight line
 MAX_LINE_THICKNESS = 0.1  # it is at most a 10th of the marks' height thick
 MIN_ABOVE = 0.3  # what is above it is at least 30 % of the ink
+OTHER_PEN = 0.5  # ...or is drawn with another pen, at most half as thick as the digit's strokes
 SEPARATE_REACH = 0.6  # a line apart from the digit is at least 60 % of the digit's width
 TOUCHING_REACH = 0.15  # a line the digit touches runs on past where it touches, both ways, by 15 %
 
@@ -43,6 +45,8 @@ def frame_or_underline(marks: np.ndarray) -> np.ndarray | None:
     `marks` is the boolean mask of the ink picked as the digit, cropped to it; the caller drops
     what comes back and picks again, so a box with an underlined digit in it takes two calls.
     """
+    if max(marks.shape) < MIN_SIDE:
+        return None
     found = _frame(marks)
     return found if found is not None else _underline(marks)
 
@@ -134,7 +138,9 @@ def _underline(marks: np.ndarray) -> np.ndarray | None:
     contacts = np.flatnonzero((_grown(line) & above).any(axis=0))
     if contacts.size:
         reach = TOUCHING_REACH * (span.max() - span.min() + 1)
-        if span.min() > contacts.min() - reach or span.max() < contacts.max() + reach:
+        past = span.min() <= contacts.min() - reach and span.max() >= contacts.max() + reach
+        other_pen = thickness <= OTHER_PEN * _pen_width(above)
+        if not (past or other_pen):
             return None  # the base of a 2 (the digit meets it at its end), not a line under it
     elif span.max() - span.min() + 1 < SEPARATE_REACH * digit_width:
         return None
@@ -150,6 +156,13 @@ def _runs_up(marks: np.ndarray, columns: np.ndarray, lowest: np.ndarray) -> np.n
     return lowest - last_gap
 
 
+def _pen_width(mask: np.ndarray) -> float:
+    """The mean width in px of the strokes in a mask: twice their area over their outline."""
+    contours, _ = cv2.findContours(mask.astype(np.uint8), cv2.RETR_LIST, cv2.CHAIN_APPROX_NONE)
+    outline = sum(cv2.arcLength(contour, True) for contour in contours)
+    return 2.0 * float(np.count_nonzero(mask)) / outline if outline else 0.0
+
+
 def _grown(mask: np.ndarray) -> np.ndarray:
     return cv2.dilate(mask.astype(np.uint8), np.ones((3, 3), np.uint8)).astype(bool)
 
@@ -161,12 +174,8 @@ def stroke_width(digit: np.ndarray) -> float:
     scale = MEASURE_SIDE / max(digit.shape)
     size = (max(1, round(digit.shape[1] * scale)), max(1, round(digit.shape[0] * scale)))
     digit = cv2.resize(digit.astype(np.float32), size, interpolation=cv2.INTER_LINEAR)
-    strokes = (digit > STROKE_LEVEL * float(digit.max())).astype(np.uint8)
-    contours, _ = cv2.findContours(strokes, cv2.RETR_LIST, cv2.CHAIN_APPROX_NONE)
-    outline = sum(cv2.arcLength(contour, True) for contour in contours)
-    if outline == 0:
-        return MNIST_WIDTH
-    return 2.0 * float(strokes.sum()) / outline * DIGIT_BOX / max(digit.shape)
+    pixels = _pen_width(digit > STROKE_LEVEL * float(digit.max()))
+    return pixels * DIGIT_BOX / max(digit.shape) if pixels else MNIST_WIDTH
 
 
 def like_mnist_strokes(digit: np.ndarray) -> np.ndarray:

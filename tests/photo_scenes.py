@@ -280,14 +280,35 @@ def faint_thin_ink(digit: np.ndarray, seed: int = 0) -> bytes:
 
 
 def textured_page(digit: np.ndarray, seed: int = 0) -> bytes:
-    """The digit on card or kraft paper with a visible grain: blotches and fibres of a few px,
-    each a fifth as dark as the ink, everywhere on the page."""
-    rng, size, degrees = _layout(seed)
+    """A card with a grainy surface on a patterned cloth: the cloth's dark threads are as dark as
+    the ink and fill most of the picture, and the card's own grain is a fifth as dark as the ink.
+    """
     from scipy import ndimage
 
-    blotches = ndimage.gaussian_filter(rng.normal(0, 1, (HEIGHT, WIDTH)), 6)
-    fibres = ndimage.gaussian_filter(rng.normal(0, 1, (HEIGHT, WIDTH)), (1, 5))
-    texture = blotches / blotches.std() * 0.05 + fibres / fibres.std() * 0.04
-    paper = (PAPER * rng.uniform(0.75, 0.95) * (1 + texture)).astype(np.float32)
-    marks = np.clip(_turned(_ink(digit, size), degrees / 2), 0, 1)
-    return _photograph(_marked_page(marks, rng, paper=paper), _lighting(rng), rng)
+    rng, size, degrees = _layout(seed)
+    size = min(size, 160)
+    y, x = np.mgrid[0:HEIGHT, 0:WIDTH].astype(np.float32)
+    period = rng.uniform(10, 18)
+    weave = (np.sin(x / period * 2 * np.pi) > 0.6) | (np.sin(y / period * 2 * np.pi) > 0.6)
+    cloth = np.where(weave, 0.15, 0.45) + rng.normal(0, 0.05, (HEIGHT, WIDTH))
+    cloth = ndimage.gaussian_filter(cloth, 1.0) * rng.uniform(0.7, 1.0)
+    grain = ndimage.gaussian_filter(rng.normal(0, 1, (HEIGHT, WIDTH)), (1, 4))
+    card = PAPER * (1 + 0.05 * grain / grain.std())
+    side = int(size * rng.uniform(1.5, 1.8))
+    top = int(rng.integers(10, HEIGHT - side - 10)) if side < HEIGHT - 20 else 10
+    left = int(rng.integers(10, WIDTH - side - 10))
+    square = np.zeros((HEIGHT, WIDTH), np.float32)
+    square[top : top + side, left : left + side] = 1
+    marks = np.zeros((HEIGHT, WIDTH), np.float32)
+    inset = (side - size) // 2
+    marks[top + inset : top + inset + size, left + inset : left + inset + size] = _ink(digit, size)
+    centre = (left + side / 2, top + side / 2)
+    square, marks = (
+        np.clip(
+            np.asarray(Image.fromarray(a, "F").rotate(degrees, Image.BILINEAR, center=centre)), 0, 1
+        )
+        for a in (square, marks)
+    )
+    paper = card * (1 - marks) + INK * marks
+    reflectance = (cloth * (1 - square) + paper * square).astype(np.float32)
+    return _photograph(reflectance, _lighting(rng), rng)
