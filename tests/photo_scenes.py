@@ -153,8 +153,8 @@ def _ink(digit: np.ndarray, size: int) -> np.ndarray:
 
 
 def _thin_ink(digit: np.ndarray, size: int, width: float) -> np.ndarray:
-    """The digit drawn with a fine pen: its centre line (the skeleton of the scaled digit) about
-    `width` px wide, where MNIST's strokes would be a tenth of the digit wide."""
+    """The digit drawn with a fine pen: its centre line (the ridge of the scaled digit, 3 px) drawn
+    `width` px wider, where MNIST's strokes would be a tenth of the digit wide."""
     from scipy import ndimage
 
     core = _ink(digit, size) > 0.5
@@ -271,8 +271,8 @@ def underlined_digit(digit: np.ndarray, seed: int = 0) -> bytes:
 
 
 def faint_thin_ink(digit: np.ndarray, seed: int = 0) -> bytes:
-    """A fine grey pen in an overexposed photo: the paper clips to white, the strokes 2-4 px wide
-    where MNIST's would be a tenth of the digit, and a third as dark as a marker's."""
+    """A fine grey pen in an overexposed photo: the paper clips to white, the strokes 5-7 px wide
+    where MNIST's would be a tenth of the digit (12-22 px), and half as dark as a marker's."""
     rng, size, degrees = _layout(seed)
     marks = np.clip(_turned(_thin_ink(digit, size, rng.uniform(2, 4)), degrees / 2), 0, 1)
     page = _marked_page(marks, rng, ink=rng.uniform(0.5, 0.62))
@@ -311,4 +311,31 @@ def textured_page(digit: np.ndarray, seed: int = 0) -> bytes:
     )
     paper = card * (1 - marks) + INK * marks
     reflectance = (cloth * (1 - square) + paper * square).astype(np.float32)
+    return _photograph(reflectance, _lighting(rng), rng)
+
+
+def board_on_wall(digit: np.ndarray, seed: int = 0) -> bytes:
+    """Chalk on a dark board that fills a third of the picture, hung on a light wall: the page is
+    darker than what surrounds it, and the ink is the lightest thing on it."""
+    rng, size, degrees = _layout(seed)
+    size = min(size, 150)
+    board_h, board_w = int(size * 1.5), int(size * 2.0)
+    top = int(rng.integers(10, HEIGHT - board_h - 10))
+    left = int(rng.integers(10, WIDTH - board_w - 10))
+    board = np.zeros((HEIGHT, WIDTH), np.float32)
+    board[top : top + board_h, left : left + board_w] = 1
+    marks = np.zeros((HEIGHT, WIDTH), np.float32)
+    row = top + (board_h - size) // 2
+    col = left + (board_w - size) // 2 + int(rng.integers(-size // 4, size // 4 + 1))
+    marks[row : row + size, col : col + size] = _ink(digit, size)
+    centre = (left + board_w / 2, top + board_h / 2)
+    board, marks = (
+        np.clip(
+            np.asarray(Image.fromarray(a, "F").rotate(degrees, Image.BILINEAR, center=centre)), 0, 1
+        )
+        for a in (board, marks)
+    )
+    slate = rng.uniform(0.08, 0.16) * (1 + 0.1 * rng.normal(0, 1, (HEIGHT, WIDTH)))
+    surface = slate * (1 - marks) + rng.uniform(0.6, 0.75) * marks
+    reflectance = (0.8 * (1 - board) + surface * board).astype(np.float32)
     return _photograph(reflectance, _lighting(rng), rng)
