@@ -16,6 +16,7 @@ import io
 import struct
 import zlib
 
+import cv2
 import numpy as np
 import torch
 from PIL import Image, ImageFilter, ImageOps, UnidentifiedImageError
@@ -256,12 +257,22 @@ def _remove_light(ink: np.ndarray, *, reflective: bool) -> np.ndarray:
     if side < MIN_BACKGROUND_SIDE:
         return ink
     levels = np.rint(ink * 255.0).astype(np.uint8)  # exact: the image has 8-bit levels; faster
-    paper = ndimage.grey_opening(levels, size=(side, side), mode="nearest") / np.float32(255.0)
+    paper = grey_opening(levels, side) / np.float32(255.0)
     paper = np.minimum(paper, _border(paper).max())  # strokes are never paper, even dense ones
     strokes = ink - paper
     if reflective:
         strokes /= np.maximum(1.0 - paper, MIN_LIGHT)
     return strokes
+
+
+def grey_opening(levels: np.ndarray, side: int) -> np.ndarray:
+    """`ndimage.grey_opening(levels, size=(side, side), mode="nearest")`, the same bytes, by
+    OpenCV at a tenth of the cost (the largest step of a photo's normalisation); the anchors
+    mirror scipy's origins, which differ between erosion and dilation for an even side."""
+    square = np.ones((side, side), np.uint8)
+    low, high = side // 2, side - 1 - side // 2
+    eroded = cv2.erode(levels, square, anchor=(low, low), borderType=cv2.BORDER_REPLICATE)
+    return cv2.dilate(eroded, square, anchor=(high, high), borderType=cv2.BORDER_REPLICATE)
 
 
 def _border(grey: np.ndarray) -> np.ndarray:

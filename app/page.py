@@ -51,11 +51,9 @@ def find_page(grey: np.ndarray) -> Page | None:
     scale = LOOK_SIDE / max(height, width)
     if scale >= 1.0:
         return None  # MNIST-sized images and icons have no desk around them
-    small = cv2.resize(
-        np.rint(grey * 255).astype(np.uint8),
-        (max(1, round(width * scale)), max(1, round(height * scale))),
-        interpolation=cv2.INTER_AREA,
-    )
+    size = (max(1, round(width * scale)), max(1, round(height * scale)))
+    small = cv2.resize(grey, size, interpolation=cv2.INTER_AREA)  # float32: no full-size copy
+    small = np.rint(small * np.float32(255)).astype(np.uint8)
     threshold, light = cv2.threshold(small, 0, 1, cv2.THRESH_BINARY | cv2.THRESH_OTSU)
     found = [
         outline
@@ -72,10 +70,10 @@ def _candidate(
     small: np.ndarray, tone: np.ndarray, is_light: bool
 ) -> tuple[float, np.ndarray, bool] | None:
     """(area, outline, is_light) of the largest region of `tone` if it passes for a page."""
-    count, labels, stats, _ = cv2.connectedComponentsWithStats(tone.astype(np.uint8), 4)
-    if count < 2:
+    if np.count_nonzero(tone) < MIN_PAGE * small.size:
         return None
-    largest = 1 + int(np.argmax(stats[1:, cv2.CC_STAT_AREA]))
+    count, labels = cv2.connectedComponents(tone.astype(np.uint8), connectivity=8)
+    largest = 1 + int(np.argmax(np.bincount(labels.ravel(), minlength=count)[1:]))
     region = (labels == largest).astype(np.uint8)
     contours, _ = cv2.findContours(region, cv2.RETR_EXTERNAL, cv2.CHAIN_APPROX_SIMPLE)
     outline = max(contours, key=cv2.contourArea)
