@@ -12,7 +12,8 @@ from __future__ import annotations
 import cv2
 import numpy as np
 
-MIN_SIDE = 40  # smaller marks are left as they are: at MNIST's size a 2's base is a straight line
+MIN_SIDE = 40  # smaller marks are left as they are: at MNIST's size a 2's base is a straight line,
+# and strokes are the width they were drawn at MNIST's own size
 MIN_RECTANGLE = 0.93  # a frame fills 93 % of the smallest turned rectangle around it (a 0: < 0.9)
 ON_RECTANGLE = 0.9  # and 90 % of its outline lies on that rectangle's sides
 FRAME_INK = 0.85  # its line: the outermost rings of depth that are (nearly) all ink
@@ -185,6 +186,8 @@ def like_mnist_strokes(digit: np.ndarray) -> np.ndarray:
     The strokes are grown (or shrunk) by a round pen of the width they lack; as the crop grows
     with them, the growth is solved for the width they will have once scaled to 20 px.
     """
+    if max(digit.shape) < MIN_SIDE:
+        return digit  # drawn at MNIST's own size: as MNIST's were
     width = stroke_width(digit)
     if MNIST_THIN <= width <= MNIST_THICK:
         return digit
