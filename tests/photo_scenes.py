@@ -339,3 +339,38 @@ def board_on_wall(digit: np.ndarray, seed: int = 0) -> bytes:
     surface = slate * (1 - marks) + rng.uniform(0.6, 0.75) * marks
     reflectance = (0.8 * (1 - board) + surface * board).astype(np.float32)
     return _photograph(reflectance, _lighting(rng), rng)
+
+
+# What does not work yet (docs/uploads.md): the README's examples of failures.
+
+
+def circled_digit(digit: np.ndarray, seed: int = 0) -> bytes:
+    """The digit with a ring drawn round it: only straight-sided boxes are taken for frames."""
+    rng = np.random.default_rng(seed)
+    size, side = 180, 260
+    marks = np.zeros((side, side), np.float32)
+    marks[40 : 40 + size, 40 : 40 + size] = _ink(digit, size)
+    y, x = np.mgrid[0:side, 0:side]
+    ring = np.clip(2.5 - np.abs(np.hypot(y - side / 2, x - side / 2) - (side / 2 - 8)), 0, 1)
+    return _photograph(_marked_page(np.maximum(marks, ring), rng), _lighting(rng), rng)
+
+
+def row_of_boxes(digit: np.ndarray, seed: int = 0) -> bytes:
+    """A form's row of three boxes, the digit in the middle one: the row is one piece of ink,
+    not a box, so it stays."""
+    rng = np.random.default_rng(seed)
+    marks = np.zeros((220, 440), np.float32)
+    marks[35:185, 145:295] = _ink(digit, 150)
+    for cell in range(3):
+        box = (20, 10 + cell * 140, 200, 140 + cell * 140)
+        marks = np.maximum(marks, _rectangle(marks.shape, box, 3))
+    page = np.full((HEIGHT, WIDTH), PAPER, np.float32)
+    window = page[130:350, 100:540]
+    page[130:350, 100:540] = window * (1 - marks) + INK * marks
+    return _photograph(page, _lighting(rng), rng)
+
+
+def blank_note(seed: int = 0) -> bytes:
+    """A note on a desk with nothing written on it: with no marks there is no page, and the
+    note itself is taken for the digit."""
+    return note_on_desk(np.zeros((28, 28), np.uint8), seed)
