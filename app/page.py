@@ -20,7 +20,8 @@ import numpy as np
 
 LOOK_SIDE = 160  # the page is looked for at this size: its outline is far coarser than a stroke
 MIN_PAGE = 0.03  # a page smaller than 3 % of the picture is a mark, not a page
-MAX_PAGE = 0.5  # a page over half of the picture is the bulk already: nothing to cut out
+MAX_PAGE = 0.5  # a page over half of the picture is the bulk already: nothing to cut out,
+MAX_ENCLOSED = 0.95  # unless the desk is all round it (a shadow or the dark of a vignette is not)
 MIN_SHEET = 0.85  # a page fills at least 85 % of the smallest turned rectangle around it
 MIN_CONTRAST = 0.12  # the page's tone and its surroundings' differ by this much at least
 MIN_MARKS = 0.001  # the marks on it are at least a thousandth of the picture...
@@ -81,7 +82,11 @@ def _candidate(
     cv2.drawContours(filled, [outline], -1, 1, thickness=cv2.FILLED)
     page_area = float(filled.sum())
     picture = float(small.size)
-    if not MIN_PAGE * picture <= page_area < MAX_PAGE * picture:
+    enclosed = not (
+        filled[0].any() or filled[-1].any() or filled[:, 0].any() or filled[:, -1].any()
+    )
+    largest_page = MAX_ENCLOSED if enclosed else MAX_PAGE
+    if not MIN_PAGE * picture <= page_area < largest_page * picture:
         return None
     (_, _), (side_a, side_b), _ = cv2.minAreaRect(outline)
     if page_area < MIN_SHEET * side_a * side_b:

@@ -213,11 +213,16 @@ def note_on_desk(digit: np.ndarray, seed: int = 0) -> bytes:
     """A square note (twice the digit's size or more) on a darker wooden desk, turned a little.
 
     The desk fills most of the picture, so its tone is the picture's median: a normaliser that
-    takes the majority for paper reads the note as a bright blob of "ink".
+    takes the majority for paper reads the note as a bright blob of "ink". On every third seed
+    the note is a sheet filling 45-62 % of the picture, turned by 3 degrees at most, with the
+    desk all round it: the paper is the bulk, but the desk is a dark ring round the digit.
     """
     rng, size, degrees = _layout(seed)
     size = min(size, 170)
     note = int(size * rng.uniform(1.5, 1.9))
+    if seed % 3 == 2:
+        note = int(np.sqrt(rng.uniform(0.45, 0.62) * HEIGHT * WIDTH))
+        degrees /= 4
     y, x = np.mgrid[0:HEIGHT, 0:WIDTH].astype(np.float32)
     tone = rng.uniform(0.2, 0.4)
     grain = tone + 0.04 * np.sin(x / 9.0 + 4 * np.sin(y / 70.0)) + rng.normal(0, 0.01)
