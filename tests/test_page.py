@@ -1,8 +1,9 @@
 """`app.page.find_page`: the page is found where it is only part of the picture, and nowhere else.
 
-A note on a darker desk, a card on a patterned cloth and a board on a light wall each hold the
-digit on under half of the picture; an ordinary photo (the paper is the bulk, with shadows, the
-desk's edge or ruled lines) has no page to cut out and is normalised exactly as before.
+A note on a darker desk (or a sheet with the desk all round it), a card on a patterned cloth
+and a board on a light wall hold the digit on part of the picture; an ordinary photo (the paper
+is the bulk, with shadows, the desk's edge or ruled lines) has no page to cut out and is
+normalised exactly as before.
 """
 
 from __future__ import annotations
@@ -38,7 +39,7 @@ def correlation(a: torch.Tensor, b: torch.Tensor) -> float:
     ("scene", "dark_ink"),
     [(scenes.note_on_desk, True), (scenes.textured_page, True), (scenes.board_on_wall, False)],
 )
-def test_a_page_on_under_half_of_the_picture_is_found_and_says_which_way_the_ink_is(
+def test_a_page_on_part_of_the_picture_is_found_and_says_which_way_the_ink_is(
     digits: np.ndarray, scene, dark_ink: bool
 ) -> None:
     for seed, digit in enumerate(digits):
@@ -46,7 +47,7 @@ def test_a_page_on_under_half_of_the_picture_is_found_and_says_which_way_the_ink
         page = find_page(picture)
         assert page is not None, seed
         assert page.dark_ink is dark_ink
-        assert page.image.size < 0.6 * picture.size
+        assert page.image.size < 0.8 * picture.size  # a third of the notes are big sheets
         assert page.image.dtype == np.float32
 
 
