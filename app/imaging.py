@@ -64,11 +64,13 @@ def normalize_upload(
     """Decodes an uploaded image into what the model sees: float32 [1, 32, 32] in [0, 1].
 
     With `preprocess`, MNIST's recipe: EXIF orientation, alpha onto a contrasting background,
-    greyscale, inversion when the paper is lighter than the ink, the paper's tone and light
+    greyscale, the page found when it is only part of the picture (a note on a desk, a board;
+    `app.page`), inversion when the paper is lighter than the ink, the paper's tone and light
     (shadows, the desk) removed, the digit picked among the pieces of ink (lines and edges across
-    the image are not strokes) and cropped, longer side scaled to 20 px, placed in 28x28 by centre
-    of mass, padded to 32. An image with no ink in it (blank paper, one flat colour) comes back all
-    black, so a caller still gets an answer and can see what the model saw.
+    the image, a box round it or a line under it are not strokes; `app.strokes`) and cropped,
+    far-off stroke widths brought to MNIST's, longer side scaled to 20 px, placed in 28x28 by
+    centre of mass, padded to 32. An image with no ink in it (blank paper, one flat colour) comes
+    back all black, so a caller still gets an answer and can see what the model saw.
 
     Without it the image is taken as already MNIST-like: greyscale, 28x28 padded to 32x32, 32x32
     as is, and any other size stretched to 28x28 (aspect not kept, antialiased) and padded.
