@@ -28,6 +28,7 @@ MIN_MARKS = 0.001  # the marks on it are at least a thousandth of the picture...
 MAX_MARKS = 0.3  # ...and at most 30 % of it: more is a thick digit or a box around one, not a page
 BEYOND = 0.25  # a page has no tones beyond its own (away from its surroundings) by a quarter of
 MAX_BEYOND = 0.002  # the contrast, but for a 500th of it: paper is the lightest thing on it
+MAX_MARKS_AROUND = 0.25  # marks around it, a quarter of its own or more: it is no page
 MAX_TURN = 30.0  # a page turned more than this is left turned: which side is up is unclear
 EDGE_INSET = 0.02  # the page's outline is pulled in by 2 % of its size, away from its shadow
 
@@ -73,13 +74,7 @@ def _candidate(
     """(area, outline, is_light) of the largest region of `tone` if it passes for a page."""
     if np.count_nonzero(tone) < MIN_PAGE * small.size:
         return None
-    count, labels = cv2.connectedComponents(tone.astype(np.uint8), connectivity=8)
-    largest = 1 + int(np.argmax(np.bincount(labels.ravel(), minlength=count)[1:]))
-    region = (labels == largest).astype(np.uint8)
-    contours, _ = cv2.findContours(region, cv2.RETR_EXTERNAL, cv2.CHAIN_APPROX_SIMPLE)
-    outline = max(contours, key=cv2.contourArea)
-    filled = np.zeros_like(region)
-    cv2.drawContours(filled, [outline], -1, 1, thickness=cv2.FILLED)
+    region, filled, outline = _largest_filled(tone)
     page_area = float(filled.sum())
     picture = float(small.size)
     enclosed = not (
@@ -103,7 +98,31 @@ def _candidate(
     beyond = tones - paper if is_light else paper - tones
     if np.count_nonzero(beyond > BEYOND * contrast) > MAX_BEYOND * tones.size:
         return None  # ink as dark as the "page" and darker: a shadow over paper, not a board
+    if _marks_around(~tone, filled) > MAX_MARKS_AROUND * float(marks.sum()):
+        return None  # what surrounds it is written on too: the paper, and this a printed block
     return page_area, outline.reshape(-1, 2).astype(np.float32), is_light
+
+
+def _largest_filled(tone: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """The largest connected region of a mask (uint8), it with its holes filled, its outline."""
+    count, labels = cv2.connectedComponents(tone.astype(np.uint8), connectivity=8)
+    largest = 1 + int(np.argmax(np.bincount(labels.ravel(), minlength=count)[1:]))
+    region = (labels == largest).astype(np.uint8)
+    contours, _ = cv2.findContours(region, cv2.RETR_EXTERNAL, cv2.CHAIN_APPROX_SIMPLE)
+    outline = max(contours, key=cv2.contourArea)
+    filled = np.zeros_like(region)
+    cv2.drawContours(filled, [outline], -1, 1, thickness=cv2.FILLED)
+    return region, filled, outline
+
+
+def _marks_around(other: np.ndarray, page: np.ndarray) -> float:
+    """How many pixels of marks the page's surroundings hold: the holes in the largest region of
+    the other tone, less the page itself (and a pixel round it)."""
+    if not other.any():
+        return 0.0
+    region, filled, _ = _largest_filled(other)
+    near_page = cv2.dilate(page, np.ones((3, 3), np.uint8)).astype(bool)
+    return float(np.count_nonzero(filled.astype(bool) & ~region.astype(bool) & ~near_page))
 
 
 def _cut_out(grey: np.ndarray, outline: np.ndarray, is_light: bool) -> Page:

@@ -79,3 +79,20 @@ def test_a_note_turned_on_the_desk_comes_out_upright(digits: np.ndarray) -> None
         expected = F.pad(torch.from_numpy(digit).float() / 255, (2, 2, 2, 2))
         scores.append(correlation(seen, expected))
     assert np.median(scores) > 0.85, np.round(scores, 2)
+
+
+def test_a_printed_dark_block_on_a_written_form_is_no_board(digits: np.ndarray) -> None:
+    """A black header with white text holds light marks like a board, but the paper round it is
+    written on too (the digit): the paper is the page, and the block is left to the normaliser."""
+    from PIL import ImageDraw
+
+    for seed, digit in enumerate(digits[:5]):
+        rng = np.random.default_rng(seed)
+        page = scenes._digit_reflectance(digit, rng, 200, (60, 0))
+        page[20:110, 60:580] = 0.1
+        text = Image.new("L", (scenes.WIDTH, scenes.HEIGHT), 0)
+        ImageDraw.Draw(text).text((80, 40), "APPLICATION FORM  No. 1234", fill=255, font_size=40)
+        lettering = np.asarray(text, np.float32) / 255
+        page = page * (1 - lettering) + 0.85 * lettering
+        photo = scenes._photograph(page.astype(np.float32), scenes._lighting(rng), rng)
+        assert find_page(grey(photo)) is None
