@@ -48,11 +48,20 @@ def rows(digits: np.ndarray) -> tuple[list[tuple[str, bytes]], list[tuple[str, b
         ("shadow edge through the digit", scenes.shadow_band(digits[2], "top", 2, width=0.45)),
         ("page edge, desk beside it", scenes.page_edge(digits[3], "right", seed=3)),
         ("ruled page", scenes.ruled_page(digits[4], seed=4)),
+        ("note on a darker desk, turned", scenes.note_on_desk(digits[5], seed=1)),
+        ("card on a patterned cloth", scenes.textured_page(digits[6], seed=6)),
+        ("chalk on a board, wall around it", scenes.board_on_wall(digits[7], seed=7)),
+        ("digit in a printed box", scenes.boxed_digit(digits[8], seed=8)),
+        ("underlined digit", scenes.underlined_digit(digits[9], seed=4)),
+        ("fine pen, overexposed", scenes.faint_thin_ink(digits[0], seed=2)),
     ]
     fails = [
         ("shadow over most of the page", scenes.shadow_band(digits[5], "left", 5, width=0.6)),
         ("two digits on one page", two_digits(digits[6], digits[7])),
         ("only lines and a shadow: 422", scenes.lines_only(seed=0)),
+        ("a ring round the digit", scenes.circled_digit(digits[3], seed=3)),
+        ("a row of boxes on a form", scenes.row_of_boxes(digits[4], seed=4)),
+        ("a blank note on a desk", scenes.blank_note(seed=1)),
     ]
     return works, fails
 

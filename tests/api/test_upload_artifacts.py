@@ -7,6 +7,8 @@ digits) vote for the digit's own label, and it looks like the reconstruction of 
 digit. Digits whose clean reconstruction is already voted wrong are skipped for the next of their
 class. Before the light was taken out and the digit picked among the pieces of ink, the shadow's
 or the desk's edge was cropped with the digit, and every scene here but the ruled page failed.
+The scenes of issue 20 (a note on a desk, a box, an underline, a fine pen, a card on a cloth)
+failed until the page was found first, frames and underlines dropped and strokes widened.
 This needs a well-trained model, so it uses the shipped checkpoint.
 """
 
@@ -42,6 +44,19 @@ SCENES = {
     },
     "ruled-page": scenes.ruled_page,
     "clean-page": scenes.clean_page,
+}
+
+# Issue 20: the paper is only part of the picture, or more than the digit is on it. Each seed is
+# its own layout (the digit 120-220 px, anywhere, the paper or the marks turned by up to 12 or 6
+# degrees); before the page was found, boxes and underlines dropped and fine strokes widened,
+# 2, 11, 13, 9, 2 of these 20-photo sets and 1 of 10 boards were voted right (at 2adb00d).
+PAGE_SCENES = {
+    "note-on-desk": scenes.note_on_desk,
+    "boxed-digit": scenes.boxed_digit,
+    "underlined-digit": scenes.underlined_digit,
+    "faint-thin-ink": scenes.faint_thin_ink,
+    "card-on-cloth": scenes.textured_page,
+    "board-on-wall": scenes.board_on_wall,
 }
 
 pytestmark = pytest.mark.skipif(
@@ -127,6 +142,25 @@ def test_the_reconstruction_of_the_photo_is_the_digit(
     agreed = sum(v == label for v, label in zip(voted, labels, strict=True))
     assert agreed >= 9, f"{scene}: the digits {labels} were reconstructed as {voted}"
     assert np.median(similarity) > 0.9 and min(similarity) > 0.6, np.round(similarity, 2)
+
+
+@pytest.mark.parametrize("scene", PAGE_SCENES)
+def test_a_note_on_a_desk_a_box_an_underline_a_fine_pen_or_a_cloth_still_give_the_digit(
+    good_client, one_digit_per_class, vote, scene
+):
+    """As above, 9 of 10 voted right; the likeness to the clean reconstruction is lower (median
+    0.8) because these digits are turned and drawn with other pens: a fine pen's widened strokes
+    are not the marker's of MNIST, and a digit turned with its box or line stays turned."""
+    labels, voted, similarity = [], [], []
+    for seed, (label, digit, clean) in enumerate(one_digit_per_class):
+        seen = reconstruct(good_client, PAGE_SCENES[scene](digit, seed), "photo.jpg")
+        reconstruction = pixels(seen["reconstruction"])
+        labels.append(label)
+        voted.append(vote(reconstruction))
+        similarity.append(correlation(reconstruction, clean))
+    agreed = sum(v == label for v, label in zip(voted, labels, strict=True))
+    assert agreed >= 9, f"{scene}: the digits {labels} were reconstructed as {voted}"
+    assert np.median(similarity) > 0.8 and min(similarity) > 0.5, np.round(similarity, 2)
 
 
 def test_a_photo_of_only_lines_and_a_shadow_is_refused_422(good_client):
