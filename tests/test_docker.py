@@ -44,8 +44,8 @@ ADMIN_TOKEN = uuid.uuid4().hex
 CPU_IMAGE_MAX_BYTES = 1_000_000_000  # 1 GB, as `docker image inspect` counts (uncompressed)
 BOUND = 1e-4  # the backend bound: the CPU image's floats against the GPU image's
 
-# The first test also pays for the image build (about 3 min, longer when the machine is busy).
-pytestmark = [pytest.mark.docker, pytest.mark.slow, pytest.mark.timeout(900)]
+# The first test also pays for both image builds (about 6 min, longer when the machine is busy).
+pytestmark = [pytest.mark.docker, pytest.mark.slow, pytest.mark.timeout(1500)]
 
 
 class ContainerUnhealthy(AssertionError):
