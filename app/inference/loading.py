@@ -81,8 +81,14 @@ def load_digit_guide(settings: Settings) -> DigitGuide | None:
             "point it at the digit-guide.onnx that vae-export writes"
         )
     else:
+        import torch
+
+        from app.inference.threads import inference_threads
         from models.classifier import ClassifierError
         from models.digit_guide import load_guide
+
+        # the guide classifies on the inference thread: as few torch threads as the model gets
+        torch.set_num_threads(inference_threads(settings.torch_threads))
 
         try:
             guide = load_guide(path, settings.digit_candidates)
