@@ -28,7 +28,7 @@ from app.inference.engine import Engine
 from app.routes import admin, examples, generate, images, oip, ops
 from app.routes.fast_sample import FastSample
 from app.routes.static_pages import StaticPages
-from models.checkpoint import CheckpointError
+from models.checkpoint_errors import CheckpointError
 
 log = logging.getLogger("app")
 STATIC_DIR = Path(__file__).resolve().parent / "static"

@@ -189,14 +189,22 @@ class BackendResponse(BaseModel):
     )
 
 
+class ArtifactResponse(BaseModel):
+    kind: str = Field(description="torch-checkpoint, or onnx-export (vae-export's manifest)")
+    path: str
+    sha256: str = Field(description="of the file named by `path` (an export's manifest)")
+    runtime: str = Field(description="what runs it: torch or onnxruntime, with its version")
+
+
 class ModelResponse(BaseModel):
     checkpoint: str
-    sha256: str
+    sha256: str = Field(description="of the torch checkpoint the weights come from")
     preset: str | None
     latent_dim: int
     config: dict[str, Any]
     device: str
     dtype: str
+    artifact: ArtifactResponse
     backend: BackendResponse
     batching: dict[str, Any] = Field(
         description="how requests share forward passes: max_batch_size, max_wait_ms, "

@@ -32,6 +32,7 @@ from typing import Any
 
 import torch
 
+from models.checkpoint_errors import CheckpointError
 from models.prior import LatentPrior, MixturePrior, PriorError, StandardNormalPrior
 from models.vae import ConvVAE, VAEConfig
 
@@ -40,10 +41,6 @@ MAX_WIDTH = 4096
 FORMAT_NAME = "mnist-vae-checkpoint"
 FORMAT_VERSION = 2
 READABLE_VERSIONS = (1, 2)
-
-
-class CheckpointError(Exception):
-    """Any reason a checkpoint cannot be used, with a message fit for a log line."""
 
 
 def save_checkpoint(

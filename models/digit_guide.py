@@ -11,10 +11,12 @@ digit, or else the one the guide gives the highest probability for it.
 The guide is a different training run from the judge (`models/mnist-classifier.pt`) that
 `vae-eval` measures accuracy with, so the measure is not the filter.
 
-All candidates are drawn up front from the request's generator, so the chosen image depends only
-on the seed (never on how many candidates were decoded): same request, same bytes. The steps are
-split (`first_candidates`, `refused`, `retry_latents`, `choose`) so that the service (async,
-decoding through its batcher) and `vae-eval` (plain calls) run the very same procedure;
+It works on NumPy arrays, so the torch-free image runs the very same steps (its guide is the
+exported ONNX graph). All candidates are drawn up front from the request's generator, so the
+chosen image depends only on the seed (never on how many candidates were decoded): same request,
+same bytes. The steps are split (`first_candidates`, `refused`, `retry_latents`, `choose`) so
+that the service (async, decoding through its batcher) and `vae-eval` (plain calls) run the very
+same procedure;
 `guided_digits` is the synchronous whole.
 """
 
@@ -26,29 +28,30 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import torch
+import numpy as np
 
-from models.classifier import DigitClassifier, classify, load_classifier
-from models.prior import MixturePrior
+from models.prior_arrays import MixturePrior, RandomSource
 
 DEFAULT_CANDIDATES = 8
+Classify = Callable[[np.ndarray], np.ndarray]  # images [N, 1, 32, 32] -> probabilities [N, 10]
 
 
 @dataclass(frozen=True, eq=False)
 class DigitGuide:
-    """A loaded guide classifier (CPU, eval mode) and how many candidates a digit may try."""
+    """A loaded guide classifier (torch on the CPU, or its exported ONNX graph) and how many
+    candidates a digit may try. The procedure below sees only `probabilities`."""
 
-    classifier: DigitClassifier
+    classify: Classify
     path: Path
     metadata: dict[str, Any] = field(default_factory=dict)
     candidates: int = DEFAULT_CANDIDATES
+    runtime: str = "torch"
 
-    def probabilities(self, images: torch.Tensor) -> torch.Tensor:
-        """Class probabilities [N, 10] for decoded images [N, 1, 32, 32] (any device/dtype)."""
+    def probabilities(self, images: np.ndarray) -> np.ndarray:
+        """Class probabilities [N, 10] for decoded images [N, 1, 32, 32]."""
         if len(images) == 0:
-            return torch.zeros(0, 10)
-        probs, _ = classify(self.classifier, images.detach().float().cpu())
-        return probs
+            return np.zeros((0, 10), np.float32)
+        return self.classify(np.ascontiguousarray(images, dtype=np.float32))
 
     def describe(self) -> dict[str, Any]:
         """For /model: which guide, how good it is on real digits, how many candidates."""
@@ -56,88 +59,97 @@ class DigitGuide:
             "path": str(self.path),
             "candidates": self.candidates,
             "test_accuracy": self.metadata.get("test_accuracy"),
+            "runtime": self.runtime,
         }
 
 
 def load_guide(path: str | os.PathLike, candidates: int = DEFAULT_CANDIDATES) -> DigitGuide:
-    """Loads a guide with the classifier's safe loader (raises `ClassifierError`)."""
+    """Loads a torch guide with the classifier's safe loader (raises `ClassifierError`)."""
+    import torch
+
+    from models.classifier import classify, load_classifier
+
     if candidates < 1:
         raise ValueError("a digit needs at least one candidate")
     torch_threads = torch.get_num_threads()  # loading must not change the service's threads
     model, metadata = load_classifier(path, device="cpu")
     torch.set_num_threads(torch_threads)
-    return DigitGuide(model, Path(path), metadata, candidates)
+
+    def probabilities(images: np.ndarray) -> np.ndarray:
+        return classify(model, torch.from_numpy(images))[0].numpy()
+
+    return DigitGuide(probabilities, Path(path), metadata, candidates)
 
 
 def draw_candidates(
     prior: MixturePrior,
-    digits: torch.Tensor | list[int],
+    digits: np.ndarray | list[int],
     candidates: int,
-    generator: torch.Generator | None,
+    rng: RandomSource,
     temperature: float = 1.0,
-) -> torch.Tensor:
+) -> np.ndarray:
     """[n, candidates, D] latents: row i holds image i's candidates, all drawn for digits[i]."""
-    digits = torch.as_tensor(digits, dtype=torch.long).reshape(-1)
-    z = prior.sample_digits(digits.repeat_interleave(candidates), generator, temperature)
+    digits = np.asarray(digits, dtype=np.int64).reshape(-1)
+    z = prior.sample_digits(np.repeat(digits, candidates), rng, temperature)
     return z.reshape(len(digits), candidates, -1)
 
 
-def first_candidates(z: torch.Tensor) -> torch.Tensor:
+def first_candidates(z: np.ndarray) -> np.ndarray:
     """The latents decoded first: every image's candidate 0, [n, D]."""
     return z[:, 0]
 
 
-def refused(probs: torch.Tensor, digits: torch.Tensor) -> torch.Tensor:
+def refused(probs: np.ndarray, digits: np.ndarray) -> np.ndarray:
     """Indices of the images whose first candidate the guide does not read as the asked digit."""
-    return (probs.argmax(1) != digits).nonzero().squeeze(1)
+    return np.flatnonzero(probs.argmax(1) != digits)
 
 
-def retry_latents(z: torch.Tensor, rows: torch.Tensor) -> torch.Tensor:
+def retry_latents(z: np.ndarray, rows: np.ndarray) -> np.ndarray:
     """The other candidates of the refused images, flattened [len(rows) * (candidates-1), D]."""
     return z[rows, 1:].reshape(-1, z.shape[-1])
 
 
 def choose(
-    z: torch.Tensor,
-    digits: torch.Tensor,
-    first_images: torch.Tensor,
-    first_probs: torch.Tensor,
-    rows: torch.Tensor,
-    retry_images: torch.Tensor,
-    retry_probs: torch.Tensor,
-) -> tuple[torch.Tensor, torch.Tensor]:
+    z: np.ndarray,
+    digits: np.ndarray,
+    first_images: np.ndarray,
+    first_probs: np.ndarray,
+    rows: np.ndarray,
+    retry_images: np.ndarray,
+    retry_probs: np.ndarray,
+) -> tuple[np.ndarray, np.ndarray]:
     """The kept (latents [n, D], images [n, 1, 32, 32]): candidate 0 unless refused, else the
     first accepted of the rest, else the one with the highest probability of the asked digit."""
-    latents = first_candidates(z).clone()
-    images = first_images.clone()
+    latents = first_candidates(z).copy()
+    images = first_images.copy()
     k = z.shape[1]
     if len(rows) == 0 or k == 1:
         return latents, images
     m = len(rows)
-    probs = torch.cat([first_probs[rows].unsqueeze(1), retry_probs.reshape(m, k - 1, -1)], dim=1)
+    probs = np.concatenate([first_probs[rows][:, None], retry_probs.reshape(m, k - 1, -1)], axis=1)
     shaped = retry_images.reshape(m, k - 1, *retry_images.shape[1:])
     asked = digits[rows]
-    p_asked = probs[torch.arange(m), :, asked]  # [m, k]
-    accepted = probs.argmax(-1) == asked.unsqueeze(1)  # [m, k]
-    first_accepted = accepted.int().argmax(1)  # argmax returns the first maximum
-    pick = torch.where(accepted.any(1), first_accepted, p_asked.argmax(1))
+    p_asked = probs[np.arange(m), :, asked]  # [m, k]
+    accepted = probs.argmax(-1) == asked[:, None]  # [m, k]
+    first_accepted = accepted.argmax(1)  # argmax returns the first maximum
+    pick = np.where(accepted.any(1), first_accepted, p_asked.argmax(1))
     retried = pick > 0  # pick == 0 only when no candidate beats the first one
     latents[rows[retried]] = z[rows[retried], pick[retried]]
-    images[rows[retried]] = shaped[retried.nonzero().squeeze(1), pick[retried] - 1].to(images.dtype)
+    images[rows[retried]] = shaped[np.flatnonzero(retried), pick[retried] - 1]
     return latents, images
 
 
 def guided_digits(
     prior: MixturePrior,
-    digits: torch.Tensor | list[int],
-    generator: torch.Generator | None,
-    decode: Callable[[torch.Tensor], torch.Tensor],
+    digits: np.ndarray | list[int],
+    rng: RandomSource,
+    decode: Callable[[np.ndarray], np.ndarray],
     guide: DigitGuide,
     temperature: float = 1.0,
-) -> tuple[torch.Tensor, torch.Tensor]:
+) -> tuple[np.ndarray, np.ndarray]:
     """The whole procedure with a plain `decode` (latents -> images): what `vae-eval` runs."""
-    digits = torch.as_tensor(digits, dtype=torch.long).reshape(-1)
-    z = draw_candidates(prior, digits, guide.candidates, generator, temperature)
+    digits = np.asarray(digits, dtype=np.int64).reshape(-1)
+    z = draw_candidates(prior, digits, guide.candidates, rng, temperature)
     first_images = decode(first_candidates(z))
     first_probs = guide.probabilities(first_images)
     rows = refused(first_probs, digits)

@@ -25,6 +25,8 @@ from typing import Any, Protocol
 import numpy as np
 import torch
 
+from models import prior_arrays
+
 LOG_2PI = math.log(2 * math.pi)
 NUM_CLASSES = 10
 COVARIANCE_TYPES = ("full", "diag")
@@ -377,3 +379,24 @@ def describe(prior: LatentPrior) -> dict[str, Any]:
             **{k: v for k, v in prior.config.items() if isinstance(v, str | int | float | bool)},
         }
     return {"name": prior.name, "components": 1, "covariance": "identity", "digits": []}
+
+
+class TorchRandom:
+    """A `torch.Generator` as a `models.prior_arrays.RandomSource`: the arrays' priors then draw
+    exactly what this module's priors draw from the same generator."""
+
+    def __init__(self, generator: torch.Generator) -> None:
+        self.generator = generator
+
+    def rand_float64(self, *shape: int) -> np.ndarray:
+        return torch.rand(*shape, generator=self.generator, dtype=torch.float64).numpy()
+
+    def randn_float32(self, *shape: int) -> np.ndarray:
+        return torch.randn(*shape, generator=self.generator).numpy()
+
+
+def as_arrays(prior: LatentPrior) -> prior_arrays.Prior:
+    """The prior's drawing side on NumPy arrays (`models.prior_arrays`), for serving."""
+    if isinstance(prior, MixturePrior):
+        return prior_arrays.prior_from_dict(prior.to_dict())
+    return prior_arrays.StandardNormal(int(prior.dim))

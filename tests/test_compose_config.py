@@ -83,13 +83,24 @@ def test_cpu_stack_reserves_no_device_and_runs_on_the_cpu() -> None:
 
 
 def test_cpu_stack_is_the_gpu_stack_without_the_gpu() -> None:
+    """Apart from the reservation and the device, only the api's image differs: the small one
+    (Dockerfile.cpu), serving the export it carries; the trainer keeps the full image."""
     gpu, cpu = render(GPU_FILE), render(CPU_FILE)
     stripped = copy.deepcopy(gpu)
     for service in stripped["services"].values():
         service.pop("deploy", None)
     text = yaml.safe_dump(stripped).replace("--device=cuda", "--device=cpu")
     expected = yaml.safe_load(text)
-    expected["services"]["api"]["environment"]["VAE_DEVICE"] = "cpu"
+    api, train = expected["services"]["api"], expected["services"]["train"]
+    api["environment"] |= {
+        "VAE_DEVICE": "cpu",
+        "VAE_CHECKPOINT": "/srv/checkpoints/mnist-vae/manifest.json",
+        "VAE_CHECKPOINT_DIR": "/srv/checkpoints",
+        "VAE_DIGIT_GUIDE": "/srv/checkpoints/mnist-vae/digit-guide.onnx",
+    }
+    api["image"] = "mnist-vae-cpu:latest"
+    train["build"] = api["build"]
+    api["build"] = {**api["build"], "dockerfile": "Dockerfile.cpu"}
     assert cpu == expected
 
 

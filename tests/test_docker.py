@@ -1,11 +1,15 @@
-"""The Docker image and the compose stack, for real: build, run, health check, HTTP, teardown.
+"""The Docker images and the compose stack, for real: build, run, health check, HTTP, teardown.
 
 The test starts its own dockerd (no bridge, no NAT, host network only, all state in a temporary
-folder), builds a stand-in for `python:3.11-slim` with debootstrap (scripts/docker/), builds the
-project image on it, brings up docker-compose.cpu.yml + docker-compose.test.yml, waits for the
-container's health check and calls the API from the host. It removes the containers, volumes and
-images it made and stops the daemon by its PID. It skips, saying why, only where no engine can be
-started (not root, no dockerd/debootstrap) or the shipped checkpoint is missing.
+folder), builds a stand-in for `python:3.11-slim` with debootstrap (scripts/docker/), builds both
+project images on it (the GPU image from Dockerfile first, then the CPU image from Dockerfile.cpu,
+whose builder stage reuses the GPU image's torch layer from the cache), brings up
+docker-compose.cpu.yml + docker-compose.test.yml, waits for the container's health check and
+calls the API from the host. It measures each image's cold start (container start -> /readyz 200)
+and holds the CPU image's answers to the GPU image's (which serves on the CPU here). It removes
+the containers, volumes and images it made and stops the daemon by its PID. It skips, saying why,
+only where no engine can be started (not root, no dockerd/debootstrap) or the shipped checkpoint
+is missing.
 """
 
 from __future__ import annotations
@@ -26,6 +30,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import httpx
+import numpy as np
 import pytest
 import yaml
 from PIL import Image
@@ -35,9 +40,12 @@ SCRIPTS = ROOT / "scripts" / "docker"
 CHECKPOINT = ROOT / "models" / "mnist-vae.pt"
 HEALTH_TIMEOUT_S = 180
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
+ADMIN_TOKEN = uuid.uuid4().hex
+CPU_IMAGE_MAX_BYTES = 1_000_000_000  # 1 GB, as `docker image inspect` counts (uncompressed)
+BOUND = 1e-4  # the backend bound: the CPU image's floats against the GPU image's
 
-# The first test also pays for the image build (about 3 min, longer when the machine is busy).
-pytestmark = [pytest.mark.docker, pytest.mark.slow, pytest.mark.timeout(900)]
+# The first test also pays for both image builds (about 6 min, longer when the machine is busy).
+pytestmark = [pytest.mark.docker, pytest.mark.slow, pytest.mark.timeout(1500)]
 
 
 class ContainerUnhealthy(AssertionError):
@@ -171,10 +179,17 @@ def unmount_below(folder: Path) -> None:
         subprocess.run(["umount", target], capture_output=True)
 
 
+@dataclass
+class Build:
+    """What an image build needs: the stand-in base and the registry hosts."""
+
+    base: str
+    hosts: list[str]
+
+
 @pytest.fixture(scope="module")
-def image(engine: Engine, report: Callable[[str], None]) -> Iterator[str]:
-    """The project image, built on the stand-in base; removed (with the base) afterwards."""
-    tag = f"mnist-vae:test-{uuid.uuid4().hex[:8]}"
+def build(engine: Engine, report: Callable[[str], None]) -> Iterator[Build]:
+    """The stand-in base image; removed afterwards, with every dangling layer."""
     base = f"mnist-vae-base:test-{uuid.uuid4().hex[:8]}"
     start = time.monotonic()
     engine.run(str(SCRIPTS / "build-base-image.sh"), base)
@@ -182,16 +197,58 @@ def image(engine: Engine, report: Callable[[str], None]) -> Iterator[str]:
     hosts = engine.run(
         str(SCRIPTS / "registry-hosts.sh"), env={**engine.env, "PYTHON": sys.executable}
     )
-    start = time.monotonic()
     try:
-        engine.docker("build", "--network", "host", *hosts.split(), "--build-arg",
-                      f"BASE_IMAGE={base}", "-t", tag, str(ROOT))  # fmt: skip
-        size = int(engine.docker("image", "inspect", "--format", "{{.Size}}", tag))
-        report(f"project image built in {time.monotonic() - start:.0f} s, {size / 1e9:.2f} GB")
+        yield Build(base, hosts.split())
+    finally:
+        engine.docker("rmi", "--force", base, check=False)
+        engine.docker("image", "prune", "--force", check=False)
+
+
+def build_image(
+    engine: Engine, build: Build, report: Callable[[str], None], variant: str, dockerfile: str
+) -> str:
+    """Builds `dockerfile` on the stand-in base and reports `<variant> image built in N s, X GB`."""
+    tag = f"mnist-vae-{variant}:test-{uuid.uuid4().hex[:8]}"
+    start = time.monotonic()
+    engine.docker("build", "--network", "host", *build.hosts, "--build-arg",
+                  f"BASE_IMAGE={build.base}", "-f", str(ROOT / dockerfile), "-t", tag,
+                  str(ROOT), timeout=1200)  # fmt: skip
+    size = image_bytes(engine, tag)
+    report(f"{variant} image built in {time.monotonic() - start:.0f} s, {size / 1e9:.2f} GB")
+    return tag
+
+
+def image_bytes(engine: Engine, tag: str) -> int:
+    return int(engine.docker("image", "inspect", "--format", "{{.Size}}", tag))
+
+
+@pytest.fixture(scope="module")
+def gpu_image(engine: Engine, build: Build, report: Callable[[str], None]) -> Iterator[str]:
+    """The full image (torch, CUDA wheels; runs on the CPU too), built first."""
+    tag = build_image(engine, build, report, "gpu", "Dockerfile")
+    try:
         yield tag
     finally:
-        engine.docker("rmi", "--force", tag, base, check=False)
-        engine.docker("image", "prune", "--force", check=False)
+        engine.docker("rmi", "--force", tag, check=False)
+
+
+@pytest.fixture(scope="module")
+def cpu_image(
+    engine: Engine, build: Build, gpu_image: str, report: Callable[[str], None]
+) -> Iterator[str]:
+    """The small image (ONNX Runtime, no torch), built after the full one: its builder stage
+    takes the torch layer from the cache."""
+    tag = build_image(engine, build, report, "cpu", "Dockerfile.cpu")
+    try:
+        yield tag
+    finally:
+        engine.docker("rmi", "--force", tag, check=False)
+
+
+@pytest.fixture(scope="module")
+def image(cpu_image: str) -> str:
+    """The image the compose CPU stack runs, and the health-check tests below use."""
+    return cpu_image
 
 
 @dataclass
@@ -201,14 +258,17 @@ class Stack:
 
 
 @pytest.fixture(scope="module")
-def stack(engine: Engine, image: str, report: Callable[[str], None]) -> Iterator[Stack]:
+def stack(
+    engine: Engine, image: str, gpu_image: str, report: Callable[[str], None]
+) -> Iterator[Stack]:
     """docker-compose.cpu.yml + docker-compose.test.yml (host network), up and healthy.
 
     Compose v1 refuses published ports on the host network and an override cannot remove them,
     so the merged configuration is rendered first and written without `ports`.
     """
     port = free_port()
-    env = {**engine.env, "VAE_IMAGE": image, "VAE_TEST_PORT": str(port),
+    env = {**engine.env, "VAE_CPU_IMAGE": image, "VAE_IMAGE": gpu_image,
+           "VAE_TEST_PORT": str(port), "VAE_ADMIN_TOKEN": ADMIN_TOKEN,
            "COMPOSE_PROJECT_NAME": f"vaetest{uuid.uuid4().hex[:8]}"}  # fmt: skip
     rendered = yaml.safe_load(
         engine.run("docker-compose", "-f", str(ROOT / "docker-compose.cpu.yml"),
@@ -266,8 +326,115 @@ def test_image_holds_no_compiler_tests_or_dataset(engine: Engine, stack: Stack) 
 
 
 def test_checkpoint_volume_is_seeded_from_the_image(engine: Engine, stack: Stack) -> None:
-    listing = engine.docker("exec", stack.container, "ls", "/srv/checkpoints")
-    assert "mnist-vae.pt" in listing.split()
+    listing = engine.docker("exec", stack.container, "ls", "/srv/checkpoints/mnist-vae")
+    assert {"manifest.json", "encode.onnx", "decode.onnx", "prior.npz"} <= set(listing.split())
+
+
+def test_cpu_image_is_at_most_1_gb(engine: Engine, cpu_image: str) -> None:
+    assert image_bytes(engine, cpu_image) <= CPU_IMAGE_MAX_BYTES
+
+
+def test_cpu_image_has_no_torch_and_serves_the_export(engine: Engine, stack: Stack) -> None:
+    for module in ("torch", "torchvision"):
+        found = subprocess.run(
+            ["docker", "exec", stack.container, "python", "-c", f"import {module}"],
+            env=engine.env, capture_output=True, text=True,
+        )  # fmt: skip
+        assert found.returncode != 0 and "No module named" in found.stderr, module
+    model = httpx.get(f"{stack.url}/model", timeout=10).json()
+    assert model["artifact"]["kind"] == "onnx-export"
+    assert model["artifact"]["runtime"].startswith("onnxruntime ")
+    assert model["prior"]["digit_guide"]["active"]
+
+
+def test_encode_answers_through_the_stack(stack: Stack) -> None:
+    files = {"file": ("seven.png", example_png("7-0"), "image/png")}
+    body = httpx.post(f"{stack.url}/encode", files=files, timeout=30).json()
+    assert len(body["mu"]) == body["latent_dim"] == len(body["logvar"])
+
+
+def test_the_open_inference_protocol_answers_through_the_stack(stack: Stack) -> None:
+    model = httpx.get(f"{stack.url}/v2/models/mnist-vae-decoder", timeout=10).json()
+    latent = model["inputs"][0]["shape"][1]
+    infer = {"inputs": [{"name": "z", "datatype": "FP32", "shape": [2, latent],
+                         "data": [0.0] * (2 * latent)}]}  # fmt: skip
+    response = httpx.post(f"{stack.url}/v2/models/mnist-vae-decoder/infer", json=infer, timeout=30)
+    response.raise_for_status()
+    [image] = response.json()["outputs"]
+    assert image["shape"] == [2, 1, 32, 32] and len(image["data"]) == 2 * 32 * 32
+
+
+def test_reload_refuses_a_torch_checkpoint_with_a_clear_4xx(engine: Engine, stack: Stack) -> None:
+    engine.docker("cp", str(CHECKPOINT), f"{stack.container}:/srv/checkpoints/mnist-vae.pt")
+    headers = {"Authorization": f"Bearer {ADMIN_TOKEN}"}
+    url = f"{stack.url}/admin/reload"
+    refused = httpx.post(url, json={"checkpoint": "mnist-vae.pt"}, headers=headers, timeout=60)
+    assert refused.status_code == 409 and "vae-export" in refused.json()["detail"]
+    again = httpx.post(
+        url, json={"checkpoint": "mnist-vae/manifest.json"}, headers=headers, timeout=60
+    )
+    assert again.status_code == 200, again.text
+
+
+def run_and_time_readiness(engine: Engine, image: str) -> tuple[str, str, float]:
+    """Starts `image` on a free port; (container, url, seconds from `docker run` to the first
+    /readyz 200)."""
+    port = free_port()
+    url = f"http://127.0.0.1:{port}"
+    start = time.monotonic()
+    container = engine.docker("run", "--detach", "--network", "host", "--env", f"PORT={port}",
+                              image).strip()  # fmt: skip
+    while time.monotonic() - start < HEALTH_TIMEOUT_S:
+        try:
+            if httpx.get(f"{url}/readyz", timeout=2).status_code == 200:
+                return container, url, time.monotonic() - start
+        except httpx.TransportError:
+            pass
+        time.sleep(0.05)
+    logs = engine.docker("logs", "--tail", "30", container, check=False)
+    engine.docker("rm", "--force", container, check=False)
+    raise ContainerUnhealthy(f"{image} not ready after {HEALTH_TIMEOUT_S} s:\n{logs}")
+
+
+def test_cold_starts_and_the_cpu_image_answers_as_the_gpu_image(
+    engine: Engine, cpu_image: str, gpu_image: str, report: Callable[[str], None]
+) -> None:
+    """Cold start of each image (its first start, nothing cached), then the same requests to
+    both: latents and float32 images within the backend bound."""
+    containers = []
+    try:
+        urls = {}
+        for variant, tag in (("cpu", cpu_image), ("gpu", gpu_image)):
+            container, urls[variant], seconds = run_and_time_readiness(engine, tag)
+            containers.append(container)
+            report(f"{variant} image cold start (docker run -> /readyz 200) {seconds:.1f} s")
+        for request in ({"n": 8, "seed": 3}, {"digits": [4, 2, 7], "seed": 5}):
+            got, want = (
+                httpx.post(f"{urls[v]}/sample?format=json", json=request, timeout=60).json()
+                for v in ("cpu", "gpu")
+            )
+            assert np.abs(np.array(got["latents"]) - np.array(want["latents"])).max() <= BOUND
+            z = np.array(want["latents"], np.float32)
+            infer = {"inputs": [{"name": "z", "datatype": "FP32", "shape": list(z.shape),
+                                 "data": z.ravel().tolist()}]}  # fmt: skip
+            images = [
+                httpx.post(f"{urls[v]}/v2/models/mnist-vae-decoder/infer", json=infer,
+                           timeout=60).json()["outputs"][0]["data"]
+                for v in ("cpu", "gpu")
+            ]  # fmt: skip
+            assert np.abs(np.array(images[0]) - np.array(images[1])).max() <= BOUND
+        files = {"file": ("seven.png", example_png("7-0"), "image/png")}
+        got, want = (
+            httpx.post(f"{urls[v]}/encode", files=files, timeout=60).json() for v in ("cpu", "gpu")
+        )
+        assert np.abs(np.array(got["mu"]) - np.array(want["mu"])).max() <= BOUND
+    finally:
+        for container in containers:
+            engine.docker("rm", "--force", container, check=False)
+
+
+def example_png(example_id: str) -> bytes:
+    return (ROOT / "app" / "images" / "example_digits" / f"{example_id}.png").read_bytes()
 
 
 def test_an_image_whose_command_crashes_is_reported_unhealthy(engine: Engine, image: str) -> None:

@@ -23,10 +23,16 @@ from hypothesis import strategies as st
 from PIL import Image, ImageDraw, ImageFilter
 
 from app.errors import ImageError, PayloadTooLarge, ServiceError, UnsupportedImageFormat
-from app.images.normalise import normalize_upload
+from app.images.normalise import normalize_upload as normalize_to_array
 from app.images.png import grid_png, strip_png, to_png
 from app.images.upload import decode_base64url
 from training.data import load_split
+
+
+def normalize_upload(*args, **kwargs) -> torch.Tensor:
+    """The model input (a NumPy array) as a tensor, for the torch arithmetic of these tests."""
+    return torch.from_numpy(normalize_to_array(*args, **kwargs))
+
 
 ACCEPTED = ("PNG", "JPEG", "WEBP", "BMP", "GIF", "TIFF")
 

@@ -18,6 +18,7 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
+import numpy as np
 import torch
 from torchvision.utils import save_image
 
@@ -30,7 +31,7 @@ from models.checkpoint import (
 )
 from models.classifier import GUIDE_PATH
 from models.digit_guide import DEFAULT_CANDIDATES, DigitGuide, guided_digits, load_guide
-from models.prior import LatentPrior, MixturePrior, StandardNormalPrior
+from models.prior import LatentPrior, MixturePrior, StandardNormalPrior, TorchRandom, as_arrays
 from models.runtime import resolve_device
 from models.vae import ConvVAE
 from training.classifier import DEFAULT_PATH as DEFAULT_CLASSIFIER
@@ -254,12 +255,21 @@ def digit_sampler(
     def decode(z: torch.Tensor) -> torch.Tensor:
         return model.decode(z.to(device))
 
+    arrays = as_arrays(prior)
+
+    def decode_arrays(z: np.ndarray) -> np.ndarray:
+        return decode(torch.from_numpy(z)).float().cpu().numpy()
+
     def draw(
         n: int, generator: torch.Generator, digits: torch.Tensor | None = None
     ) -> torch.Tensor:
         digits = cycled_digits(n) if digits is None else digits
         if guide is not None:
-            return guided_digits(prior, digits, generator, decode, guide, temperature)[1]
+            random = TorchRandom(generator)
+            _, images = guided_digits(
+                arrays, digits.numpy(), random, decode_arrays, guide, temperature
+            )
+            return torch.from_numpy(images).to(device)
         return decode(prior.sample_digits(digits, generator, temperature))
 
     return draw

@@ -8,11 +8,9 @@ from functools import cached_property
 from pathlib import Path
 
 import numpy as np
-import torch
 from PIL import Image
 
 from app.errors import NotFound
-from models.vae import pad_to_32
 
 EXAMPLES_DIR = Path(__file__).resolve().parent / "example_digits"
 
@@ -28,11 +26,12 @@ class ExampleDigit:
         return self.path.read_bytes()
 
     @cached_property
-    def tensor(self) -> torch.Tensor:
-        """[1, 32, 32] in [0, 1]: the 28x28 digit zero-padded, exactly as in training."""
+    def tensor(self) -> np.ndarray:
+        """[1, 32, 32] float32 in [0, 1]: the 28x28 digit zero-padded by 2, exactly as in
+        training (`models.vae.pad_to_32`)."""
         with Image.open(self.path) as image:
             pixels = np.asarray(image.convert("L"), dtype=np.float32) / 255.0
-        return pad_to_32(torch.from_numpy(pixels)).unsqueeze(0)
+        return np.pad(pixels, 2)[None]
 
 
 class ExampleStore:

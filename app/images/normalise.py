@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import cv2
 import numpy as np
-import torch
 from PIL import Image, ImageFilter, ImageOps
 from scipy import ndimage
 
@@ -48,7 +47,7 @@ def normalize_upload(
     preprocess: bool = True,
     max_bytes: int = 5 * 1024 * 1024,
     max_pixels: int = MAX_SIDE * MAX_SIDE,
-) -> torch.Tensor:
+) -> np.ndarray:
     """Decodes an uploaded image into what the model sees: float32 [1, 32, 32] in [0, 1].
 
     With `preprocess`, MNIST's recipe: EXIF orientation, alpha onto a contrasting background,
@@ -72,11 +71,11 @@ def normalize_upload(
     return normalize(image, preprocess=preprocess)
 
 
-def normalize(image: Image.Image, *, preprocess: bool = True) -> torch.Tensor:
+def normalize(image: Image.Image, *, preprocess: bool = True) -> np.ndarray:
     """`normalize_upload` of an image `open_upload` has opened (and checked): the decode."""
     grey = _decode_grey(image, preprocess=preprocess)
     field = np.pad(_mnist_digit(grey), PADDING) if preprocess else _as_model_input(grey)
-    return torch.from_numpy(np.clip(field, 0.0, 1.0).astype(np.float32)).unsqueeze(0)
+    return np.clip(field, 0.0, 1.0).astype(np.float32)[None]
 
 
 def _decode_grey(image: Image.Image, *, preprocess: bool) -> Image.Image:

@@ -23,7 +23,7 @@ from concurrent.futures import Executor
 from dataclasses import dataclass
 from typing import Generic, TypeVar
 
-import torch
+import numpy as np
 
 from app.errors import InferenceFailed, NotReady, Overloaded, ShuttingDown
 from app.inference import metrics
@@ -31,21 +31,21 @@ from app.inference import metrics
 log = logging.getLogger("app.inference.engine")
 
 K = TypeVar("K")
-Output = torch.Tensor | tuple[torch.Tensor, ...]
+Output = np.ndarray | tuple[np.ndarray, ...]
 
 
 @dataclass(eq=False, slots=True)
 class _Job(Generic[K]):
     key: K
-    rows: torch.Tensor
+    rows: np.ndarray
     future: asyncio.Future
-    size: int  # rows.shape[0], kept: `len()` on a tensor is a Python-level call
+    size: int  # rows.shape[0], kept
 
 
 class MicroBatcher(Generic[K]):
     """Merges concurrent `submit` calls into one call of `fn(key, rows)` on the executor.
 
-    `fn` takes a batch along dim 0 and returns a tensor (or tuple of tensors) with the same leading
+    `fn` takes a batch along axis 0 and returns an array (or tuple of arrays) with the same leading
     size; each caller gets its own rows back. Jobs are only merged when they share `key` (the model
     they started on). One batch runs at a time per batcher; the next is whatever queued meanwhile.
     """
@@ -53,7 +53,7 @@ class MicroBatcher(Generic[K]):
     def __init__(
         self,
         name: str,
-        fn: Callable[[K, torch.Tensor], Output],
+        fn: Callable[[K, np.ndarray], Output],
         executor: Executor,
         *,
         max_batch_size: int,
@@ -97,7 +97,7 @@ class MicroBatcher(Generic[K]):
             if not job.future.done():
                 job.future.set_exception(ShuttingDown())
 
-    async def submit(self, key: K, rows: torch.Tensor) -> Output:
+    async def submit(self, key: K, rows: np.ndarray) -> Output:
         """Queues `rows` (split into `max_batch_size` chunks) and waits for their outputs."""
         if self._task is None:
             raise NotReady()
@@ -109,7 +109,10 @@ class MicroBatcher(Generic[K]):
             and self._queue.empty()
         ):
             return self._run_now(key, rows)
-        chunks = rows.split(self._max_rows) if rows.shape[0] > self._max_rows else (rows,)
+        step = self._max_rows
+        chunks = (
+            [rows[i : i + step] for i in range(0, len(rows), step)] if len(rows) > step else [rows]
+        )
         if self._queue.maxsize - self._queue.qsize() < len(chunks):
             raise Overloaded(f"{self.name} queue is full, retry shortly")
         loop = asyncio.get_running_loop()
@@ -124,7 +127,7 @@ class MicroBatcher(Generic[K]):
             for future in futures:  # a cancelled or failed job's other chunks are not run
                 future.cancel()
 
-    def _run_now(self, key: K, rows: torch.Tensor) -> Output:
+    def _run_now(self, key: K, rows: np.ndarray) -> Output:
         """A lone row with the model idle, run right here: no queue, no task switch. Once per
         turn of the loop: requests that arrived in the same turn (a burst) queue behind it and
         share the next batch, so load still forms batches."""
@@ -182,7 +185,7 @@ class MicroBatcher(Generic[K]):
         return left
 
     async def _execute(self, jobs: list[_Job[K]]) -> None:
-        batch = jobs[0].rows if len(jobs) == 1 else torch.cat([j.rows for j in jobs])
+        batch = jobs[0].rows if len(jobs) == 1 else np.concatenate([j.rows for j in jobs])
         size = batch.shape[0]
         self._batch_sizes.observe(size)
         self._busy = True
@@ -205,11 +208,11 @@ class MicroBatcher(Generic[K]):
         if len(jobs) == 1:
             parts: list[Output] = [out]
         else:
-            counts = [j.size for j in jobs]
+            bounds = np.cumsum([j.size for j in jobs])[:-1]
             parts = (
-                list(zip(*(t.split(counts) for t in out), strict=True))
+                list(zip(*(np.split(t, bounds) for t in out), strict=True))
                 if isinstance(out, tuple)
-                else list(out.split(counts))
+                else np.split(out, bounds)
             )
         for job, part in zip(jobs, parts, strict=True):
             if not job.future.done():
@@ -219,5 +222,5 @@ class MicroBatcher(Generic[K]):
 def _concat(parts: list[Output]) -> Output:
     """A split job's outputs, back in one piece in the order of its rows."""
     if isinstance(parts[0], tuple):
-        return tuple(torch.cat(column) for column in zip(*parts, strict=True))
-    return torch.cat(parts)  # type: ignore[arg-type]
+        return tuple(np.concatenate(column) for column in zip(*parts, strict=True))
+    return np.concatenate(parts)  # type: ignore[arg-type]

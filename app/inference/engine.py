@@ -15,7 +15,7 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
-import torch
+import numpy as np
 
 from app import deadline, tracing
 from app.config import Settings
@@ -23,11 +23,12 @@ from app.errors import CheckpointRejected, InvalidInput, NotReady
 from app.inference import metrics
 from app.inference.admission import DecodeGate, InferenceGate
 from app.inference.batching import MicroBatcher, Output
-from app.inference.loading import LoadedModel, load_digit_guide, load_model
+from app.inference.loading import load_digit_guide, load_model
+from app.inference.served import LoadedModel
 from app.inference.threads import inference_threads, lone_rows_now
-from models.checkpoint import CheckpointError
+from models.checkpoint_errors import CheckpointError
 from models.digit_guide import DigitGuide, guided_digits
-from models.prior import MixturePrior, StandardNormalPrior
+from models.prior_arrays import MixturePrior, RandomSource, StandardNormal
 
 log = logging.getLogger("app.engine")
 
@@ -72,7 +73,7 @@ class Engine:
         batcher_type = _batcher_type()
 
         def batcher(op: str, lone_rows_now: bool = False) -> MicroBatcher:
-            def run(m: LoadedModel, rows: torch.Tensor) -> Output:
+            def run(m: LoadedModel, rows: np.ndarray) -> Output:
                 return getattr(m.runner, op)(rows)
 
             return batcher_type(
@@ -112,7 +113,6 @@ class Engine:
     async def start(self) -> LoadedModel:
         """Loads and warms the configured checkpoint off the event loop, then starts batching."""
         s = self.settings
-        torch.set_num_threads(inference_threads(s.torch_threads))
         self.guide = await asyncio.to_thread(load_digit_guide, s)
         loaded = await asyncio.to_thread(self._load, s.checkpoint)
         self._install(loaded)
@@ -163,7 +163,7 @@ class Engine:
             loaded.backend.name,
         )
 
-    async def _submit(self, batcher: MicroBatcher, m: LoadedModel, rows: torch.Tensor) -> Output:
+    async def _submit(self, batcher: MicroBatcher, m: LoadedModel, rows: np.ndarray) -> Output:
         """Books the rows with admission control (503 at once if they could not finish in
         time), then waits for their batch."""
         time_left = deadline.time_left_s(self.settings.request_timeout_s)
@@ -173,15 +173,15 @@ class Engine:
         finally:
             self.admission.release(cost)
 
-    async def encode(self, m: LoadedModel, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    async def encode(self, m: LoadedModel, x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """x [N,1,32,32] -> (mu, logvar), each [N, latent_dim]."""
         return await self._submit(self.encoder, m, x)  # type: ignore[return-value]
 
-    async def decode(self, m: LoadedModel, z: torch.Tensor) -> torch.Tensor:
+    async def decode(self, m: LoadedModel, z: np.ndarray) -> np.ndarray:
         """z [N, latent_dim] -> images [N,1,32,32] in [0, 1]."""
         return await self._submit(self.decoder, m, z)  # type: ignore[return-value]
 
-    async def reconstruct(self, m: LoadedModel, x: torch.Tensor) -> tuple[torch.Tensor, ...]:
+    async def reconstruct(self, m: LoadedModel, x: np.ndarray) -> tuple[np.ndarray, ...]:
         """x -> (mu, logvar, reconstruction at the posterior mean, -ELBO at z=mu in nats)."""
         return await self._submit(self.reconstructor, m, x)  # type: ignore[return-value]
 
@@ -193,20 +193,21 @@ class Engine:
         temperature: float,
         prior: str = "checkpoint",
         digits: list[int] | None = None,
-    ) -> tuple[torch.Tensor, torch.Tensor]:
+    ) -> tuple[np.ndarray, np.ndarray]:
         """Latents come from a per-request CPU generator, so a seed means the same digits no
-        matter which batch (or device) decodes them. `prior` is "checkpoint" (the checkpoint's
-        own) or "standard" (N(0, I)); `digits` (one per image) draws those digits instead."""
-        generator = torch.Generator().manual_seed(seed)
+        matter which batch (or device) decodes them, and with or without torch (`m.random`).
+        `prior` is "checkpoint" (the checkpoint's own) or "standard" (N(0, I)); `digits` (one
+        per image) draws those digits instead."""
+        random = m.random(seed)
         if digits is not None:
-            return await self._chosen_digits(m, digits, generator, temperature)
-        chosen = m.prior if prior == "checkpoint" else StandardNormalPrior(m.latent_dim)
-        z = chosen.sample(n, generator, temperature)
+            return await self._chosen_digits(m, digits, random, temperature)
+        chosen = m.prior if prior == "checkpoint" else StandardNormal(m.latent_dim)
+        z = chosen.sample(n, random, temperature)
         return z, await self.decode(m, z)
 
     async def _chosen_digits(
-        self, m: LoadedModel, digits: list[int], generator: torch.Generator, temperature: float
-    ) -> tuple[torch.Tensor, torch.Tensor]:
+        self, m: LoadedModel, digits: list[int], random: RandomSource, temperature: float
+    ) -> tuple[np.ndarray, np.ndarray]:
         """`models.digit_guide.guided_digits` on the inference thread: all of a request's
         candidates (its worst case) are booked with admission control up front, so it is admitted
         whole or refused at once, never half-way."""
@@ -216,17 +217,18 @@ class Engine:
         time_left = deadline.time_left_s(self.settings.request_timeout_s)
         cost = self.admission.reserve("chosen digits", rows, time_left)
 
-        def decode(z: torch.Tensor) -> torch.Tensor:
-            chunks = z.split(self.settings.max_batch_size)
-            return torch.cat([m.runner.decode(chunk) for chunk in chunks])
+        def decode(z: np.ndarray) -> np.ndarray:
+            step = self.settings.max_batch_size
+            chunks = [z[i : i + step] for i in range(0, len(z), step)]
+            return np.concatenate([m.runner.decode(chunk) for chunk in chunks])
 
-        def run() -> tuple[torch.Tensor, torch.Tensor]:
+        def run() -> tuple[np.ndarray, np.ndarray]:
             started = time.perf_counter()
             if guide is None:
-                z = prior.sample_digits(digits, generator, temperature)
+                z = prior.sample_digits(digits, random, temperature)
                 out = z, decode(z)
             else:
-                out = guided_digits(prior, digits, generator, decode, guide, temperature)
+                out = guided_digits(prior, digits, random, decode, guide, temperature)
             self.admission.learn("chosen digits", rows, time.perf_counter() - started)
             return out
 
@@ -236,12 +238,11 @@ class Engine:
             self.admission.release(cost)
 
     async def interpolate(
-        self, m: LoadedModel, start: torch.Tensor, end: torch.Tensor, steps: int
-    ) -> tuple[torch.Tensor, torch.Tensor]:
+        self, m: LoadedModel, start: np.ndarray, end: np.ndarray, steps: int
+    ) -> tuple[np.ndarray, np.ndarray]:
         """`steps` latents evenly spaced on the line from `start` to `end` (both included), decoded
         in one batch: (latents [steps, latent_dim], images [steps, 1, 32, 32])."""
-        weights = torch.linspace(0.0, 1.0, steps).unsqueeze(1)
-        z = torch.lerp(start.unsqueeze(0), end.unsqueeze(0), weights)
+        z = _lerp(start[None].astype(np.float32), end[None].astype(np.float32), steps)
         return z, await self.decode(m, z)
 
 
@@ -262,11 +263,23 @@ def _publish_model_info(m: LoadedModel) -> None:
             "sha256": m.sha256,
             "preset": str(m.metadata.get("preset", "unknown")),
             "latent_dim": str(m.latent_dim),
-            "device": str(m.device),
-            "dtype": str(m.dtype).removeprefix("torch."),
+            "device": m.device,
+            "dtype": m.dtype,
             "backend": m.backend.name,
-            "torch": str(torch.__version__),
+            "artifact": m.artifact.kind,
+            "runtime": m.artifact.runtime,
             "python": platform.python_version(),
         }
     )
     metrics.MODEL_LOADS.inc()
+
+
+def _lerp(start: np.ndarray, end: np.ndarray, steps: int) -> np.ndarray:
+    """`torch.lerp(start, end, torch.linspace(0, 1, steps))` in float32, as torch computes it:
+    start + w (end - start) for w < 0.5, end - (end - start)(1 - w) from 0.5 on, so both ends
+    come out exact."""
+    weights = np.linspace(0.0, 1.0, steps, dtype=np.float32)[:, None]
+    diff = end - start
+    return np.where(weights < 0.5, start + weights * diff, end - diff * (1 - weights)).astype(
+        np.float32
+    )

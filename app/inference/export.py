@@ -1,9 +1,13 @@
-"""`vae-export`: a checkpoint's encode, decode and reconstruct as ONNX graphs, checked on the way.
+"""`vae-export`: a checkpoint as what a torch-free server needs, each file with its sha256.
 
-The service exports in memory at every load (about a second), so this command is for serving the
-graphs elsewhere (Triton, ONNX Runtime or OpenVINO in another language) or for looking at them
-(e.g. with Netron). Each graph has a dynamic batch axis, one input named `input`, and is checked
-with ONNX Runtime against eager PyTorch before it is written.
+It writes, into one folder: the encode, decode and reconstruct ONNX graphs (a dynamic batch axis,
+one input named `input`), the checkpoint's prior as arrays (`prior.npz`), the recorded check
+(`check.npz`: fixed inputs with eager PyTorch's outputs, which the server reproduces at load),
+the digit guide as an ONNX graph, and `manifest.json`, which lists each with its sha256 and says
+where the weights came from. The graphs are checked with ONNX Runtime against eager PyTorch
+before anything is written. `VAE_CHECKPOINT=OUT/manifest.json` serves the folder, with or without
+torch installed (the CPU image has none); the graphs also serve elsewhere (Triton, ONNX Runtime
+or OpenVINO in another language) or can be looked at (e.g. with Netron).
 
     vae-export --checkpoint models/mnist-vae.pt --out exported/
 """
@@ -11,44 +15,155 @@ with ONNX Runtime against eager PyTorch before it is written.
 from __future__ import annotations
 
 import argparse
+import io
+import json
 import sys
+import warnings
 from pathlib import Path
+from typing import Any
 
+import numpy as np
 import torch
+import torch.nn.functional as F
+from torch import nn
 
-from app.inference.backends.base import FP32_BOUND, check
+from app.inference.artifacts import FORMAT_NAME, FORMAT_VERSION, MANIFEST_NAME, sha256_of
+from app.inference.backends.base import FP32_BOUND, check_against, check_cases
 from app.inference.backends.eager import TorchRunner
-from app.inference.backends.onnx import GRAPHS, OnnxRuntimeRunner, export_onnx
-from models.checkpoint import CheckpointError, load_checkpoint
+from app.inference.backends.onnx import OnnxRuntimeRunner
+from app.inference.backends.onnx_export import GRAPHS, OPSET, export_onnx
+from models.checkpoint import CheckpointError, file_sha256, load_checkpoint_and_prior
+from models.classifier import GUIDE_PATH, ClassifierError, DigitClassifier, load_classifier
+from models.prior import as_arrays
+from models.prior_arrays import save_npz
+
+GUIDE_FILE = "digit-guide.onnx"
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(prog="vae-export", description=__doc__.splitlines()[0])
     p.add_argument("--checkpoint", type=Path, default=Path("models/mnist-vae.pt"))
-    p.add_argument("--out", type=Path, required=True, help="folder for <op>.onnx")
+    p.add_argument("--out", type=Path, required=True, help="folder for the files and manifest")
+    p.add_argument(
+        "--digit-guide",
+        default=str(GUIDE_PATH),
+        help="the guide classifier to export beside the model ('' for none)",
+    )
     return p.parse_args(argv)
+
+
+class _Probabilities(nn.Module):
+    def __init__(self, classifier: DigitClassifier) -> None:
+        super().__init__()
+        self.classifier = classifier
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return F.softmax(self.classifier(x), dim=1)
+
+
+def export_guide(path: Path) -> tuple[bytes, dict[str, Any]]:
+    """The guide classifier as an ONNX graph images -> probabilities, its metadata inside."""
+    import onnx
+
+    classifier, metadata = load_classifier(path, device="cpu")
+    buffer = io.BytesIO()
+    with warnings.catch_warnings(), torch.no_grad():
+        warnings.simplefilter("ignore")
+        torch.onnx.export(
+            _Probabilities(classifier).eval(),
+            (torch.zeros(2, 1, 32, 32),),
+            buffer,
+            input_names=["input"],
+            output_names=["probabilities"],
+            dynamic_axes={"input": {0: "batch"}, "probabilities": {0: "batch"}},
+            opset_version=OPSET,
+            dynamo=False,
+        )
+    graph = onnx.load_from_string(buffer.getvalue())
+    safe = _json_safe(metadata)
+    onnx.helper.set_model_props(graph, {"metadata": json.dumps(safe)})
+    return graph.SerializeToString(), safe
+
+
+def _json_safe(value: Any) -> Any:
+    return json.loads(json.dumps(value, default=str))
+
+
+def _npz_bytes(arrays: dict[str, np.ndarray]) -> bytes:
+    buffer = io.BytesIO()
+    np.savez(buffer, **arrays)
+    return buffer.getvalue()
+
+
+def _check_arrays(cases) -> dict[str, np.ndarray]:
+    arrays: dict[str, np.ndarray] = {}
+    for k, (op, rows, outputs) in enumerate(cases):
+        arrays[f"{op}.{k:02d}.input"] = rows
+        for i, out in enumerate(outputs):
+            arrays[f"{op}.{k:02d}.output{i}"] = out
+    return arrays
 
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     try:
-        model, _ = load_checkpoint(args.checkpoint)
+        model, metadata, prior = load_checkpoint_and_prior(args.checkpoint)
     except CheckpointError as exc:
         print(f"vae-export: {exc}", file=sys.stderr)
         return 2
     graphs = export_onnx(model)
-    error = check(
-        OnnxRuntimeRunner(graphs, threads=1), TorchRunner(model, torch.device("cpu"), torch.float32)
-    )
+    cases = check_cases(TorchRunner(model, torch.device("cpu"), torch.float32), model.latent_dim)
+    error = check_against(OnnxRuntimeRunner(graphs, threads=1), cases)
     if not error <= FP32_BOUND:
         print(f"vae-export: the graphs differ from eager by {error:.3g}", file=sys.stderr)
         return 1
+    prior_buffer = io.BytesIO()
+    save_npz(as_arrays(prior), prior_buffer)
+    files = {f"{op}.onnx": graph for op, graph in graphs.items()}
+    files["prior.npz"] = prior_buffer.getvalue()
+    files["check.npz"] = _npz_bytes(_check_arrays(cases))
+    guide_entry = None
+    if args.digit_guide:
+        try:
+            files[GUIDE_FILE], guide_metadata = export_guide(Path(args.digit_guide))
+        except ClassifierError as exc:
+            print(f"vae-export: --digit-guide: {exc}", file=sys.stderr)
+            return 2
+        guide_entry = {
+            "file": GUIDE_FILE,
+            "sha256": sha256_of(files[GUIDE_FILE]),
+            "source": {
+                "file": Path(args.digit_guide).name,
+                "sha256": file_sha256(args.digit_guide),
+            },
+            "metadata": guide_metadata,
+        }
+
+    def entry(name: str) -> dict[str, str]:
+        return {"file": name, "sha256": sha256_of(files[name])}
+
+    manifest = {
+        "format": FORMAT_NAME,
+        "format_version": FORMAT_VERSION,
+        "source": {"checkpoint": args.checkpoint.name, "sha256": file_sha256(args.checkpoint)},
+        "latent_dim": model.latent_dim,
+        "config": model.config.to_dict(),
+        "metadata": _json_safe(metadata),
+        "graphs": {op: entry(f"{op}.onnx") for op in graphs},
+        "prior": entry("prior.npz"),
+        "check": {**entry("check.npz"), "max_error": error, "bound": FP32_BOUND},
+        "digit_guide": guide_entry,
+        "exported_with": {"torch": str(torch.__version__), "onnx_opset": OPSET},
+    }
     args.out.mkdir(parents=True, exist_ok=True)
-    for op, graph in graphs.items():
-        path = args.out / f"{op}.onnx"
-        path.write_bytes(graph)
-        outputs = ", ".join(GRAPHS[op][1])
-        print(f"{path}: input [batch, ...] -> {outputs} ({len(graph) / 1e6:.1f} MB)")
+    for name, data in files.items():
+        (args.out / name).write_bytes(data)
+        outputs = GRAPHS[name[:-5]][1] if name[:-5] in GRAPHS else None
+        what = f"input [batch, ...] -> {', '.join(outputs)} " if outputs else ""
+        print(f"{args.out / name}: {what}({len(data) / 1e6:.2f} MB, sha256 {sha256_of(data)[:12]})")
+    # The manifest last, so a folder with a manifest is a whole export.
+    (args.out / MANIFEST_NAME).write_text(json.dumps(manifest, indent=2) + "\n")
+    print(f"{args.out / MANIFEST_NAME}: serve it with VAE_CHECKPOINT={args.out / MANIFEST_NAME}")
     print(f"max error against eager PyTorch: {error:.2g} (bound {FP32_BOUND:g})")
     return 0
 

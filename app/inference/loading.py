@@ -1,52 +1,29 @@
-"""A checkpoint made ready to serve: loaded, moved, given its checked backend, and warmed.
+"""A model made ready to serve: loaded, given its checked backend, and warmed.
 
-`LoadedModel` is immutable, so a reload builds the next one on the side and the engine swaps one
-reference; requests in flight finish on the model they started with.
+Two kinds of file serve. A torch checkpoint (`.pt`) is loaded with torch and its backend is
+checked against eager PyTorch at load (`app.inference.checkpoint_loading`). An export
+(`manifest.json` from `vae-export`: ONNX graphs, the prior as arrays, recorded checks) needs no
+torch and serves through ONNX Runtime (`app.inference.artifacts`); that is what the CPU image
+serves. Either way the routes get the same `LoadedModel`, whose runner speaks NumPy.
 """
 
 from __future__ import annotations
 
 import logging
-import os
-from dataclasses import dataclass, field
-from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
-
-import torch
 
 from app.config import DEFAULT_DIGIT_GUIDE, Settings
-from app.inference.backends.base import BackendInfo, Runner
-from app.inference.backends.eager import TorchRunner
-from app.inference.backends.select import select_runner
-from models.checkpoint import CheckpointError, file_sha256, load_checkpoint_and_prior
-from models.classifier import ClassifierError
-from models.digit_guide import DigitGuide, load_guide
-from models.prior import LatentPrior
-from models.runtime import resolve_device
-from models.vae import ConvVAE
+from app.inference.served import LoadedModel, torch_available
+from models.checkpoint_errors import CheckpointError
+from models.digit_guide import DigitGuide
 
 log = logging.getLogger("app.engine")
 
+EXPORT_SUFFIX = ".json"  # an export is named by its manifest
 
-@dataclass(frozen=True, eq=False)
-class LoadedModel:
-    """One checkpoint, loaded and warmed; immutable, so it can be shared across threads."""
 
-    model: ConvVAE
-    metadata: dict[str, Any]
-    checkpoint: Path
-    sha256: str
-    device: torch.device
-    dtype: torch.dtype
-    runner: Runner  # where the forward passes run; checked against eager at load
-    backend: BackendInfo
-    prior: LatentPrior  # the checkpoint's own; N(0, I) when it carries none
-    loaded_at: str = field(default_factory=lambda: datetime.now(UTC).isoformat(timespec="seconds"))
-
-    @property
-    def latent_dim(self) -> int:
-        return self.model.latent_dim
+def is_export(path: str | Path) -> bool:
+    return Path(path).suffix == EXPORT_SUFFIX
 
 
 def load_model(
@@ -59,68 +36,82 @@ def load_model(
     threads: int = 1,
     cuda_graphs: bool = False,
 ) -> LoadedModel:
-    """Loads, moves and warms a checkpoint with the backend `select_runner` picks; raises
-    `CheckpointError` with a one-line reason."""
-    dev = resolve_device(device)
-    before = _file_identity(path)
-    model, metadata, prior = load_checkpoint_and_prior(path, device=dev)
-    sha256 = file_sha256(path)
-    if _file_identity(path) != before:  # replaced meanwhile: the hash might not be these weights
-        raise CheckpointError(f"{path} changed while it was being loaded; try again")
-    dtype = torch.float16 if fp16 and dev.type == "cuda" else torch.float32
-    # channels_last lets oneDNN and cuDNN pick their fastest convolutions.
-    model = model.to(dtype=dtype, memory_format=torch.channels_last)
-    reference = TorchRunner(model, dev, dtype)
-    # On CUDA every batch shape gets its kernels picked once, so warm them all; on the CPU a few.
-    sizes = range(1, max_batch_size + 1) if dev.type == "cuda" else (1, 8, max_batch_size)
-    try:
-        warm_up(reference, latent_dim=model.latent_dim, batch_sizes=(1,))
-        runner, info = select_runner(
-            backend,
-            reference,
-            threads,
-            cache_key=sha256,
-            cuda_graphs=cuda_graphs,
-            max_batch_size=max_batch_size,
+    """Loads and warms a torch checkpoint or an export; raises `CheckpointError` with a one-line
+    reason (a torch checkpoint where torch is not installed says how to export it)."""
+    if is_export(path):
+        from app.inference.artifacts import load_export
+
+        return load_export(Path(path), device, max_batch_size, backend=backend, threads=threads)
+    if not torch_available():
+        name = Path(path).name
+        raise CheckpointError(
+            f"{name} is a torch checkpoint, and this server runs without torch: export it with "
+            f"`vae-export --checkpoint {name} --out DIR` and load DIR/manifest.json"
         )
-        warm_up(runner, latent_dim=model.latent_dim, batch_sizes=tuple(sizes))
-    except Exception as exc:  # e.g. a valid config for another input size: not servable here
-        raise CheckpointError(f"{path}: the model does not run on 1x32x32 digits: {exc}") from exc
-    if dev.type == "cuda":
-        torch.cuda.synchronize(dev)
-    return LoadedModel(model, metadata, Path(path), sha256, dev, dtype, runner, info, prior)
+    from app.inference.checkpoint_loading import load_checkpoint_model
 
-
-def warm_up(runner: Runner, latent_dim: int, batch_sizes: tuple[int, ...]) -> None:
-    """Runs every operation once per batch size, so the first real request pays no set-up cost."""
-    for n in batch_sizes:
-        x = torch.zeros(n, 1, 32, 32)
-        runner.reconstruct(x)
-        runner.encode(x)
-        runner.decode(torch.zeros(n, latent_dim))
+    return load_checkpoint_model(
+        Path(path),
+        device,
+        fp16,
+        max_batch_size,
+        backend=backend,
+        threads=threads,
+        cuda_graphs=cuda_graphs,
+    )
 
 
 def load_digit_guide(settings: Settings) -> DigitGuide | None:
     """The guide for chosen digits, or None: `VAE_DIGIT_GUIDE` empty, or the default file absent
-    (logged once). A path that was set on purpose and cannot be loaded stops the start-up."""
+    (logged once). A path that was set on purpose and cannot be loaded stops the start-up. An
+    `.onnx` guide (what `vae-export` writes) runs on ONNX Runtime, a `.pt` one on torch."""
     path = settings.digit_guide
     if not path:
         return None
     if path == DEFAULT_DIGIT_GUIDE and not Path(path).is_file():
         log.warning("digit guide %s not found: chosen digits are drawn unguided", path)
         return None
-    try:
-        guide = load_guide(path, settings.digit_candidates)
-    except ClassifierError as exc:
-        raise CheckpointError(f"VAE_DIGIT_GUIDE: {exc}") from exc
+    if Path(path).suffix == ".onnx":
+        from app.inference.artifacts import load_onnx_guide
+
+        guide = load_onnx_guide(Path(path), settings.digit_candidates)
+    elif not torch_available():
+        raise CheckpointError(
+            f"VAE_DIGIT_GUIDE: {path} is a torch file, and this server runs without torch: "
+            "point it at the digit-guide.onnx that vae-export writes"
+        )
+    else:
+        import torch
+
+        from app.inference.threads import inference_threads
+        from models.classifier import ClassifierError
+        from models.digit_guide import load_guide
+
+        # the guide classifies on the inference thread: as few torch threads as the model gets
+        torch.set_num_threads(inference_threads(settings.torch_threads))
+
+        try:
+            guide = load_guide(path, settings.digit_candidates)
+        except ClassifierError as exc:
+            raise CheckpointError(f"VAE_DIGIT_GUIDE: {exc}") from exc
     log.info("chosen digits: up to %d candidates each, accepted by %s", guide.candidates, path)
     return guide
 
 
-def _file_identity(path: str | Path) -> tuple[int, int, int] | None:
-    """Inode, size and mtime: an atomic replace (os.replace) always changes the inode."""
-    try:
-        st = os.stat(path)
-    except OSError:
-        return None
-    return st.st_ino, st.st_size, st.st_mtime_ns
+def check_servable(path: Path, device: str) -> None:
+    """What `vae-serve` checks before it starts uvicorn: the file can be read and the device
+    exists, so a bad `VAE_CHECKPOINT` fails with one line instead of a traceback per worker."""
+    if is_export(path):
+        from app.inference.artifacts import read_export
+
+        if device not in ("auto", "cpu"):
+            raise CheckpointError(f"an export serves on the CPU only, not on {device!r}")
+        read_export(path)
+        return
+    if not torch_available():
+        load_model(path, device)  # raises the message that says how to export it
+    from models.checkpoint import load_checkpoint
+    from models.runtime import resolve_device
+
+    resolve_device(device)
+    load_checkpoint(path)

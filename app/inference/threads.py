@@ -4,8 +4,6 @@ from __future__ import annotations
 
 import os
 
-import torch
-
 
 def inference_threads(requested: int = 0) -> int:
     """0 means: leave one core to the event loop (HTTP, JSON, PNG) and use up to 4 for inference.
@@ -24,5 +22,14 @@ def lone_rows_now(setting: str, device: str) -> bool:
     cannot run beside the loop anyway (on CUDA the loop would wait for the GPU)."""
     if setting != "auto":
         return setting == "on"
-    on_cpu = device == "cpu" or (device == "auto" and not torch.cuda.is_available())
+    on_cpu = device == "cpu" or (device == "auto" and not _cuda_available())
     return on_cpu and len(os.sched_getaffinity(0)) == 1
+
+
+def _cuda_available() -> bool:
+    """Whether torch sees a GPU; without torch (the CPU image) there is none to use."""
+    try:
+        import torch
+    except ImportError:
+        return False
+    return torch.cuda.is_available()

@@ -12,7 +12,7 @@ from __future__ import annotations
 import asyncio
 from typing import Any
 
-import torch
+import numpy as np
 from opentelemetry import trace
 from opentelemetry.trace import Link, NonRecordingSpan, Span, SpanContext, StatusCode
 
@@ -90,7 +90,7 @@ class TracedMicroBatcher(MicroBatcher[K]):
                 queue_span.end()
             await super()._execute(jobs)
 
-    def _run_now(self, key: K, rows: torch.Tensor) -> Output:
+    def _run_now(self, key: K, rows: np.ndarray) -> Output:
         """A lone row run at once (no queue, so no queue span): its forward pass, a child of the
         request and linked to it like any batch."""
         request_span = trace.get_current_span()

@@ -7,7 +7,7 @@ from __future__ import annotations
 import functools
 from typing import Annotated, Literal
 
-import torch
+import numpy as np
 from fastapi import Depends, File, Query, Request, UploadFile
 
 from app import tracing
@@ -17,7 +17,8 @@ from app.images.examples import ExampleStore
 from app.images.normalise import normalize
 from app.images.upload import UPLOAD_DESCRIPTION, open_upload, read_upload
 from app.inference.admission import DecodeGate
-from app.inference.engine import Engine, LoadedModel
+from app.inference.engine import Engine
+from app.inference.served import LoadedModel
 from app.routes.responses import asks_for_json
 
 
@@ -70,7 +71,7 @@ PreprocessQuery = Annotated[
 @tracing.traced("upload.decode")
 async def to_model_input(
     data: bytes, settings: Settings, preprocess: Preprocess, gate: DecodeGate
-) -> torch.Tensor:
+) -> np.ndarray:
     """Upload bytes -> [1, 1, 32, 32]: the header checked here, the decode on the gate's threads,
     which bound the pixels being decoded at once (503 when it cannot finish in time)."""
     image = open_upload(
@@ -79,7 +80,7 @@ async def to_model_input(
     pixels = image.size[0] * image.size[1]
     decode = functools.partial(normalize, image, preprocess=preprocess != "none")
     x = await gate.run(pixels, decode, time_left_s(settings.request_timeout_s))
-    return x.unsqueeze(0)
+    return x[None]
 
 
 async def uploaded_image(
@@ -87,10 +88,10 @@ async def uploaded_image(
     settings: SettingsDep,
     gate: DecodeGateDep,
     preprocess: PreprocessQuery = "auto",
-) -> torch.Tensor:
+) -> np.ndarray:
     """The model input [1, 1, 32, 32] of the multipart `file`, within the upload limits."""
     data = await read_upload(file, settings.max_upload_bytes)
     return await to_model_input(data, settings, preprocess, gate)
 
 
-UploadedImage = Annotated[torch.Tensor, Depends(uploaded_image)]
+UploadedImage = Annotated[np.ndarray, Depends(uploaded_image)]

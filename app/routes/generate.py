@@ -5,13 +5,14 @@ from __future__ import annotations
 import secrets
 from typing import Annotated
 
-import torch
+import numpy as np
 from fastapi import APIRouter, File, Form, Response, UploadFile
 
 from app.errors import InvalidInput
 from app.images.examples import ExampleStore
 from app.images.upload import UPLOAD_DESCRIPTION, read_upload
-from app.inference.engine import Engine, LoadedModel, check_digits, sample_prior_name
+from app.inference.engine import Engine, check_digits, sample_prior_name
+from app.inference.served import LoadedModel
 from app.routes.deps import (
     DecodeGateDep,
     EngineDep,
@@ -92,7 +93,7 @@ async def interpolate_uploads(
 ) -> Response:
     """A strip between the encodings (posterior means) of two uploaded images."""
     uploads = [await read_upload(f, settings.max_upload_bytes) for f in (start, end)]
-    x = torch.cat([await to_model_input(d, settings, preprocess, gate) for d in uploads])
+    x = np.concatenate([await to_model_input(d, settings, preprocess, gate) for d in uploads])
     mu, _ = await engine.encode(m, x)
     z, images = await engine.interpolate(m, mu[0], mu[1], steps)
     return interpolation_response(z, images, as_json)
@@ -100,15 +101,15 @@ async def interpolate_uploads(
 
 async def _endpoint_latent(
     end: Endpoint, engine: Engine, m: LoadedModel, examples: ExampleStore
-) -> torch.Tensor:
+) -> np.ndarray:
     if end.z is not None:
         return _latents([end.z], m)[0]
-    mu, _ = await engine.encode(m, examples.get(end.example or "").tensor.unsqueeze(0))
+    mu, _ = await engine.encode(m, examples.get(end.example or "").tensor[None])
     return mu[0]
 
 
-def _latents(rows: list[list[float]], m: LoadedModel) -> torch.Tensor:
+def _latents(rows: list[list[float]], m: LoadedModel) -> np.ndarray:
     bad = [len(r) for r in rows if len(r) != m.latent_dim]
     if bad:
         raise InvalidInput(f"latents must have {m.latent_dim} values; got {bad[0]}")
-    return torch.tensor(rows, dtype=torch.float32)
+    return np.array(rows, dtype=np.float32)

@@ -4,13 +4,14 @@ from __future__ import annotations
 
 from typing import Annotated
 
-import torch
+import numpy as np
 from fastapi import APIRouter, Query, Response
 
 from app.config import MAX_URL_BYTES
 from app.errors import InvalidInput
 from app.images.upload import decode_base64url
-from app.inference.engine import Engine, LoadedModel
+from app.inference.engine import Engine
+from app.inference.served import LoadedModel
 from app.routes.deps import (
     DecodeGateDep,
     EngineDep,
@@ -62,7 +63,7 @@ async def encode_query(
     if (image is None) == (example is None):
         raise InvalidInput("give exactly one of ?image=<base64url> or ?example=<id>")
     if example is not None:
-        x = examples.get(example).tensor.unsqueeze(0)
+        x = examples.get(example).tensor[None]
     else:
         data = decode_base64url(image or "", settings.max_upload_bytes)
         x = await to_model_input(data, settings, preprocess, gate)
@@ -75,6 +76,6 @@ async def encode_upload(x: UploadedImage, engine: EngineDep, m: ModelDep) -> Res
     return await _encode(engine, m, x)
 
 
-async def _encode(engine: Engine, m: LoadedModel, x: torch.Tensor) -> Response:
+async def _encode(engine: Engine, m: LoadedModel, x: np.ndarray) -> Response:
     mu, logvar = await engine.encode(m, x)
     return latent_response(mu, logvar)

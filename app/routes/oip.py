@@ -14,12 +14,12 @@ from dataclasses import dataclass
 from typing import Annotated
 
 import numpy as np
-import torch
 from fastapi import APIRouter, Header, Request, Response
 
 from app.errors import BadInferenceRequest, NotFound
 from app.http.error_bodies import PROTOCOL_PREFIX
-from app.inference.engine import Engine, LoadedModel
+from app.inference.engine import Engine
+from app.inference.served import LoadedModel
 from app.routes.deps import EngineDep, ModelDep
 from app.routes.oip_codec import (
     BINARY_EXTENSION,
@@ -34,10 +34,10 @@ from app.schemas import MAX_SAMPLES
 PREFIX = PROTOCOL_PREFIX  # the error shape follows the prefix
 SERVER_NAME = "mnist-vae"
 SERVER_VERSION = "0.1.0"
-PLATFORM = "pytorch"
+PLATFORMS = {"torch-checkpoint": "pytorch", "onnx-export": "onnxruntime_onnx"}
 IMAGE_SHAPE = (-1, 1, 32, 32)
 
-Run = Callable[[Engine, LoadedModel, dict[str, torch.Tensor]], Awaitable[dict[str, torch.Tensor]]]
+Run = Callable[[Engine, LoadedModel, dict[str, np.ndarray]], Awaitable[dict[str, np.ndarray]]]
 
 health_router = APIRouter(prefix=PREFIX, tags=["open inference protocol"])
 router = APIRouter(prefix=PREFIX, tags=["open inference protocol"])
@@ -52,22 +52,23 @@ class ProtocolModel:
     inputs: list[TensorSpec]
     outputs: list[TensorSpec]
     run: Run
+    platform: str
 
     def metadata(self) -> dict:
         return {
             "name": self.name,
             "versions": [self.version],
-            "platform": PLATFORM,
+            "platform": self.platform,
             "inputs": [spec.metadata() for spec in self.inputs],
             "outputs": [spec.metadata() for spec in self.outputs],
         }
 
 
-async def _decode(engine: Engine, m: LoadedModel, inputs: dict[str, torch.Tensor]):
+async def _decode(engine: Engine, m: LoadedModel, inputs: dict[str, np.ndarray]):
     return {"image": await engine.decode(m, inputs["z"])}
 
 
-async def _encode(engine: Engine, m: LoadedModel, inputs: dict[str, torch.Tensor]):
+async def _encode(engine: Engine, m: LoadedModel, inputs: dict[str, np.ndarray]):
     mu, logvar = await engine.encode(m, inputs["image"])
     return {"mu": mu, "logvar": logvar}
 
@@ -83,6 +84,7 @@ def protocol_models(m: LoadedModel) -> dict[str, ProtocolModel]:
         [TensorSpec("z", "FP32", latent)],
         [TensorSpec("image", "FP32", IMAGE_SHAPE)],
         _decode,
+        PLATFORMS.get(m.artifact.kind, "pytorch"),
     )
     encoder = ProtocolModel(
         f"{dataset}-vae-encoder",
@@ -90,6 +92,7 @@ def protocol_models(m: LoadedModel) -> dict[str, ProtocolModel]:
         [TensorSpec("image", "FP32", IMAGE_SHAPE)],
         [TensorSpec("mu", "FP32", latent), TensorSpec("logvar", "FP32", latent)],
         _encode,
+        PLATFORMS.get(m.artifact.kind, "pytorch"),
     )
     return {decoder.name: decoder, encoder.name: encoder}
 
@@ -167,12 +170,12 @@ async def infer(
     for array in parsed.inputs.values():
         if not 1 <= len(array) <= MAX_SAMPLES:
             raise BadInferenceRequest(f"the batch size must be 1..{MAX_SAMPLES}; got {len(array)}")
-    tensors = {k: torch.from_numpy(np.array(v, copy=True)) for k, v in parsed.inputs.items()}
+    tensors = {k: np.array(v, dtype=np.float32, copy=True) for k, v in parsed.inputs.items()}
     results = await model.run(engine, m, tensors)
     body, headers = encode_infer_response(
         model.name,
         model.version,
         parsed.id,
-        [(spec, binary, results[spec.name].numpy()) for spec, binary in outputs],
+        [(spec, binary, results[spec.name]) for spec, binary in outputs],
     )
     return Response(body, headers=headers)

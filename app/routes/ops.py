@@ -6,16 +6,16 @@ import dataclasses
 import platform
 
 import fastapi
-import torch
 from fastapi import APIRouter, Request, Response, Security
 from fastapi.responses import JSONResponse
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from app.http.auth import api_key_scheme
-from app.inference.engine import Engine, LoadedModel
+from app.inference.engine import Engine
+from app.inference.served import LoadedModel
 from app.routes.deps import EngineDep, ModelDep
-from app.schemas import BackendResponse, ModelResponse, Status
-from models.prior import describe as describe_prior
+from app.schemas import ArtifactResponse, BackendResponse, ModelResponse, Status
+from models.prior_arrays import describe as describe_prior
 
 router = APIRouter(tags=["operations"])
 
@@ -45,6 +45,12 @@ def _guide(engine: Engine, m: LoadedModel) -> dict:
     return {"active": active, **(engine.guide.describe() if engine.guide is not None else {})}
 
 
+def _torch_version(m: LoadedModel) -> dict[str, str]:
+    """`versions.torch` as before exports existed, when torch serves the checkpoint."""
+    kind, _, version = m.artifact.runtime.partition(" ")
+    return {"torch": version} if kind == "torch" else {}
+
+
 @router.get("/metrics", response_class=Response, responses={200: {"content": {"text/plain": {}}}})
 async def prometheus_metrics() -> Response:
     """Prometheus text format: requests, latencies, batch sizes, queue depth, model info."""
@@ -60,9 +66,10 @@ async def model_info(m: ModelDep, engine: EngineDep) -> ModelResponse:
         sha256=m.sha256,
         preset=meta.get("preset"),
         latent_dim=m.latent_dim,
-        config=m.model.config.to_dict(),
-        device=str(m.device),
-        dtype=str(m.dtype).removeprefix("torch."),
+        config=m.config,
+        device=m.device,
+        dtype=m.dtype,
+        artifact=ArtifactResponse(**dataclasses.asdict(m.artifact)),
         backend=BackendResponse(**dataclasses.asdict(m.backend)),
         batching={
             "max_batch_size": engine.settings.max_batch_size,
@@ -75,7 +82,8 @@ async def model_info(m: ModelDep, engine: EngineDep) -> ModelResponse:
         training={k: v for k, v in meta.items() if k not in ("metrics", "preset")},
         versions={
             "python": platform.python_version(),
-            "torch": str(torch.__version__),
+            "runtime": m.artifact.runtime,
+            **_torch_version(m),
             "fastapi": fastapi.__version__,
             "checkpoint_torch": str(meta.get("torch_version", "unknown")),
         },

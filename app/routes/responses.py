@@ -1,7 +1,7 @@
-"""Tensors into HTTP responses: the one place that encodes PNGs, grids, strips and JSON bodies.
+"""Arrays into HTTP responses: the one place that encodes PNGs, grids, strips and JSON bodies.
 
 Image routes answer PNG by default and JSON (base64 PNGs plus the numbers) on request; each
-builder here takes the engine's tensors and the caller's choice and returns a finished
+builder here takes the engine's arrays and the caller's choice and returns a finished
 `Response`, so no route encodes an image or assembles a body by hand. Bodies are rendered straight
 from the pydantic models: FastAPI would validate them once more on the way out.
 """
@@ -11,7 +11,7 @@ from __future__ import annotations
 import base64
 import math
 
-import torch
+import numpy as np
 from fastapi import Response
 from fastapi.responses import JSONResponse
 from pydantic import BaseModel
@@ -47,21 +47,21 @@ def json_response(body: BaseModel, headers: Headers = None) -> JSONResponse:
     return JSONResponse(body.model_dump(mode="json"), headers=headers)
 
 
-def base64_png(image: torch.Tensor) -> str:
+def base64_png(image: np.ndarray) -> str:
     """One [1, H, W] image in [0, 1] as a base64 PNG, the JSON form of every image we return."""
     return base64.b64encode(png.to_png(image)).decode("ascii")
 
 
-def base64_pngs(images: torch.Tensor) -> list[str]:
+def base64_pngs(images: np.ndarray) -> list[str]:
     return [base64_png(image) for image in images]
 
 
-def square_grid_png(images: torch.Tensor) -> bytes:
+def square_grid_png(images: np.ndarray) -> bytes:
     """Several images as one near-square grid PNG (one image: that image)."""
     return png.grid_png(images, nrow=max(1, math.ceil(math.sqrt(images.shape[0]))))
 
 
-def grid_response(images: torch.Tensor, headers: Headers = None) -> Response:
+def grid_response(images: np.ndarray, headers: Headers = None) -> Response:
     return png_response(square_grid_png(images), headers)
 
 
@@ -69,8 +69,8 @@ def grid_response(images: torch.Tensor, headers: Headers = None) -> Response:
 def sample_response(
     seed: int,
     temperature: float,
-    z: torch.Tensor,
-    images: torch.Tensor,
+    z: np.ndarray,
+    images: np.ndarray,
     as_json: bool,
     prior: str = "standard",
     digits: list[int] | None = None,
@@ -92,7 +92,7 @@ def sample_response(
 
 
 @tracing.traced(ENCODE_SPAN)
-def decode_response(images: torch.Tensor, one_latent: bool, as_json: bool) -> Response:
+def decode_response(images: np.ndarray, one_latent: bool, as_json: bool) -> Response:
     """/decode: one latent gives one 32x32 PNG, several a grid; JSON lists every image."""
     if as_json:
         return json_response(DecodeResponse(images=base64_pngs(images)))
@@ -102,7 +102,7 @@ def decode_response(images: torch.Tensor, one_latent: bool, as_json: bool) -> Re
 
 
 @tracing.traced(ENCODE_SPAN)
-def interpolation_response(z: torch.Tensor, images: torch.Tensor, as_json: bool) -> Response:
+def interpolation_response(z: np.ndarray, images: np.ndarray, as_json: bool) -> Response:
     """/interpolate: the images as one strip PNG, or with the latents they were decoded from."""
     if not as_json:
         return png_response(png.strip_png(images))
@@ -112,16 +112,16 @@ def interpolation_response(z: torch.Tensor, images: torch.Tensor, as_json: bool)
 
 @tracing.traced(ENCODE_SPAN)
 def reconstruction_response(
-    x: torch.Tensor,
-    mu: torch.Tensor,
-    logvar: torch.Tensor,
-    recon: torch.Tensor,
-    neg_elbo: torch.Tensor,
+    x: np.ndarray,
+    mu: np.ndarray,
+    logvar: np.ndarray,
+    recon: np.ndarray,
+    neg_elbo: np.ndarray,
     as_json: bool,
 ) -> Response:
     """/reconstruct of one image: what the model saw beside its reconstruction, or the numbers."""
     if not as_json:
-        return png_response(png.strip_png(torch.cat([x, recon])))
+        return png_response(png.strip_png(np.concatenate([x, recon])))
     body = ReconstructResponse(
         input=base64_png(x[0]),
         reconstruction=base64_png(recon[0]),
@@ -133,7 +133,7 @@ def reconstruction_response(
 
 
 @tracing.traced(ENCODE_SPAN)
-def latent_response(mu: torch.Tensor, logvar: torch.Tensor) -> JSONResponse:
+def latent_response(mu: np.ndarray, logvar: np.ndarray) -> JSONResponse:
     """/encode of one image: the posterior's mean and log-variance."""
     body = LatentResponse(latent_dim=mu.shape[1], mu=mu[0].tolist(), logvar=logvar[0].tolist())
     return json_response(body)

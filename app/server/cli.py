@@ -13,9 +13,9 @@ from pydantic import ValidationError
 
 from app import tracing
 from app.config import Settings, configuration_error
+from app.inference.loading import check_servable
 from app.server.shutdown import serve
-from models.checkpoint import CheckpointError, load_checkpoint
-from models.runtime import resolve_device
+from models.checkpoint_errors import CheckpointError
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -37,8 +37,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"vae-serve: invalid configuration: {configuration_error(exc)}", file=sys.stderr)
         return 2
     try:
-        resolve_device(settings.device)
-        load_checkpoint(settings.checkpoint)
+        check_servable(settings.checkpoint, settings.device)
         tracing.check()
     except (CheckpointError, RuntimeError) as exc:  # TracingConfigError is a RuntimeError
         print(f"vae-serve: cannot serve: {exc}", file=sys.stderr)

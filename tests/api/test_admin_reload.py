@@ -121,7 +121,7 @@ def test_a_checkpoint_replaced_while_loading_is_refused(
     """/model must never show a sha256 other than the weights being served."""
     import shutil
 
-    from app.inference import loading as engine
+    from app.inference import checkpoint_loading as engine
     from models.checkpoint import CheckpointError
 
     path = tmp_path / "model.pt"
@@ -137,4 +137,4 @@ def test_a_checkpoint_replaced_while_loading_is_refused(
 
     monkeypatch.setattr(engine, "load_checkpoint_and_prior", load_then_replace)
     with pytest.raises(CheckpointError, match="changed while it was being loaded"):
-        engine.load_model(path, "cpu")
+        engine.load_checkpoint_model(path, "cpu")

@@ -6,6 +6,7 @@ import asyncio
 import threading
 from concurrent.futures import ThreadPoolExecutor
 
+import numpy as np
 import pytest
 import torch
 from prometheus_client.parser import text_string_to_metric_families
@@ -85,14 +86,14 @@ def test_full_queue_answers_overloaded():
         batcher = _batcher(queue_size=2)
         batcher.start()
         try:
-            jobs = [batcher.submit("m", torch.ones(1, 1)) for _ in range(10)]
+            jobs = [batcher.submit("m", np.ones((1, 1), np.float32)) for _ in range(10)]
             return await asyncio.gather(*jobs, return_exceptions=True)
         finally:
             await batcher.stop()
 
     results = asyncio.run(run())
     assert any(isinstance(r, Overloaded) for r in results)
-    assert any(isinstance(r, torch.Tensor) for r in results)
+    assert any(isinstance(r, np.ndarray) for r in results)
 
 
 def test_a_caller_past_its_deadline_stops_waiting_and_its_queued_rows_never_run():

@@ -21,6 +21,7 @@ from models.checkpoint import CheckpointError, load_checkpoint_and_prior
 from models.classifier import DEFAULT_PATH as JUDGE_PATH
 from models.classifier import GUIDE_PATH, classify, load_classifier
 from models.digit_guide import choose, guided_digits, load_guide
+from models.prior import TorchRandom, as_arrays
 
 REPO = Path(__file__).resolve().parents[2]
 SHIPPED = REPO / "models" / "mnist-vae.pt"
@@ -72,9 +73,15 @@ def test_route_and_vae_eval_run_the_same_procedure(guided_client):
     model, _, prior = load_checkpoint_and_prior(SHIPPED)
     guide = load_guide(GUIDE_PATH)
     digits = [9, 4, 7, 1, 8, 3]
-    z, _ = guided_digits(prior, digits, torch.Generator().manual_seed(31), model.decode, guide)
+    random = TorchRandom(torch.Generator().manual_seed(31))
+
+    def decode(z: np.ndarray) -> np.ndarray:
+        with torch.inference_mode():
+            return model.decode(torch.from_numpy(z)).numpy()
+
+    z, _ = guided_digits(as_arrays(prior), digits, random, decode, guide)
     body = guided_client.post("/sample?format=json", json={"digits": digits, "seed": 31}).json()
-    assert torch.allclose(torch.tensor(body["latents"]), z, atol=1e-5)
+    assert np.allclose(np.array(body["latents"]), z, atol=1e-5)
 
 
 def test_an_empty_setting_turns_the_guide_off(make_settings):
@@ -115,6 +122,7 @@ def test_choose_keeps_the_first_accepted_candidate_else_the_most_likely():
     retry[4, 3] = 0.3  # image 2, candidate 2 gives digit 3 the highest probability
     images = torch.arange(3, dtype=torch.float32).view(3, 1, 1, 1)
     retry_images = torch.arange(10, 16, dtype=torch.float32).view(6, 1, 1, 1)
-    latents, kept = choose(z, digits, images, first, rows, retry_images, retry)
+    arrays = (a.numpy() for a in (z, digits, images, first, rows, retry_images, retry))
+    latents, kept = choose(*arrays)
     assert latents.squeeze(1).tolist() == [0.0, 6.0, 10.0]
     assert kept.flatten().tolist() == [0.0, 11.0, 14.0]

@@ -257,4 +257,4 @@ def _b64(text: str) -> bytes:
 
 def _example(example_id: str) -> np.ndarray:
     """A bundled digit as [1, 32, 32] floats in [0, 1], read by the service's own example store."""
-    return ExampleStore().get(example_id).tensor.numpy()
+    return ExampleStore().get(example_id).tensor

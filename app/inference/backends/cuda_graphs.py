@@ -17,6 +17,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
+import numpy as np
 import torch
 
 from app.inference.backends.base import FP32_BOUND, REDUCED_BOUND, GraphRunner
@@ -49,7 +50,7 @@ class BucketedRunner(GraphRunner):
     def _run_bucket(self, op: str, padded: torch.Tensor) -> tuple[torch.Tensor, ...]:
         raise NotImplementedError
 
-    def _run(self, op: str, x: torch.Tensor) -> tuple[torch.Tensor, ...]:
+    def _run(self, op: str, x: np.ndarray) -> tuple[np.ndarray, ...]:
         n = len(x)
         bucket = self.bucket_for(n)
         if bucket is None:
@@ -57,8 +58,9 @@ class BucketedRunner(GraphRunner):
             return out if isinstance(out, tuple) else (out,)
         padded = x
         if bucket > n:
-            padded = torch.cat([x, x.new_zeros((bucket - n, *x.shape[1:]))])
-        return tuple(t[:n].float().cpu() for t in self._run_bucket(op, padded))
+            padded = np.concatenate([x, np.zeros((bucket - n, *x.shape[1:]), x.dtype)])
+        outputs = self._run_bucket(op, torch.from_numpy(np.ascontiguousarray(padded)))
+        return tuple(t[:n].float().cpu().numpy() for t in outputs)
 
 
 def _forward(reference: TorchRunner, op: str) -> Callable[[torch.Tensor], tuple[torch.Tensor, ...]]:

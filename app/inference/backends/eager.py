@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import numpy as np
 import torch
 
 from models.likelihood import bernoulli_nll, crop_padding, gaussian_kl
+from models.prior import TorchRandom
 from models.vae import ConvVAE
 
 
@@ -40,16 +42,28 @@ class TorchRunner:
         self.model, self.device, self.dtype = model, device, dtype
         self.precision = {torch.float16: "f16", torch.bfloat16: "bf16"}.get(dtype, "f32")
 
-    def encode(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        with torch.inference_mode():
-            mu, logvar = self.model.encode(x.to(self.device, self.dtype))
-            return mu.float().cpu(), logvar.float().cpu()
+    def _in(self, rows: np.ndarray) -> torch.Tensor:
+        return torch.from_numpy(np.ascontiguousarray(rows)).to(self.device, self.dtype)
 
-    def decode(self, z: torch.Tensor) -> torch.Tensor:
+    def encode(self, x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         with torch.inference_mode():
-            return self.model.decode(z.to(self.device, self.dtype)).float().cpu()
+            mu, logvar = self.model.encode(self._in(x))
+            return _out(mu), _out(logvar)
 
-    def reconstruct(self, x: torch.Tensor) -> tuple[torch.Tensor, ...]:
+    def decode(self, z: np.ndarray) -> np.ndarray:
         with torch.inference_mode():
-            outputs = reconstruct_graph(self.model, x.to(self.device, self.dtype))
-            return tuple(t.float().cpu() for t in outputs)
+            return _out(self.model.decode(self._in(z)))
+
+    def reconstruct(self, x: np.ndarray) -> tuple[np.ndarray, ...]:
+        with torch.inference_mode():
+            outputs = reconstruct_graph(self.model, self._in(x))
+            return tuple(_out(t) for t in outputs)
+
+
+def _out(t: torch.Tensor) -> np.ndarray:
+    return t.float().cpu().numpy()
+
+
+def torch_random(seed: int) -> TorchRandom:
+    """The random numbers `/sample` draws from in the full image: torch's own generator."""
+    return TorchRandom(torch.Generator().manual_seed(seed))

@@ -2,10 +2,9 @@
 
 from __future__ import annotations
 
-import torch
+import numpy as np
 
 from app.inference.backends.base import FP32_BOUND, REDUCED_BOUND, GraphRunner
-from models.runtime import float32_numpy
 
 
 class OpenVinoRunner(GraphRunner):
@@ -40,7 +39,7 @@ class OpenVinoRunner(GraphRunner):
             self._requests[op] = compiled.create_infer_request()
             self.precision = compiled.get_property("INFERENCE_PRECISION_HINT").get_type_name()
 
-    def _run(self, op: str, x: torch.Tensor) -> list[torch.Tensor]:
+    def _run(self, op: str, x: np.ndarray) -> list[np.ndarray]:
         request = self._requests[op]
-        result = request.infer({0: float32_numpy(x)})  # copies the outputs (share_outputs=False)
-        return [torch.from_numpy(result[o]) for o in request.model_outputs]
+        result = request.infer({0: np.ascontiguousarray(x, np.float32)})  # copies the outputs
+        return [result[o] for o in request.model_outputs]

@@ -12,7 +12,8 @@ import torch
 
 from app.inference.backends.base import BACKENDS, BackendInfo, Runner, check
 from app.inference.backends.eager import TorchRunner
-from app.inference.backends.onnx import OnnxRuntimeRunner, export_onnx
+from app.inference.backends.onnx import OnnxRuntimeRunner
+from app.inference.backends.onnx_export import export_onnx
 from models.vae import ConvVAE
 
 log = logging.getLogger("app.backends")
@@ -73,7 +74,7 @@ def select_runner(
 
     try:
         runner = build()
-        error = check(runner, reference)
+        error = check(runner, reference, reference.model.latent_dim)
     except Exception as exc:  # a missing package, an export or compile failure: serve with torch
         return _fall_back(requested, reference, f"{name} could not be built: {exc}")
     if not error <= runner.bound:

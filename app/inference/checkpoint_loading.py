@@ -1,0 +1,71 @@
+"""A torch checkpoint made ready to serve: loaded, moved, given its checked backend, and warmed."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+
+from app.inference.backends.eager import TorchRunner, torch_random
+from app.inference.backends.select import select_runner
+from app.inference.served import ArtifactInfo, LoadedModel, file_identity, warm_up
+from models.checkpoint import CheckpointError, file_sha256, load_checkpoint_and_prior
+from models.prior import as_arrays
+from models.runtime import resolve_device
+
+
+def load_checkpoint_model(
+    path: Path,
+    device: str = "auto",
+    fp16: bool = False,
+    max_batch_size: int = 64,
+    *,
+    backend: str = "auto",
+    threads: int = 1,
+    cuda_graphs: bool = False,
+) -> LoadedModel:
+    """Loads, moves and warms a checkpoint with the backend `select_runner` picks; raises
+    `CheckpointError` with a one-line reason."""
+    torch.set_num_threads(threads)
+    dev = resolve_device(device)
+    before = file_identity(path)
+    model, metadata, prior = load_checkpoint_and_prior(path, device=dev)
+    sha256 = file_sha256(path)
+    if file_identity(path) != before:  # replaced meanwhile: the hash might not be these weights
+        raise CheckpointError(f"{path} changed while it was being loaded; try again")
+    dtype = torch.float16 if fp16 and dev.type == "cuda" else torch.float32
+    # channels_last lets oneDNN and cuDNN pick their fastest convolutions.
+    model = model.to(dtype=dtype, memory_format=torch.channels_last)
+    reference = TorchRunner(model, dev, dtype)
+    # On CUDA every batch shape gets its kernels picked once, so warm them all; on the CPU a few.
+    sizes = range(1, max_batch_size + 1) if dev.type == "cuda" else (1, 8, max_batch_size)
+    try:
+        warm_up(reference, latent_dim=model.latent_dim, batch_sizes=(1,))
+        runner, info = select_runner(
+            backend,
+            reference,
+            threads,
+            cache_key=sha256,
+            cuda_graphs=cuda_graphs,
+            max_batch_size=max_batch_size,
+        )
+        warm_up(runner, latent_dim=model.latent_dim, batch_sizes=tuple(sizes))
+    except Exception as exc:  # e.g. a valid config for another input size: not servable here
+        raise CheckpointError(f"{path}: the model does not run on 1x32x32 digits: {exc}") from exc
+    if dev.type == "cuda":
+        torch.cuda.synchronize(dev)
+    return LoadedModel(
+        metadata=metadata,
+        checkpoint=path,
+        sha256=sha256,
+        config=model.config.to_dict(),
+        latent_dim=model.latent_dim,
+        device=str(dev),
+        dtype=str(dtype).removeprefix("torch."),
+        runner=runner,
+        backend=info,
+        prior=as_arrays(prior),
+        artifact=ArtifactInfo("torch-checkpoint", str(path), sha256, f"torch {torch.__version__}"),
+        random=torch_random,
+        model=model,
+    )

@@ -1,0 +1,81 @@
+"""PyTorch's CPU random numbers in NumPy: the same seed gives the same draws, without torch.
+
+A seed has always meant the same digits: `/sample` draws its latents from a `torch.Generator`
+seeded with it. The torch-free image must keep that promise, so this module reproduces what the
+CPU generator does (MT19937 seeded with the seed's low 32 bits, then torch's own transforms) for
+the two draws the priors make: `torch.rand(..., dtype=float64)` and float32 `torch.randn`.
+`tests/training/test_torch_rng.py` holds it to torch's own draws. Normal draws agree to float32
+rounding (torch vectorises its log/sin/cos), uniform ones exactly.
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+
+_MASK_53 = (1 << 53) - 1
+_MASK_24 = (1 << 24) - 1
+
+
+class TorchCompatibleGenerator:
+    """`torch.Generator().manual_seed(seed)` on the CPU, for `rand_float64` and `randn_float32`."""
+
+    def __init__(self, seed: int) -> None:
+        self._state = np.random.RandomState(seed & 0xFFFFFFFF)  # torch keeps the low 32 bits
+        self._cached_normal: float | None = None  # torch's next_double_normal_sample
+
+    def _raw(self, n: int) -> np.ndarray:
+        """n raw 32-bit MT19937 outputs, as uint64 (a full-range draw is one raw output)."""
+        return self._state.randint(0, 1 << 32, size=n, dtype=np.uint64)
+
+    def _random64(self, n: int) -> np.ndarray:
+        pairs = self._raw(2 * n).reshape(n, 2)
+        return (pairs[:, 0] << np.uint64(32)) | pairs[:, 1]  # the first draw is the high half
+
+    def rand_float64(self, *shape: int) -> np.ndarray:
+        """`torch.rand(*shape, dtype=torch.float64, generator=g)`."""
+        n = math.prod(shape)
+        bits = self._random64(n) & np.uint64(_MASK_53)
+        return (bits.astype(np.float64) * (1.0 / (1 << 53))).reshape(shape)
+
+    def randn_float32(self, *shape: int) -> np.ndarray:
+        """`torch.randn(*shape, generator=g)` (float32)."""
+        n = math.prod(shape)
+        if n >= 16:
+            return self._normal_fill(n).reshape(shape)
+        return np.array([self._scalar_normal() for _ in range(n)], np.float32).reshape(shape)
+
+    def _uniform_float32(self, n: int) -> np.ndarray:
+        bits = self._raw(n) & np.uint64(_MASK_24)
+        return (bits.astype(np.float32) * np.float32(1.0 / (1 << 24))).astype(np.float32)
+
+    def _normal_fill(self, n: int) -> np.ndarray:
+        """torch's `normal_fill`: n uniforms, Box-Muller on blocks of 16 (j with j + 8), and a
+        tail that does not fill a block redraws the last 16 values."""
+        data = self._uniform_float32(n)
+        whole = n - n % 16
+        if whole:
+            data[:whole] = _box_muller_16(data[:whole].reshape(-1, 16)).reshape(-1)
+        if n % 16:
+            data[n - 16 :] = _box_muller_16(self._uniform_float32(16).reshape(1, 16)).reshape(-1)
+        return data
+
+    def _scalar_normal(self) -> float:
+        """torch's `normal_distribution<double>`: a pair from two uniforms, the second cached."""
+        if self._cached_normal is not None:
+            value, self._cached_normal = self._cached_normal, None
+            return value
+        u1, u2 = self.rand_float64(2)
+        radius = math.sqrt(-2.0 * math.log1p(-u2))
+        theta = 2.0 * math.pi * u1
+        self._cached_normal = radius * math.sin(theta)
+        return radius * math.cos(theta)
+
+
+def _box_muller_16(blocks: np.ndarray) -> np.ndarray:
+    u1 = np.float32(1) - blocks[:, :8]  # [0, 1) -> (0, 1] for the log
+    u2 = blocks[:, 8:]
+    radius = np.sqrt(np.float32(-2) * np.log(u1))
+    theta = (2.0 * math.pi * u2.astype(np.float64)).astype(np.float32)
+    return np.concatenate([radius * np.cos(theta), radius * np.sin(theta)], axis=1)
