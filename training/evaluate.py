@@ -104,9 +104,13 @@ def iwae_log_likelihoods(
     k: int = 1000,
     max_decodes: int = 20_000,
     seed: int = 0,
+    on_chunk: Callable[[dict[str, torch.Tensor]], None] | None = None,
 ) -> dict[str, torch.Tensor]:
     """`iwae_log_likelihood` under several priors from the same draws z_k ~ q(z|x): the decoder
-    (all the cost) runs once, and the priors are compared on identical samples."""
+    (all the cost) runs once, and the priors are compared on identical samples.
+
+    `on_chunk` sees each chunk's per-digit log-likelihoods as they finish (a progress bar, a
+    partial result of a long run); it does not change the draws."""
     generator = torch.Generator(device=x.device).manual_seed(seed)
     images_per_chunk = max(1, min(len(x), max_decodes // k))
     samples_per_pass = max(1, min(k, max_decodes // images_per_chunk))
@@ -126,8 +130,13 @@ def iwae_log_likelihoods(
             log_q = log_normal(z, mu, logvar)
             for name, prior in priors.items():
                 log_w[name].append(log_px_z + prior.log_prob(z.float()) - log_q)
-        for name in priors:
-            out[name].append(torch.logsumexp(torch.cat(log_w[name]), dim=0) - math.log(k))
+        done = {
+            name: torch.logsumexp(torch.cat(log_w[name]), dim=0) - math.log(k) for name in priors
+        }
+        for name, ll in done.items():
+            out[name].append(ll)
+        if on_chunk is not None:
+            on_chunk(done)
     return {name: torch.cat(parts) for name, parts in out.items()}
 
 
@@ -147,12 +156,25 @@ def save_sample_grid(
     prior: LatentPrior | None = None,
     temperature: float = 1.0,
 ) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    images = sample_images(model, n, seed, prior, temperature)
+    save_image(images, path, nrow=int(math.sqrt(n)), pad_value=0.5)
+    return path
+
+
+@torch.inference_mode()
+def sample_images(
+    model: ConvVAE,
+    n: int = 64,
+    seed: int = 0,
+    prior: LatentPrior | None = None,
+    temperature: float = 1.0,
+) -> torch.Tensor:
+    """n decoded prior samples on the CPU, [n, 1, 32, 32]; the same seed, the same images."""
     generator = torch.Generator(device="cpu").manual_seed(seed)
     z = (prior or StandardNormalPrior(model.latent_dim)).sample(n, generator, temperature)
     device = next(model.parameters()).device
-    path.parent.mkdir(parents=True, exist_ok=True)
-    save_image(model.decode(z.to(device)).cpu(), path, nrow=int(math.sqrt(n)), pad_value=0.5)
-    return path
+    return model.decode(z.to(device)).cpu()
 
 
 @torch.inference_mode()
@@ -175,14 +197,19 @@ def save_digit_grid(
     return path
 
 
-@torch.inference_mode()
 def save_reconstruction_grid(model: ConvVAE, grey: torch.Tensor, path: Path, n: int = 32) -> Path:
-    """Rows alternate: 8 originals, then their reconstructions (posterior means, no sampling)."""
-    x = grey[:n]
-    recon = model.decode(model.encode(x)[0])
-    rows = [t for i in range(0, n, 8) for t in (x[i : i + 8], recon[i : i + 8])]
-    save_image(torch.cat(rows).cpu(), path, nrow=8, pad_value=0.5)
+    """The `reconstruction_rows` of the first n digits, as one PNG."""
+    save_image(reconstruction_rows(model, grey, n), path, nrow=8, pad_value=0.5)
     return path
+
+
+@torch.inference_mode()
+def reconstruction_rows(model: ConvVAE, x: torch.Tensor, n: int = 32) -> torch.Tensor:
+    """Rows of 8 that alternate: originals, then their reconstructions (posterior means, no
+    sampling); [2n, 1, 32, 32] on the CPU."""
+    x = x[:n]
+    recon = model.decode(model.encode(x)[0])
+    return torch.cat([t for i in range(0, n, 8) for t in (x[i : i + 8], recon[i : i + 8])]).cpu()
 
 
 def evaluate(
