@@ -18,12 +18,14 @@ import torch
 
 from app.backends import FP32_BOUND, GRAPHS, OnnxRuntimeRunner, TorchRunner, check, export_onnx
 from models.checkpoint import CheckpointError, load_checkpoint
+from training.progress import add_progress_flag, progress_bar
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(prog="vae-export", description=__doc__.splitlines()[0])
     p.add_argument("--checkpoint", type=Path, default=Path("models/mnist-vae.pt"))
     p.add_argument("--out", type=Path, required=True, help="folder for <op>.onnx")
+    add_progress_flag(p)
     return p.parse_args(argv)
 
 
@@ -34,10 +36,13 @@ def main(argv: list[str] | None = None) -> int:
     except CheckpointError as exc:
         print(f"vae-export: {exc}", file=sys.stderr)
         return 2
+    bar = progress_bar(total=2, desc="export, check", unit="step", enabled=not args.no_progress)
     graphs = export_onnx(model)
+    bar.update()
     error = check(
         OnnxRuntimeRunner(graphs, threads=1), TorchRunner(model, torch.device("cpu"), torch.float32)
     )
+    bar.close()
     if not error <= FP32_BOUND:
         print(f"vae-export: the graphs differ from eager by {error:.3g}", file=sys.stderr)
         return 1

@@ -41,6 +41,7 @@ from training.objective import (
     gaussian_kl,
     log_normal,
 )
+from training.progress import add_progress_flag, progress_bar
 from training.sample_quality import SampleJudge
 
 # (n, generator) -> n sampled images [n, 1, 32, 32] in [0, 1]; any prior plugs in through this.
@@ -220,9 +221,11 @@ def evaluate(
     seed: int = 0,
     max_decodes: int = 20_000,
     prior: LatentPrior | None = None,
+    progress: bool = True,
 ) -> dict[str, float]:
     """The checkpoint's numbers under `prior` (default N(0, I)). With a learned prior the
-    N(0, I) numbers come too, as `*_standard_prior`, from the very same posterior samples."""
+    N(0, I) numbers come too, as `*_standard_prior`, from the very same posterior samples.
+    `progress`: a bar over the digits of the importance-weighted bound (minutes on a CPU)."""
     device = next(model.parameters()).device
     model.eval()
     x = binarized_test_set(test_images_u8[:limit] if limit else test_images_u8, seed, device)
@@ -237,7 +240,18 @@ def evaluate(
         priors = {"prior": prior or StandardNormalPrior(model.latent_dim)}
         if learned:
             priors["standard"] = StandardNormalPrior(model.latent_dim)
-        ll = iwae_log_likelihoods(model, x, priors, k, max_decodes, seed)
+        with progress_bar(
+            total=len(x), desc=f"IWAE NLL, K={k}", unit="digit", enabled=progress
+        ) as bar:
+            ll = iwae_log_likelihoods(
+                model,
+                x,
+                priors,
+                k,
+                max_decodes,
+                seed,
+                on_chunk=lambda done: bar.update(len(next(iter(done.values())))),
+            )
         metrics["iwae_nll"] = -ll["prior"].mean().item()
         if learned:
             metrics["iwae_nll_standard_prior"] = -ll["standard"].mean().item()
@@ -297,10 +311,21 @@ def cycled_digits(n: int) -> torch.Tensor:
 
 
 @torch.inference_mode()
-def draw_samples(sampler: Sampler, n: int, seed: int = 0, batch_size: int = 1000) -> torch.Tensor:
+def draw_samples(
+    sampler: Sampler,
+    n: int,
+    seed: int = 0,
+    batch_size: int = 1000,
+    progress: bool = True,
+    desc: str = "samples",
+) -> torch.Tensor:
     """n images on the CPU from one CPU generator seeded once: the same seed, the same images."""
     generator = torch.Generator(device="cpu").manual_seed(seed)
-    batches = [sampler(min(batch_size, n - i), generator).cpu() for i in range(0, n, batch_size)]
+    batches = []
+    with progress_bar(total=n, desc=desc, unit="image", enabled=progress) as bar:
+        for i in range(0, n, batch_size):
+            batches.append(sampler(min(batch_size, n - i), generator).cpu())
+            bar.update(len(batches[-1]))
     return torch.cat(batches)
 
 
@@ -310,10 +335,12 @@ def sample_quality(
     n: int = 10_000,
     seed: int = 0,
     labels: torch.Tensor | None = None,
+    progress: bool = True,
+    desc: str = "samples",
 ) -> dict:
     """Scores n seeded samples; `labels` (the digit each was drawn for) adds per-digit accuracy."""
     started = time.perf_counter()
-    result = judge.score(draw_samples(sampler, n, seed), labels)
+    result = judge.score(draw_samples(sampler, n, seed, progress=progress, desc=desc), labels)
     result["seed"] = seed
     result["seconds"] = round(time.perf_counter() - started, 1)
     return result
@@ -322,12 +349,18 @@ def sample_quality(
 def real_digit_quality(judge: SampleJudge, test: Split, train: Split, n: int = 10_000) -> dict:
     """The same scores for real digits, the ceiling samples are read against: the test digits'
     inception score, confident fraction and per-digit accuracy (the classifier's own test
-    accuracy), and the Frechet distance of n training digits to the test set (0 for the test set
-    itself, so training digits give the floor a perfect sampler would reach)."""
-    test_scores = judge.score(to_model_input(test.images), test.labels)
+    accuracy), and the Frechet distance, precision and recall of n training digits against the
+    test set (0 and 1 for the test set itself, so training digits give what a perfect sampler
+    would reach)."""
+    test_scores = judge.score(to_model_input(test.images), test.labels, with_precision_recall=False)
     del test_scores["fid"]
-    train_fid = judge.score(to_model_input(train.images[:n]))["fid"]
-    return {"test_digits": test_scores, "train_digits_fid": train_fid, "train_digits": n}
+    train_scores = judge.score(to_model_input(train.images[:n]))
+    return {
+        "test_digits": test_scores,
+        "train_digits_fid": train_scores["fid"],
+        **{f"train_digits_{key}": train_scores[key] for key in ("precision", "recall")},
+        "train_digits": n,
+    }
 
 
 def prior_sample_quality(
@@ -336,11 +369,13 @@ def prior_sample_quality(
     """Scores samples from the checkpoint's prior; with a learned prior also N(0, I)'s from the
     same seed, and, when it has per-digit mixtures, digits drawn on request (per-digit accuracy)."""
     n, seed, temperature = args.samples, args.sample_seed, args.temperature
+    progress = not args.no_progress
+    draw = prior_sampler(model, prior, temperature)
     out = {
         "sample_quality": {
             "prior": prior.name,
             "temperature": temperature,
-            **sample_quality(judge, prior_sampler(model, prior, temperature), n, seed),
+            **sample_quality(judge, draw, n, seed, progress=progress, desc=f"{prior.name} prior"),
         }
     }
     if isinstance(prior, MixturePrior):
@@ -348,7 +383,7 @@ def prior_sample_quality(
         out["sample_quality_standard_prior"] = {
             "prior": "standard",
             "temperature": temperature,
-            **sample_quality(judge, standard, n, seed),
+            **sample_quality(judge, standard, n, seed, progress=progress, desc="N(0, I)"),
         }
         if prior.digits() == list(range(10)):
             n_digits = n - n % 10
@@ -368,6 +403,8 @@ def prior_sample_quality(
                         n_digits,
                         seed,
                         labels=cycled_digits(n_digits),
+                        progress=progress,
+                        desc="chosen digits" + (" (guided)" if used is not None else ""),
                     ),
                 }
     return out
@@ -430,6 +467,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         action="store_true",
         help="store the metrics in the checkpoint's metadata (atomic rewrite)",
     )
+    add_progress_flag(p)
     return p.parse_args(argv)
 
 
@@ -446,7 +484,14 @@ def main(argv: list[str] | None = None) -> int:
     dataset = metadata.get("dataset", {}).get("name", "mnist")
     test = load_split(args.data_dir, dataset, train=False)
     metrics = evaluate(
-        model, test.images, args.k, args.limit, args.seed, args.max_decodes, prior=prior
+        model,
+        test.images,
+        args.k,
+        args.limit,
+        args.seed,
+        args.max_decodes,
+        prior=prior,
+        progress=not args.no_progress,
     )
     metrics["prior"] = prior.name
     metrics["device"] = str(device)

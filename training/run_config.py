@@ -33,11 +33,11 @@ def config_argv(path: Path, parser: argparse.ArgumentParser) -> list[str]:
     tokens: list[str] = []
     for key, value in table.items():
         dest = key.replace("-", "_")
+        if isinstance(value, dict):
+            raise ConfigError(f"config {path}: {key!r} must be a value, not a table")
         if dest not in known:
             raise ConfigError(f"config {path}: unknown setting {key!r}")
         flag = "--" + dest.replace("_", "-")
-        if isinstance(value, dict):
-            raise ConfigError(f"config {path}: {key!r} must be a value, not a table")
         if isinstance(value, bool):
             tokens += [flag] if value else []
         elif isinstance(value, list):

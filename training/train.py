@@ -85,7 +85,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--epochs", type=int, default=30)
     p.add_argument("--batch-size", type=int, default=100, help="per process")
     p.add_argument("--lr", type=float, default=1e-3)
-    p.add_argument("--betas", type=float, nargs=2, default=(0.9, 0.999))
+    p.add_argument("--betas", type=float, nargs=2, default=[0.9, 0.999])
     p.add_argument("--lr-schedule", choices=("cosine", "constant"), default="cosine")
     p.add_argument(
         "--loss",
