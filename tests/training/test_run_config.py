@@ -57,7 +57,8 @@ def test_a_missing_file_is_a_clear_usage_error(tmp_path, capsys):
 
 def test_the_resolved_config_is_saved_beside_and_inside_the_checkpoint(tmp_path, mnist_dir):
     """And it repeats the run: read back with --config, it parses to the same settings."""
-    config = _write(tmp_path / "run.toml", 'preset = "tiny"\nepochs = 1\nsubset = 400\nlr = 0.002\n')
+    text = 'preset = "tiny"\nepochs = 1\nsubset = 400\nlr = 0.002\n'
+    config = _write(tmp_path / "run.toml", text)
     out = tmp_path / "run"
     flags = ["--eval-limit", "100", "--device", "cpu", "--no-progress", "--lr", "0.003"]
     argv = ["--config", str(config), *flags, "--data-dir", str(mnist_dir), "--out", str(out)]
