@@ -29,7 +29,7 @@ class Settings(BaseSettings):
         description="auto: ONNX Runtime on the CPU, PyTorch on CUDA; each checked against eager",
     )
     cuda_graphs: bool = Field(
-        False, description="CUDA graphs per batch-size bucket on CUDA; off until proven on a GPU"
+        False, description="CUDA graphs per bucket on CUDA; off until `make gpu-check` proves them"
     )
     digit_guide: str = Field(
         DEFAULT_DIGIT_GUIDE,

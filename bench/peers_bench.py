@@ -192,7 +192,9 @@ def baseline_worktree(ref: str, into: Path) -> Path:
     return into
 
 
-def service(label: str, checkpoint: Path, cwd: Path = REPO, **env: str) -> Peer:
+def service(
+    label: str, checkpoint: Path, cwd: Path = REPO, device: str = "cpu", **env: str
+) -> Peer:
     # `vae-serve`'s module in that tree: app/server/cli.py since the restructure, app/cli.py before
     cli = "app.server.cli" if (cwd / "app" / "server" / "cli.py").exists() else "app.cli"
     return Peer(
@@ -200,7 +202,7 @@ def service(label: str, checkpoint: Path, cwd: Path = REPO, **env: str) -> Peer:
         [sys.executable, "-m", cli, "--host", HOST, "--port", "{port}"],
         env={
             "VAE_CHECKPOINT": str(checkpoint),
-            "VAE_DEVICE": "cpu",
+            "VAE_DEVICE": device,
             "VAE_LOG_LEVEL": "info",  # the access log is part of the request path we measure
             "PYTHONPATH": str(cwd),
             **env,
@@ -213,8 +215,8 @@ def service(label: str, checkpoint: Path, cwd: Path = REPO, **env: str) -> Peer:
 
 def peers(args: argparse.Namespace, baseline: Path | None) -> list[Peer]:
     ckpt = str(args.checkpoint)
-    env = {"CHECKPOINT": ckpt, "PYTHONPATH": str(REPO)}
-    rows = [service("this service", args.checkpoint)]
+    env = {"CHECKPOINT": ckpt, "PYTHONPATH": str(REPO), "PEER_DEVICE": args.device}
+    rows = [service("this service", args.checkpoint, device=args.device)]
     if "bf16" in args.rows:
         rows.append(
             service("this service, openvino-bf16", args.checkpoint, VAE_BACKEND="openvino-bf16")
@@ -224,6 +226,7 @@ def peers(args: argparse.Namespace, baseline: Path | None) -> list[Peer]:
             service(
                 "this service, VAE_INLINE_LONE_BATCHES=off",
                 args.checkpoint,
+                device=args.device,
                 VAE_INLINE_LONE_BATCHES="off",
             )
         )
@@ -383,6 +386,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     )
     p.add_argument(
         "--ray-path", default=os.environ.get("RAY_PATH"), help="a site dir with ray, if apart"
+    )
+    p.add_argument(
+        "--device",
+        default="cpu",
+        help="where every server runs its model: cpu, or cuda (the bf16 row is CPU-only)",
     )
     p.add_argument("--server-cpu", type=int, default=0)
     p.add_argument("--load-cpu", type=int, default=1)

@@ -34,6 +34,7 @@ from models.classifier import (
     load_classifier,
     save_classifier,
 )
+from models.progress import add_progress_flag, progress_bar
 from training.data import Split, dataset_sha256, load_split, to_model_input
 
 __all__ = [
@@ -80,6 +81,7 @@ def train_classifier(
     seed: int = 0,
     config: ClassifierConfig | None = None,
     log=print,
+    progress: bool = False,
 ) -> DigitClassifier:
     """AdamW with a one-cycle schedule on shifted real digits; returns the model in eval mode."""
     torch.manual_seed(seed)
@@ -97,7 +99,10 @@ def train_classifier(
         started = time.perf_counter()
         order = torch.randperm(len(y_all), generator=generator)
         loss_sum = 0.0
-        for idx in order.split(batch_size):
+        batches = progress_bar(
+            order.split(batch_size), desc=f"epoch {epoch}/{epochs}", unit="batch", enabled=progress
+        )
+        for idx in batches:
             x = random_shift(x_all[idx], max_shift, generator)
             loss = F.cross_entropy(model(x), y_all[idx], label_smoothing=0.0)
             optimizer.zero_grad(set_to_none=True)
@@ -124,6 +129,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--channels", type=int, nargs="+", default=list(ClassifierConfig.channels))
     p.add_argument("--hidden", type=int, default=ClassifierConfig.hidden)
+    add_progress_flag(p)
     return p.parse_args(argv)
 
 
@@ -136,7 +142,14 @@ def main(argv: list[str] | None = None) -> int:
     config = ClassifierConfig(channels=tuple(args.channels), hidden=args.hidden)
     started = time.perf_counter()
     model = train_classifier(
-        train, args.epochs, args.batch_size, args.lr, args.max_shift, args.seed, config
+        train,
+        args.epochs,
+        args.batch_size,
+        args.lr,
+        args.max_shift,
+        args.seed,
+        config,
+        progress=not args.no_progress,
     )
     seconds = time.perf_counter() - started
     test_accuracy = accuracy(model, test)

@@ -67,6 +67,33 @@ def load_split(data_dir: str | Path, dataset: str = "mnist", train: bool = True)
     return Split(ds.data.clone(), ds.targets.clone().long())
 
 
+VALIDATION_SIZE = 10_000
+VALIDATION_SEED = 0  # one fixed split for every run, whatever its --seed
+
+
+def train_validation_split(
+    split: Split, validation_size: int = VALIDATION_SIZE, seed: int = VALIDATION_SEED
+) -> tuple[Split, Split]:
+    """(training, validation): `validation_size` digits drawn once by a seeded permutation and held
+    out, so epochs and checkpoints are chosen without looking at the test set. Each part keeps
+    the original order of its digits."""
+    if not 0 <= validation_size < len(split):
+        raise ValueError(f"validation size {validation_size} must be in [0, {len(split)})")
+    held_out = validation_indices(len(split), validation_size, seed)
+    mask = torch.ones(len(split), dtype=torch.bool)
+    mask[held_out] = False
+    return (
+        Split(split.images[mask], split.labels[mask]),
+        Split(split.images[held_out], split.labels[held_out]),
+    )
+
+
+def validation_indices(n: int, validation_size: int, seed: int = VALIDATION_SEED) -> torch.Tensor:
+    """The held-out indices into the n training digits, ascending."""
+    generator = torch.Generator(device="cpu").manual_seed(seed)
+    return torch.randperm(n, generator=generator)[:validation_size].sort().values
+
+
 def provision(root: Path, dataset: str = "mnist") -> Path:
     """Makes sure the raw IDX files exist under root/<Class>/raw; returns that folder."""
     cls = _dataset_class(dataset)

@@ -32,6 +32,7 @@ from models.checkpoint import (
 from models.classifier import GUIDE_PATH
 from models.digit_guide import DEFAULT_CANDIDATES, DigitGuide, guided_digits, load_guide
 from models.prior import LatentPrior, MixturePrior, StandardNormalPrior, TorchRandom, as_arrays
+from models.progress import add_progress_flag, progress_bar
 from models.runtime import resolve_device
 from models.vae import ConvVAE
 from training.classifier import DEFAULT_PATH as DEFAULT_CLASSIFIER
@@ -105,9 +106,13 @@ def iwae_log_likelihoods(
     k: int = 1000,
     max_decodes: int = 20_000,
     seed: int = 0,
+    on_chunk: Callable[[dict[str, torch.Tensor]], None] | None = None,
 ) -> dict[str, torch.Tensor]:
     """`iwae_log_likelihood` under several priors from the same draws z_k ~ q(z|x): the decoder
-    (all the cost) runs once, and the priors are compared on identical samples."""
+    (all the cost) runs once, and the priors are compared on identical samples.
+
+    `on_chunk` sees each chunk's per-digit log-likelihoods as they finish (a progress bar, a
+    partial result of a long run); it does not change the draws."""
     generator = torch.Generator(device=x.device).manual_seed(seed)
     images_per_chunk = max(1, min(len(x), max_decodes // k))
     samples_per_pass = max(1, min(k, max_decodes // images_per_chunk))
@@ -127,8 +132,13 @@ def iwae_log_likelihoods(
             log_q = log_normal(z, mu, logvar)
             for name, prior in priors.items():
                 log_w[name].append(log_px_z + prior.log_prob(z.float()) - log_q)
-        for name in priors:
-            out[name].append(torch.logsumexp(torch.cat(log_w[name]), dim=0) - math.log(k))
+        done = {
+            name: torch.logsumexp(torch.cat(log_w[name]), dim=0) - math.log(k) for name in priors
+        }
+        for name, ll in done.items():
+            out[name].append(ll)
+        if on_chunk is not None:
+            on_chunk(done)
     return {name: torch.cat(parts) for name, parts in out.items()}
 
 
@@ -148,12 +158,25 @@ def save_sample_grid(
     prior: LatentPrior | None = None,
     temperature: float = 1.0,
 ) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    images = sample_images(model, n, seed, prior, temperature)
+    save_image(images, path, nrow=int(math.sqrt(n)), pad_value=0.5)
+    return path
+
+
+@torch.inference_mode()
+def sample_images(
+    model: ConvVAE,
+    n: int = 64,
+    seed: int = 0,
+    prior: LatentPrior | None = None,
+    temperature: float = 1.0,
+) -> torch.Tensor:
+    """n decoded prior samples on the CPU, [n, 1, 32, 32]; the same seed, the same images."""
     generator = torch.Generator(device="cpu").manual_seed(seed)
     z = (prior or StandardNormalPrior(model.latent_dim)).sample(n, generator, temperature)
     device = next(model.parameters()).device
-    path.parent.mkdir(parents=True, exist_ok=True)
-    save_image(model.decode(z.to(device)).cpu(), path, nrow=int(math.sqrt(n)), pad_value=0.5)
-    return path
+    return model.decode(z.to(device)).cpu()
 
 
 @torch.inference_mode()
@@ -176,14 +199,19 @@ def save_digit_grid(
     return path
 
 
-@torch.inference_mode()
 def save_reconstruction_grid(model: ConvVAE, grey: torch.Tensor, path: Path, n: int = 32) -> Path:
-    """Rows alternate: 8 originals, then their reconstructions (posterior means, no sampling)."""
-    x = grey[:n]
-    recon = model.decode(model.encode(x)[0])
-    rows = [t for i in range(0, n, 8) for t in (x[i : i + 8], recon[i : i + 8])]
-    save_image(torch.cat(rows).cpu(), path, nrow=8, pad_value=0.5)
+    """The `reconstruction_rows` of the first n digits, as one PNG."""
+    save_image(reconstruction_rows(model, grey, n), path, nrow=8, pad_value=0.5)
     return path
+
+
+@torch.inference_mode()
+def reconstruction_rows(model: ConvVAE, x: torch.Tensor, n: int = 32) -> torch.Tensor:
+    """Rows of 8 that alternate: originals, then their reconstructions (posterior means, no
+    sampling); [2n, 1, 32, 32] on the CPU."""
+    x = x[:n]
+    recon = model.decode(model.encode(x)[0])
+    return torch.cat([t for i in range(0, n, 8) for t in (x[i : i + 8], recon[i : i + 8])]).cpu()
 
 
 def evaluate(
@@ -194,9 +222,11 @@ def evaluate(
     seed: int = 0,
     max_decodes: int = 20_000,
     prior: LatentPrior | None = None,
+    progress: bool = True,
 ) -> dict[str, float]:
     """The checkpoint's numbers under `prior` (default N(0, I)). With a learned prior the
-    N(0, I) numbers come too, as `*_standard_prior`, from the very same posterior samples."""
+    N(0, I) numbers come too, as `*_standard_prior`, from the very same posterior samples.
+    `progress`: a bar over the digits of the importance-weighted bound (minutes on a CPU)."""
     device = next(model.parameters()).device
     model.eval()
     x = binarized_test_set(test_images_u8[:limit] if limit else test_images_u8, seed, device)
@@ -211,7 +241,18 @@ def evaluate(
         priors = {"prior": prior or StandardNormalPrior(model.latent_dim)}
         if learned:
             priors["standard"] = StandardNormalPrior(model.latent_dim)
-        ll = iwae_log_likelihoods(model, x, priors, k, max_decodes, seed)
+        with progress_bar(
+            total=len(x), desc=f"IWAE NLL, K={k}", unit="digit", enabled=progress
+        ) as bar:
+            ll = iwae_log_likelihoods(
+                model,
+                x,
+                priors,
+                k,
+                max_decodes,
+                seed,
+                on_chunk=lambda done: bar.update(len(next(iter(done.values())))),
+            )
         metrics["iwae_nll"] = -ll["prior"].mean().item()
         if learned:
             metrics["iwae_nll_standard_prior"] = -ll["standard"].mean().item()
@@ -280,10 +321,21 @@ def cycled_digits(n: int) -> torch.Tensor:
 
 
 @torch.inference_mode()
-def draw_samples(sampler: Sampler, n: int, seed: int = 0, batch_size: int = 1000) -> torch.Tensor:
+def draw_samples(
+    sampler: Sampler,
+    n: int,
+    seed: int = 0,
+    batch_size: int = 1000,
+    progress: bool = True,
+    desc: str = "samples",
+) -> torch.Tensor:
     """n images on the CPU from one CPU generator seeded once: the same seed, the same images."""
     generator = torch.Generator(device="cpu").manual_seed(seed)
-    batches = [sampler(min(batch_size, n - i), generator).cpu() for i in range(0, n, batch_size)]
+    batches = []
+    with progress_bar(total=n, desc=desc, unit="image", enabled=progress) as bar:
+        for i in range(0, n, batch_size):
+            batches.append(sampler(min(batch_size, n - i), generator).cpu())
+            bar.update(len(batches[-1]))
     return torch.cat(batches)
 
 
@@ -293,10 +345,12 @@ def sample_quality(
     n: int = 10_000,
     seed: int = 0,
     labels: torch.Tensor | None = None,
+    progress: bool = True,
+    desc: str = "samples",
 ) -> dict:
     """Scores n seeded samples; `labels` (the digit each was drawn for) adds per-digit accuracy."""
     started = time.perf_counter()
-    result = judge.score(draw_samples(sampler, n, seed), labels)
+    result = judge.score(draw_samples(sampler, n, seed, progress=progress, desc=desc), labels)
     result["seed"] = seed
     result["seconds"] = round(time.perf_counter() - started, 1)
     return result
@@ -305,12 +359,18 @@ def sample_quality(
 def real_digit_quality(judge: SampleJudge, test: Split, train: Split, n: int = 10_000) -> dict:
     """The same scores for real digits, the ceiling samples are read against: the test digits'
     inception score, confident fraction and per-digit accuracy (the classifier's own test
-    accuracy), and the Frechet distance of n training digits to the test set (0 for the test set
-    itself, so training digits give the floor a perfect sampler would reach)."""
-    test_scores = judge.score(to_model_input(test.images), test.labels)
+    accuracy), and the Frechet distance, precision and recall of n training digits against the
+    test set (0 and 1 for the test set itself, so training digits give what a perfect sampler
+    would reach)."""
+    test_scores = judge.score(to_model_input(test.images), test.labels, with_precision_recall=False)
     del test_scores["fid"]
-    train_fid = judge.score(to_model_input(train.images[:n]))["fid"]
-    return {"test_digits": test_scores, "train_digits_fid": train_fid, "train_digits": n}
+    train_scores = judge.score(to_model_input(train.images[:n]))
+    return {
+        "test_digits": test_scores,
+        "train_digits_fid": train_scores["fid"],
+        **{f"train_digits_{key}": train_scores[key] for key in ("precision", "recall")},
+        "train_digits": n,
+    }
 
 
 def prior_sample_quality(
@@ -319,11 +379,13 @@ def prior_sample_quality(
     """Scores samples from the checkpoint's prior; with a learned prior also N(0, I)'s from the
     same seed, and, when it has per-digit mixtures, digits drawn on request (per-digit accuracy)."""
     n, seed, temperature = args.samples, args.sample_seed, args.temperature
+    progress = not args.no_progress
+    draw = prior_sampler(model, prior, temperature)
     out = {
         "sample_quality": {
             "prior": prior.name,
             "temperature": temperature,
-            **sample_quality(judge, prior_sampler(model, prior, temperature), n, seed),
+            **sample_quality(judge, draw, n, seed, progress=progress, desc=f"{prior.name} prior"),
         }
     }
     if isinstance(prior, MixturePrior):
@@ -331,7 +393,7 @@ def prior_sample_quality(
         out["sample_quality_standard_prior"] = {
             "prior": "standard",
             "temperature": temperature,
-            **sample_quality(judge, standard, n, seed),
+            **sample_quality(judge, standard, n, seed, progress=progress, desc="N(0, I)"),
         }
         if prior.digits() == list(range(10)):
             n_digits = n - n % 10
@@ -351,6 +413,8 @@ def prior_sample_quality(
                         n_digits,
                         seed,
                         labels=cycled_digits(n_digits),
+                        progress=progress,
+                        desc="chosen digits" + (" (guided)" if used is not None else ""),
                     ),
                 }
     return out
@@ -413,6 +477,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         action="store_true",
         help="store the metrics in the checkpoint's metadata (atomic rewrite)",
     )
+    add_progress_flag(p)
     return p.parse_args(argv)
 
 
@@ -429,7 +494,14 @@ def main(argv: list[str] | None = None) -> int:
     dataset = metadata.get("dataset", {}).get("name", "mnist")
     test = load_split(args.data_dir, dataset, train=False)
     metrics = evaluate(
-        model, test.images, args.k, args.limit, args.seed, args.max_decodes, prior=prior
+        model,
+        test.images,
+        args.k,
+        args.limit,
+        args.seed,
+        args.max_decodes,
+        prior=prior,
+        progress=not args.no_progress,
     )
     metrics["prior"] = prior.name
     metrics["device"] = str(device)

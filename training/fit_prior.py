@@ -29,6 +29,7 @@ from models.checkpoint import (
     save_checkpoint,
 )
 from models.prior import GaussianMixture, MixturePrior
+from models.progress import add_progress_flag, progress_bar
 from models.vae import ConvVAE
 from training.classifier import ClassifierError, classify, load_classifier
 from training.data import load_split, to_model_input
@@ -45,21 +46,30 @@ def posterior_means(model: ConvVAE, images_u8: torch.Tensor, batch: int = 1000) 
 
 @torch.inference_mode()
 def posteriors(
-    model: ConvVAE, images_u8: torch.Tensor, batch: int = 1000
+    model: ConvVAE, images_u8: torch.Tensor, batch: int = 1000, progress: bool = False
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """(mu, logvar) of q(z|x) for every image."""
-    parts = [model.encode(c) for c in to_model_input(images_u8).split(batch)]
+    chunks = to_model_input(images_u8).split(batch)
+    bar = progress_bar(chunks, desc="encoding", unit="batch", enabled=progress)
+    parts = [model.encode(c) for c in bar]
     return torch.cat([p[0] for p in parts]).float(), torch.cat([p[1] for p in parts]).float()
 
 
 @torch.inference_mode()
 def confidently_recognised(
-    model: ConvVAE, mu: torch.Tensor, labels: torch.Tensor, classify: Classify, threshold: float
+    model: ConvVAE,
+    mu: torch.Tensor,
+    labels: torch.Tensor,
+    classify: Classify,
+    threshold: float,
+    progress: bool = False,
 ) -> torch.Tensor:
     """Mask of digits whose reconstruction (decoded at the posterior mean) the classifier gives
     to their own label with probability >= threshold."""
     keep = []
-    for z, y in zip(mu.split(1000), labels.split(1000), strict=True):
+    pairs = zip(mu.split(1000), labels.split(1000), strict=True)
+    total = -(-len(mu) // 1000)
+    for z, y in progress_bar(pairs, total=total, desc="judging", unit="batch", enabled=progress):
         probs = classify(model.decode(z))
         keep.append(probs[torch.arange(len(y)), y] >= threshold)
     return torch.cat(keep)
@@ -80,10 +90,12 @@ def fit_per_digit(
     reg: float,
     seed: int,
     class_weights: dict[int, float] | None = None,
+    progress: bool = False,
 ) -> GaussianMixture:
     """One mixture per digit, merged into one labelled mixture weighted by each digit's share."""
     mixtures, counts = {}, {}
-    for digit in sorted(set(labels.tolist())):
+    digits = sorted(set(labels.tolist()))
+    for digit in progress_bar(digits, desc="EM per digit", unit="digit", enabled=progress):
         own = mu[labels == digit]
         counts[digit] = len(own)
         gen = torch.Generator().manual_seed(seed + digit)
@@ -103,6 +115,7 @@ def build_prior(
     args: argparse.Namespace,
     keep: torch.Tensor | None = None,
     logvar: torch.Tensor | None = None,
+    progress: bool = False,
 ) -> MixturePrior:
     """The prior the checkpoint will carry, fitted on (mu, labels); `keep` masks the digits that
     feed the per-digit mixtures (all of them when None). With `logvar` and the per-digit
@@ -111,7 +124,14 @@ def build_prior(
     shares = {d: float((labels == d).sum()) for d in sorted(set(labels.tolist()))}
     kept = keep if keep is not None else torch.ones(len(mu), dtype=torch.bool)
     classes = fit_per_digit(
-        mu[kept], labels[kept], args.class_components, args.covariance, args.reg, args.seed, shares
+        mu[kept],
+        labels[kept],
+        args.class_components,
+        args.covariance,
+        args.reg,
+        args.seed,
+        shares,
+        progress,
     )
     draw_from = "mixture"
     if args.mixture == "per-digit":
@@ -219,6 +239,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--search-class-components", type=int, nargs="*", default=[3, 10, 20])
     p.add_argument("--search-covariance", nargs="*", default=["full", "diag"])
     p.add_argument("--json", type=Path, default=None, help="write the search or fit record here")
+    add_progress_flag(p)
     return p.parse_args(argv)
 
 
@@ -234,7 +255,8 @@ def main(argv: list[str] | None = None) -> int:
     train = load_split(args.data_dir, dataset, train=True)
     if args.limit:
         train = train.subset(args.limit)
-    mu, logvar = posteriors(model, train.images)
+    progress = not args.no_progress
+    mu, logvar = posteriors(model, train.images, progress=progress)
     if args.search:
         rows = search(mu, train.labels, args)
         if args.json:
@@ -254,8 +276,9 @@ def main(argv: list[str] | None = None) -> int:
             train.labels,
             lambda images: classify(classifier, images)[0],
             args.filter_confidence,
+            progress,
         )
-    prior = build_prior(mu, train.labels, args, keep, logvar)
+    prior = build_prior(mu, train.labels, args, keep, logvar, progress)
     out = args.out or args.checkpoint
     save_checkpoint(out, model, payload["metadata"], payload.get("train_state"), prior=prior)
     record = {"checkpoint": str(out), **prior.config}

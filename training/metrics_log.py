@@ -39,7 +39,9 @@ def plot_loss_curve(history: list[dict[str, Any]], path: Path) -> Path | None:
         [row["train_loss"] for row in history],
         label="train loss (KL-weighted during warm-up)",
     )
-    ax.plot(epochs, [row["test_neg_elbo"] for row in history], label="test -ELBO")
+    # Runs from before the validation split was held out judged each epoch on the test set.
+    key = "val_neg_elbo" if "val_neg_elbo" in history[-1] else "test_neg_elbo"
+    ax.plot(epochs, [row[key] for row in history], label=key.split("_")[0] + " -ELBO")
     ax.set_xlabel("epoch")
     ax.set_ylabel("nats per image")
     ax.set_title("Training curve")

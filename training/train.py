@@ -1,9 +1,15 @@
 """`vae-train`: one readable loop from data to a served checkpoint.
 
-batch -> forward -> ELBO -> backward -> step, then once per epoch: evaluate on the test set, log a
-line, save a sample grid and write `OUT/checkpoint.pt` atomically (weights, optimizer, RNG), so a
-crash costs at most one epoch and `--resume` carries on. At the end it writes `OUT/model.pt`
-(weights and metrics only: what the server loads) and a loss curve.
+10,000 of the 60,000 training digits are held out (a fixed, seeded split: `train_validation_split`)
+and the model trains on the rest. batch -> forward -> ELBO -> backward -> step, then once per epoch:
+evaluate the validation ELBO, log a line, save a sample grid, write `OUT/best.pt` when the
+validation ELBO is the best so far, and write `OUT/checkpoint.pt` atomically (weights, optimizer,
+RNG), so a crash costs at most one epoch and `--resume` carries on. At the end it writes
+`OUT/model.pt` (the last epoch's weights and metrics) and a loss curve, and evaluates `best.pt` on
+the test set: the one time a run touches it. `--export` copies `best.pt`, the selected model.
+
+Settings come from flags, or from `--config run.toml` with flags overriding it; what the run used
+is written to `OUT/config.toml` and into every checkpoint (`training/run_config.py`).
 
 Ctrl-C or SIGTERM finishes the current step and saves `OUT/checkpoint.pt` as it stands: metadata
 `epoch` counts the finished epochs and `step` the steps already taken in the next one (its
@@ -32,30 +38,54 @@ from typing import Any
 import torch
 import torch.distributed as dist
 from torch.nn.parallel import DistributedDataParallel
+from torchvision.utils import save_image
 from tqdm import tqdm
 
 from models.checkpoint import CheckpointError, model_from_payload, read_checkpoint, save_checkpoint
 from models.runtime import resolve_device
 from models.vae import PRESETS, ConvVAE, build_model, count_parameters
-from training.data import DATASETS, DeviceBatches, dataset_sha256, load_split, provision
-from training.evaluate import active_units, binarized_test_set, elbo_terms, save_sample_grid
+from training.data import (
+    DATASETS,
+    VALIDATION_SEED,
+    VALIDATION_SIZE,
+    DeviceBatches,
+    dataset_sha256,
+    load_split,
+    provision,
+    train_validation_split,
+)
+from training.evaluate import (
+    active_units,
+    binarized_test_set,
+    elbo_terms,
+    reconstruction_rows,
+    sample_images,
+)
 from training.metrics_log import MetricsLog, plot_loss_curve
 from training.objective import LOSSES
+from training.reproducibility import deterministic
+from training.run_config import ConfigError, config_argv, resolved_config, to_toml
+from training.tensorboard_log import TensorBoardLog
 
 log = logging.getLogger("vae-train")
 CHECKPOINT_NAME = "checkpoint.pt"
 MODEL_NAME = "model.pt"
+BEST_NAME = "best.pt"
+CONFIG_NAME = "config.toml"
 
 
-def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="vae-train", description=__doc__.splitlines()[0])
+    p.add_argument(
+        "--config", type=Path, default=None, help="TOML file of settings; flags override it"
+    )
     p.add_argument("--preset", default="default", choices=sorted(PRESETS))
     p.add_argument("--dataset", default="mnist", choices=sorted(DATASETS))
     p.add_argument("--data-dir", type=Path, default=Path("data"))
     p.add_argument("--epochs", type=int, default=30)
     p.add_argument("--batch-size", type=int, default=100, help="per process")
     p.add_argument("--lr", type=float, default=1e-3)
-    p.add_argument("--betas", type=float, nargs=2, default=(0.9, 0.999))
+    p.add_argument("--betas", type=float, nargs=2, default=[0.9, 0.999])
     p.add_argument("--lr-schedule", choices=("cosine", "constant"), default="cosine")
     p.add_argument(
         "--loss",
@@ -85,9 +115,24 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--device", default="auto", help="auto | cpu | cuda")
     p.add_argument("--out", type=Path, default=Path("runs/default"))
     p.add_argument("--resume", action="store_true", help=f"continue from OUT/{CHECKPOINT_NAME}")
-    p.add_argument("--export", type=Path, default=None, help="also copy the final model here")
-    p.add_argument("--subset", type=int, default=None, help="train on the first N images only")
-    p.add_argument("--eval-limit", type=int, default=None, help="evaluate on N test images")
+    p.add_argument(
+        "--export", type=Path, default=None, help=f"also copy the selected model ({BEST_NAME}) here"
+    )
+    p.add_argument(
+        "--val-size",
+        type=int,
+        default=VALIDATION_SIZE,
+        help=f"training digits held out for validation (split seed {VALIDATION_SEED})",
+    )
+    p.add_argument(
+        "--subset", type=int, default=None, help="train on the first N non-held-out digits only"
+    )
+    p.add_argument(
+        "--eval-limit",
+        type=int,
+        default=None,
+        help="evaluate on the first N validation digits (and N test digits at the end)",
+    )
     p.add_argument(
         "--time-budget",
         type=float,
@@ -97,8 +142,30 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     )
     p.add_argument("--compile", action="store_true", help="torch.compile the model (CUDA)")
     p.add_argument("--no-amp", action="store_true", help="disable bf16 autocast on CUDA")
+    p.add_argument(
+        "--deterministic",
+        action="store_true",
+        help="deterministic kernels only: the same seed gives bit-identical weights",
+    )
+    p.add_argument(
+        "--tensorboard", type=Path, default=None, metavar="DIR", help="also log to TensorBoard"
+    )
     p.add_argument("--no-progress", action="store_true", help="no tqdm bar (logs only)")
-    return p.parse_args(argv)
+    return p
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    """Flags, after the `--config` file's settings when one is given (so flags win)."""
+    parser = build_parser()
+    argv = sys.argv[1:] if argv is None else list(argv)
+    first, _ = parser.parse_known_args(argv)
+    if first.config is None:
+        return parser.parse_args(argv)
+    try:
+        from_file = config_argv(first.config, parser)
+    except ConfigError as exc:
+        parser.error(str(exc))
+    return parser.parse_args([*from_file, *argv])
 
 
 class StopRequest:
@@ -218,7 +285,7 @@ class Run:
     model: ConvVAE
     step_fn: torch.nn.Module  # the model, wrapped in DDP and compiled where asked
     batches: DeviceBatches
-    x_test: torch.Tensor
+    x_val: torch.Tensor  # binarized validation digits, judged every epoch
     optimizer: torch.optim.Optimizer
     scheduler: torch.optim.lr_scheduler.LambdaLR
     schedule: CosineSchedule
@@ -227,7 +294,9 @@ class Run:
     ckpt_path: Path
     dataset_digest: str
     metrics_log: MetricsLog | None
+    tensorboard: TensorBoardLog | None
     history: list[dict[str, Any]]
+    config: dict[str, Any] = field(default_factory=dict)  # the resolved settings, as saved
     start_epoch: int = 0
     start_step: int = 0  # > 0 when resuming an interrupted epoch ...
     start_sums: list[float] = field(default_factory=lambda: [0.0, 0.0, 0.0])  # ... its loss sums
@@ -235,6 +304,11 @@ class Run:
     @property
     def cuda(self) -> bool:
         return self.device.type == "cuda"
+
+    @property
+    def best_val_neg_elbo(self) -> float:
+        """The lowest validation -ELBO so far (a resumed run's history included)."""
+        return min((row.get("val_neg_elbo", math.inf) for row in self.history), default=math.inf)
 
 
 @dataclass
@@ -251,6 +325,11 @@ class EpochProgress:
 
 def train(args: argparse.Namespace) -> int:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
+    with deterministic(args.deterministic):
+        return train_run(args)
+
+
+def train_run(args: argparse.Namespace) -> int:
     run = set_up(args)
     run_started = time.perf_counter()
     epoch = run.start_epoch
@@ -275,7 +354,7 @@ def set_up(args: argparse.Namespace) -> Run:
     device = torch.device(f"cuda:{ddp.local_rank}") if wanted.type == "cuda" else wanted
     if device.type == "cuda":
         torch.cuda.set_device(device)
-        torch.backends.cudnn.benchmark = True
+        torch.backends.cudnn.benchmark = not args.deterministic
     torch.manual_seed(args.seed)
     args.out.mkdir(parents=True, exist_ok=True)
     ckpt_path = args.out / CHECKPOINT_NAME
@@ -287,7 +366,7 @@ def set_up(args: argparse.Namespace) -> Run:
     if device.type == "cuda":
         model.to(memory_format=torch.channels_last)
 
-    batches, x_test = _load_data(args, ddp, device)
+    batches, x_val = _load_data(args, ddp, device)
 
     optimizer = torch.optim.Adam(
         model.parameters(), lr=args.lr, betas=tuple(args.betas), fused=device.type == "cuda"
@@ -300,7 +379,7 @@ def set_up(args: argparse.Namespace) -> Run:
         model=model,
         step_fn=_step_fn(model, ddp, device, args.compile),
         batches=batches,
-        x_test=x_test,
+        x_val=x_val,
         optimizer=optimizer,
         scheduler=torch.optim.lr_scheduler.LambdaLR(optimizer, schedule),
         schedule=schedule,
@@ -309,18 +388,22 @@ def set_up(args: argparse.Namespace) -> Run:
         ckpt_path=ckpt_path,
         dataset_digest=dataset_sha256(args.data_dir, args.dataset) if ddp.is_main else "",
         metrics_log=MetricsLog(args.out) if ddp.is_main else None,
+        tensorboard=TensorBoardLog(args.tensorboard) if args.tensorboard and ddp.is_main else None,
         history=[],
+        config=resolved_config(args),
     )
     if resume:
         _restore_train_state(run, resume["train_state"])
     if ddp.is_main:
+        (args.out / CONFIG_NAME).write_text(to_toml(run.config))
         log.info(
-            "%s preset: %d parameters on %s x%d; %d images, %d steps/epoch",
+            "%s preset: %d parameters on %s x%d; %d training images, %d validation, %d steps/epoch",
             preset,
             count_parameters(model),
             device,
             ddp.world_size,
             len(batches.images),
+            len(x_val),
             len(batches),
         )
     return run
@@ -329,11 +412,18 @@ def set_up(args: argparse.Namespace) -> Run:
 def _load_data(
     args: argparse.Namespace, ddp: Distributed, device: torch.device
 ) -> tuple[DeviceBatches, torch.Tensor]:
-    """This rank's training batches, and the binarized test digits that every epoch is judged on."""
+    """This rank's training batches, and the binarized validation digits that every epoch is
+    judged on (held out of the training split: the test set is not looked at here)."""
     if ddp.is_main:  # one rank downloads or builds the files; the others wait, then read them
         provision(args.data_dir, args.dataset)
     ddp.barrier()
-    train_split = load_split(args.data_dir, args.dataset, train=True)
+    full_train = load_split(args.data_dir, args.dataset, train=True)
+    try:
+        train_split, val_split = train_validation_split(full_train, args.val_size)
+    except ValueError as exc:
+        raise SystemExit(f"vae-train: --val-size: {exc}") from None
+    if not len(val_split):
+        raise SystemExit("vae-train: --val-size must hold out at least one digit to select on")
     if args.subset:
         train_split = train_split.subset(args.subset)
     batches = DeviceBatches(
@@ -351,9 +441,8 @@ def _load_data(
             f"vae-train: {len(train_split)} training images make no full batch of "
             f"{args.batch_size}{per_process}; lower --batch-size or raise --subset"
         )
-    test_images = load_split(args.data_dir, args.dataset, train=False).images
-    x_test = binarized_test_set(test_images[: args.eval_limit or None], seed=0, device=device)
-    return batches, x_test
+    x_val = binarized_test_set(val_split.images[: args.eval_limit or None], seed=0, device=device)
+    return batches, x_val
 
 
 def _step_fn(
@@ -419,23 +508,34 @@ def train_epoch(run: Run, epoch: int, stop: StopRequest) -> EpochProgress:
 
 
 def end_epoch(run: Run, epoch: int, progress: EpochProgress) -> None:
-    """Rank 0 evaluates, logs a line, saves a sample grid and the training checkpoint."""
+    """Rank 0 evaluates on the validation digits, logs a line, saves a sample grid, `best.pt` when
+    this epoch is the best so far, and the training checkpoint."""
     if run.ddp.is_main:
         seconds = time.perf_counter() - progress.started
         images = progress.steps_here * run.args.batch_size * run.ddp.world_size
         train_means = (progress.sums / progress.step).tolist()
-        row = _epoch_row(run.model, run.x_test, epoch, train_means, seconds, images, run.optimizer)
+        best_before = run.best_val_neg_elbo
+        row = _epoch_row(run.model, run.x_val, epoch, train_means, seconds, images, run.optimizer)
         run.history.append(row)
         run.metrics_log.append(row)
-        save_sample_grid(run.model, run.args.out / "samples" / f"epoch_{epoch + 1:03d}.png")
+        samples = sample_images(run.model)
+        grid_path = run.args.out / "samples" / f"epoch_{epoch + 1:03d}.png"
+        grid_path.parent.mkdir(parents=True, exist_ok=True)
+        save_image(samples, grid_path, nrow=8, pad_value=0.5)
+        if run.tensorboard:
+            run.tensorboard.log_epoch(row, samples, reconstruction_rows(run.model, run.x_val))
+        improved = row["val_neg_elbo"] < best_before
         log.info(
-            "epoch %d: test -ELBO %.2f  KL %.2f  active units %d  (%.0f img/s)",
+            "epoch %d: val -ELBO %.2f%s  KL %.2f  active units %d  (%.0f img/s)",
             epoch + 1,
-            row["test_neg_elbo"],
-            row["test_kl"],
+            row["val_neg_elbo"],
+            " (best)" if improved else "",
+            row["val_kl"],
             row["active_units"],
             row["images_per_second"],
         )
+        if improved:
+            save_checkpoint(run.args.out / BEST_NAME, run.model, _metadata(run, epoch + 1, row))
         save_checkpoint(
             run.ckpt_path,
             run.model,
@@ -477,21 +577,47 @@ def fit_time_budget(run: Run, seconds_so_far: float, first: EpochProgress) -> No
 
 
 def finish(run: Run, epochs_done: int) -> None:
-    """Rank 0 writes the served model (and --export), and the loss curve."""
+    """Rank 0 writes the last epoch's model and the loss curve, then evaluates the selected model
+    (`best.pt`) on the test set, once, and stores the result in it (and in --export)."""
     if run.ddp.is_main:
         final = run.history[-1] if run.history else {}
-        metadata = _metadata(run, epochs_done, final)
-        model_path = save_checkpoint(run.args.out / MODEL_NAME, run.model, metadata)
-        if run.args.export:
-            save_checkpoint(run.args.export, run.model, metadata)
+        save_checkpoint(run.args.out / MODEL_NAME, run.model, _metadata(run, epochs_done, final))
         plot_loss_curve(run.history, run.args.out / "loss_curve.png")
-        log.info("wrote %s", run.args.export or model_path)
+        best_path = run.args.out / BEST_NAME
+        if best_path.exists():
+            best = score_on_test_set(run, best_path)
+            if run.args.export:
+                save_checkpoint(run.args.export, best["model"], best["metadata"])
+            log.info(
+                "selected epoch %d (val -ELBO %.2f): test -ELBO %.2f; wrote %s",
+                best["metadata"]["epoch"],
+                best["metadata"]["metrics"]["val_neg_elbo"],
+                best["metadata"]["metrics"]["test_neg_elbo"],
+                run.args.export or best_path,
+            )
+        if run.tensorboard:
+            run.tensorboard.close()
     run.ddp.close()
+
+
+def score_on_test_set(run: Run, best_path: Path) -> dict[str, Any]:
+    """The test set's only use in a run: the -ELBO of the model the validation digits selected,
+    on the first --eval-limit test digits, stored in `best.pt` as `test_*` metrics."""
+    payload = read_checkpoint(best_path)
+    model = model_from_payload(payload, str(best_path)).to(run.device).eval()
+    test_images = load_split(run.args.data_dir, run.args.dataset, train=False).images
+    x_test = binarized_test_set(test_images[: run.args.eval_limit or None], 0, run.device)
+    test = elbo_terms(model, x_test)
+    metadata = payload["metadata"]
+    metadata["metrics"].update({f"test_{key}": value for key, value in test.items()})
+    metadata["metrics"]["test_images"] = len(x_test)
+    save_checkpoint(best_path, model, metadata)
+    return {"model": model, "metadata": metadata}
 
 
 def _epoch_row(
     model: ConvVAE,
-    x_test: torch.Tensor,
+    x_val: torch.Tensor,
     epoch: int,
     train_means: list[float],
     seconds: float,
@@ -499,16 +625,16 @@ def _epoch_row(
     optimizer: torch.optim.Optimizer,
 ) -> dict[str, Any]:
     model.eval()
-    test = elbo_terms(model, x_test)
+    val = elbo_terms(model, x_val)
     return {
         "epoch": epoch + 1,
         "train_loss": train_means[0],
         "train_reconstruction": train_means[1],
         "train_kl": train_means[2],
-        "test_neg_elbo": test["neg_elbo"],
-        "test_reconstruction": test["reconstruction"],
-        "test_kl": test["kl"],
-        "active_units": active_units(model, x_test),
+        "val_neg_elbo": val["neg_elbo"],
+        "val_reconstruction": val["reconstruction"],
+        "val_kl": val["kl"],
+        "active_units": active_units(model, x_val),
         "lr": optimizer.param_groups[0]["lr"],
         "seconds": round(seconds, 2),
         "images_per_second": images / max(seconds, 1e-9),
@@ -525,9 +651,16 @@ def _metadata(
         "training_args": {
             k: (str(v) if isinstance(v, Path) else v) for k, v in training_args.items()
         },
+        "config": run.config,
         "epoch": epochs_done,
         "metrics": {k: v for k, v in row.items() if k not in ("lr", "seconds")},
         "dataset": {"name": run.args.dataset, "sha256": run.dataset_digest},
+        "data_split": {
+            "training_digits": len(run.batches.images),
+            "validation_digits": run.args.val_size,
+            "validation_seed": VALIDATION_SEED,
+            "selected_on": f"val_neg_elbo over the first {len(run.x_val)} validation digits",
+        },
     }
     if step is not None:
         metadata["step"] = step

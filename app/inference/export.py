@@ -36,6 +36,7 @@ from models.checkpoint import CheckpointError, file_sha256, load_checkpoint_and_
 from models.classifier import GUIDE_PATH, ClassifierError, DigitClassifier, load_classifier
 from models.prior import as_arrays
 from models.prior_arrays import save_npz
+from models.progress import add_progress_flag, progress_bar
 
 GUIDE_FILE = "digit-guide.onnx"
 
@@ -49,6 +50,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         default=str(GUIDE_PATH),
         help="the guide classifier to export beside the model ('' for none)",
     )
+    add_progress_flag(p)
     return p.parse_args(argv)
 
 
@@ -111,10 +113,14 @@ def main(argv: list[str] | None = None) -> int:
     except CheckpointError as exc:
         print(f"vae-export: {exc}", file=sys.stderr)
         return 2
+    bar = progress_bar(total=3, desc="vae-export", unit="step", enabled=not args.no_progress)
     graphs = export_onnx(model)
+    bar.update()
     cases = check_cases(TorchRunner(model, torch.device("cpu"), torch.float32), model.latent_dim)
     error = check_against(OnnxRuntimeRunner(graphs, threads=1), cases)
+    bar.update()
     if not error <= FP32_BOUND:
+        bar.close()
         print(f"vae-export: the graphs differ from eager by {error:.3g}", file=sys.stderr)
         return 1
     prior_buffer = io.BytesIO()
@@ -138,6 +144,8 @@ def main(argv: list[str] | None = None) -> int:
             },
             "metadata": guide_metadata,
         }
+    bar.update()
+    bar.close()
 
     def entry(name: str) -> dict[str, str]:
         return {"file": name, "sha256": sha256_of(files[name])}

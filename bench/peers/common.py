@@ -19,22 +19,26 @@ from PIL import Image
 from models.checkpoint import load_checkpoint
 from models.vae import ConvVAE
 
+DEVICE = os.environ.get("PEER_DEVICE", "cpu")  # peers_bench --device: cpu, or cuda for GPU rows
+
 
 def load() -> ConvVAE:
     torch.set_num_threads(1)
     model, _ = load_checkpoint(os.environ.get("CHECKPOINT", "models/mnist-vae.pt"))
-    return model.to(memory_format=torch.channels_last)
+    return model.to(DEVICE, memory_format=torch.channels_last)
 
 
 def latent(model: ConvVAE, request: dict) -> torch.Tensor:
+    """Drawn on the CPU (the same numbers on any device), then moved to the model's device."""
     seed = request.get("seed")
     generator = torch.Generator().manual_seed(seed if seed is not None else secrets.randbits(63))
-    return torch.randn(int(request.get("n", 1)), model.latent_dim, generator=generator)
+    z = torch.randn(int(request.get("n", 1)), model.latent_dim, generator=generator)
+    return z.to(DEVICE)
 
 
 def png(image: torch.Tensor) -> bytes:
     """[1, 32, 32] in [0, 1] -> 8-bit greyscale PNG."""
-    pixels = (image[0].numpy() * 255 + 0.5).clip(0, 255).astype(np.uint8)
+    pixels = (image[0].float().cpu().numpy() * 255 + 0.5).clip(0, 255).astype(np.uint8)
     buffer = io.BytesIO()
     Image.fromarray(pixels).save(buffer, format="PNG", compress_level=6)
     return buffer.getvalue()

@@ -11,7 +11,7 @@ import litserve as ls
 import torch
 from fastapi import Response
 
-from bench.peers.common import latent, load, png
+from bench.peers.common import DEVICE, latent, load, png
 
 
 class SampleAPI(ls.LitAPI):
@@ -34,7 +34,8 @@ class SampleAPI(ls.LitAPI):
 
 if __name__ == "__main__":
     api = SampleAPI(max_batch_size=64, batch_timeout=0.002, api_path="/sample")
-    server = ls.LitServer(api, accelerator="cpu", workers_per_device=1, track_requests=False)
+    accelerator = "cuda" if DEVICE.startswith("cuda") else "cpu"
+    server = ls.LitServer(api, accelerator=accelerator, workers_per_device=1, track_requests=False)
     server.run(
         port=int(sys.argv[1]), host="127.0.0.1", log_level="warning", generate_client_file=False
     )

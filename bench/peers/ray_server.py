@@ -13,12 +13,19 @@ import torch
 from fastapi import Body, FastAPI, Response
 from ray import serve
 
-from bench.peers.common import latent, load, png
+from bench.peers.common import DEVICE, latent, load, png
 
 app = FastAPI()
 
 
-@serve.deployment(num_replicas=1, max_ongoing_requests=256, ray_actor_options={"num_cpus": 0})
+GPUS = 1 if DEVICE.startswith("cuda") else 0  # without a GPU share Ray hides the GPU from it
+
+
+@serve.deployment(
+    num_replicas=1,
+    max_ongoing_requests=256,
+    ray_actor_options={"num_cpus": 0, "num_gpus": GPUS},
+)
 @serve.ingress(app)
 class Sampler:
     def __init__(self) -> None:

@@ -40,7 +40,7 @@ def test_model_describes_the_checkpoint(client, tiny_checkpoint):
     assert body["preset"] == "tiny"
     assert body["latent_dim"] == body["config"]["latent_dim"] == 8
     assert body["device"] == "cpu"
-    assert "test_neg_elbo" in body["metrics"]
+    assert "val_neg_elbo" in body["metrics"]
     assert {"python", "torch", "fastapi"} <= set(body["versions"])
 
 

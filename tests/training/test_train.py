@@ -13,7 +13,7 @@ import pytest
 import torch
 
 from models.checkpoint import load_checkpoint, read_checkpoint
-from training.data import dataset_sha256
+from training.data import dataset_sha256, load_split, train_validation_split
 from training.evaluate import active_units, binarized_test_set, elbo_terms
 from training.objective import LOSSES
 from training.train import main as train_main
@@ -31,26 +31,28 @@ def _train(out, mnist_dir, *extra):
     return train_main([*args, "--data-dir", str(mnist_dir), "--out", str(out), *extra])
 
 
-def test_short_run_improves_the_test_elbo_and_writes_its_artifacts(tiny_run):
+def test_short_run_improves_the_validation_elbo_and_writes_its_artifacts(tiny_run):
     rows = _rows(tiny_run)
     assert [r["epoch"] for r in rows] == [1, 2]
-    assert rows[-1]["test_neg_elbo"] < rows[0]["test_neg_elbo"] - 20
-    for name in ("model.pt", "checkpoint.pt", "metrics.csv", "loss_curve.png"):
+    assert rows[-1]["val_neg_elbo"] < rows[0]["val_neg_elbo"] - 20
+    for name in ("model.pt", "best.pt", "checkpoint.pt", "config.toml", "metrics.csv"):
         assert (tiny_run / name).is_file(), name
+    assert (tiny_run / "loss_curve.png").is_file()
     assert len(list((tiny_run / "samples").glob("epoch_*.png"))) == 2
     assert "train_state" not in read_checkpoint(tiny_run / "model.pt")
 
 
-def test_model_metadata_describes_the_weights_and_data_it_holds(tiny_run, mnist_dir, mnist_test):
+def test_model_metadata_describes_the_weights_and_data_it_holds(tiny_run, mnist_dir):
     """Recomputed here: the digest of the data on disk, and the ELBO of the stored weights on
-    the same 500 test digits (--eval-limit 500) that training evaluated."""
+    the same 500 validation digits (--eval-limit 500) that training evaluated."""
     model, meta = load_checkpoint(tiny_run / "model.pt")
     assert meta["epoch"] == _rows(tiny_run)[-1]["epoch"]
     assert meta["dataset"] == {"name": "mnist", "sha256": dataset_sha256(mnist_dir, "mnist")}
-    x = binarized_test_set(mnist_test.images[:500], seed=0, device=torch.device("cpu"))
-    test = elbo_terms(model, x)
-    assert meta["metrics"]["test_neg_elbo"] == pytest.approx(test["neg_elbo"], rel=1e-5)
-    assert meta["metrics"]["test_kl"] == pytest.approx(test["kl"], rel=1e-5)
+    _, validation = train_validation_split(load_split(mnist_dir, "mnist", train=True))
+    x = binarized_test_set(validation.images[:500], seed=0, device=torch.device("cpu"))
+    val = elbo_terms(model, x)
+    assert meta["metrics"]["val_neg_elbo"] == pytest.approx(val["neg_elbo"], rel=1e-5)
+    assert meta["metrics"]["val_kl"] == pytest.approx(val["kl"], rel=1e-5)
     assert meta["metrics"]["active_units"] == active_units(model, x)
 
 
@@ -95,7 +97,7 @@ def test_resume_after_an_interrupt_trains_exactly_the_uninterrupted_run(
     resumed_weights = resumed.state_dict()
     for name, weights in straight.state_dict().items():
         assert torch.equal(weights, resumed_weights[name]), name
-    keep = ("epoch", "train_loss", "test_neg_elbo", "test_kl", "active_units")
+    keep = ("epoch", "train_loss", "val_neg_elbo", "val_kl", "active_units")
     rows = [[{k: r[k] for k in keep} for r in _rows(tmp_path / d)] for d in ("straight", "stopped")]
     assert rows[0] == rows[1]
 
@@ -158,8 +160,8 @@ def test_seed_loss_still_collapses_the_posterior(tmp_path, mnist_dir):
     assert _train(tmp_path / "mse", mnist_dir, *common, "--loss", "seed-mse") == 0
     assert _train(tmp_path / "elbo", mnist_dir, *common) == 0
     mse, elbo = _rows(tmp_path / "mse")[-1], _rows(tmp_path / "elbo")[-1]
-    assert mse["test_kl"] < 0.5 and mse["active_units"] == 0
-    assert elbo["test_kl"] > 3 and elbo["active_units"] >= 5
+    assert mse["val_kl"] < 0.5 and mse["active_units"] == 0
+    assert elbo["val_kl"] > 3 and elbo["active_units"] >= 5
 
 
 @pytest.mark.skipif(not SHIPPED.exists(), reason="models/mnist-vae.pt is not in this checkout")
