@@ -100,6 +100,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         BodyLimitMiddleware,
         max_bytes=settings.max_body_bytes,
         max_upload_bytes=settings.max_upload_bytes,
+        protocol_max_bytes=oip.MAX_BODY_BYTES,
     )
     app.add_middleware(RequestGuardMiddleware, settings=settings, lifecycle=app.state.lifecycle)
     if settings.cors_origins:
