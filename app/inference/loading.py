@@ -42,6 +42,9 @@ class LoadedModel:
     runner: Runner  # where the forward passes run; checked against eager at load
     backend: BackendInfo
     prior: LatentPrior  # the checkpoint's own; N(0, I) when it carries none
+    # How answers name the checkpoint: as the caller of a reload named it, never the server's
+    # absolute path (None: `checkpoint` as configured).
+    shown_as: str | None = None
     loaded_at: str = field(default_factory=lambda: datetime.now(UTC).isoformat(timespec="seconds"))
 
     @property

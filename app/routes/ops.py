@@ -56,7 +56,7 @@ async def model_info(m: ModelDep, engine: EngineDep) -> ModelResponse:
     """The checkpoint being served: its identity, training metrics and where it runs."""
     meta = m.metadata
     return ModelResponse(
-        checkpoint=str(m.checkpoint),
+        checkpoint=m.shown_as or str(m.checkpoint),
         sha256=m.sha256,
         preset=meta.get("preset"),
         latent_dim=m.latent_dim,
