@@ -9,7 +9,10 @@ those limits by extending uvicorn's protocol (each override calls uvicorn's own 
 - a request head not complete `header_timeout_s` after connect (or after its first byte): 408,
   or a silent close when nothing was sent at all;
 - a request body that sends nothing for `body_timeout_s`: 408, and the app sees a disconnect;
-- more than `max_connections` open connections: the new one gets 503 with `Retry-After`, closed;
+- more than `max_connections` open connections: a connection with no request in progress is
+  closed to make room (the oldest of the address holding the most such connections), so a flood
+  of half-open connections from one address cannot lock out the others; only when every open
+  connection is busy with a request does the new one get 503 with `Retry-After`;
 - idle keep-alive connections close after `keep_alive_s` (uvicorn's own timer).
 
 The body's size is FastAPI's `max_body_size` (one check, in the app). uvicorn's protocol is not a
@@ -22,6 +25,7 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import time
 from dataclasses import dataclass
 from typing import Any, ClassVar
 
@@ -55,10 +59,41 @@ class _Refused(Exception):
     """Raised inside a parser callback; httptools re-raises it as a parser error."""
 
 
+class WaitingConnections:
+    """The connections with no request in progress (never sent one, or idle between two), by
+    client address, each address's oldest first: the ones to close when the cap is reached.
+
+    The victim comes from the address that holds the most of them, so one client's flood of
+    half-open connections sheds its own connections, not a newcomer's from another address.
+    """
+
+    def __init__(self) -> None:
+        self.by_address: dict[str, dict[GuardedHttpToolsProtocol, None]] = {}
+
+    def add(self, address: str, connection: GuardedHttpToolsProtocol) -> None:
+        self.by_address.setdefault(address, {})[connection] = None
+
+    def discard(self, address: str, connection: GuardedHttpToolsProtocol) -> None:
+        connections = self.by_address.get(address)
+        if connections is not None:
+            connections.pop(connection, None)
+            if not connections:
+                del self.by_address[address]
+
+    def victim(self) -> GuardedHttpToolsProtocol | None:
+        """The oldest waiting connection of the address with the most of them; None: none."""
+        if not self.by_address:
+            return None
+        return next(iter(max(self.by_address.values(), key=len)))
+
+
 class GuardedHttpToolsProtocol(HttpToolsProtocol):
     """uvicorn's httptools protocol with header, time and connection limits (see module doc)."""
 
     limits: ClassVar[EdgeLimits | None] = None  # None: from `VAE_*` at the first connection
+    waiting: ClassVar[WaitingConnections] = WaitingConnections()  # one per worker process
+    shed: ClassVar[int] = 0  # connections closed to make room, logged once a second at most
+    _shed_logged_at: ClassVar[float] = 0.0
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
@@ -75,21 +110,51 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
         self._body_bytes_seen = 0
         self._refusal: tuple[int, str] | None = None
         self._refused = False
+        self._address = ""
         self.url = b""
 
     # Connection life
 
     def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
         super().connection_made(transport)
-        if len(self.connections) > self._limits.max_connections:
-            log.warning("refused a connection: %d open", len(self.connections) - 1)
+        if len(self.connections) > self._limits.max_connections and not self._make_room():
+            log.warning("refused a connection: %d open, all busy", len(self.connections) - 1)
             self._refuse(503, "too many open connections, retry shortly", retry_after=1)
             return
+        self._address = self.client[0] if self.client else ""
+        self.waiting.add(self._address, self)
         self._head_timer = self.loop.call_later(self._limits.header_timeout_s, self._head_timeout)
 
     def connection_lost(self, exc: Exception | None) -> None:
         self._cancel_timers()
+        self.waiting.discard(self._address, self)
         super().connection_lost(exc)
+
+    def _make_room(self) -> bool:
+        """Closes one connection that has no request in progress; False when there is none."""
+        victim = self.waiting.victim()
+        if victim is None:
+            return False
+        victim._shed()
+        cls = type(self)
+        cls.shed += 1
+        now = time.monotonic()
+        if now - cls._shed_logged_at >= 1.0:
+            cls._shed_logged_at = now
+            log.warning(
+                "at the connection cap (%d): closed %d connection(s) with no request in "
+                "progress so far, the latest from %s",
+                self._limits.max_connections,
+                cls.shed,
+                victim._address or "an unknown address",
+            )
+        return True
+
+    def _shed(self) -> None:
+        self.waiting.discard(self._address, self)
+        self._refused = True
+        self._cancel_timers()
+        self.transport.close()
 
     def data_received(self, data: bytes) -> None:
         if self._refused:
@@ -138,6 +203,7 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
 
     def on_headers_complete(self) -> None:
         self._reading_head = False
+        self.waiting.discard(self._address, self)  # a request in progress: never shed
         if self._head_timer is not None:
             self._head_timer.cancel()
             self._head_timer = None
@@ -152,6 +218,13 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
             self._body_timer.cancel()
             self._body_timer = None
         super().on_message_complete()
+
+    def on_response_complete(self) -> None:
+        """Answered: with nothing pipelined behind it, the connection waits for a request again."""
+        idle = not self.pipeline
+        super().on_response_complete()
+        if idle and not self.transport.is_closing():
+            self.waiting.add(self._address, self)
 
     # Timers
 
