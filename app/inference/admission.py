@@ -27,6 +27,7 @@ from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
 from app.errors import Overloaded
+from app.inference.memory import TRIM_AFTER_PIXELS, give_back_freed_memory
 
 T = TypeVar("T")
 
@@ -88,6 +89,8 @@ class DecodeGate:
                 return fn()
             finally:  # released when the thread is done, even if the request stopped waiting
                 elapsed = time.perf_counter() - started
+                if pixels >= TRIM_AFTER_PIXELS:  # its buffers are freed: hand them back
+                    give_back_freed_memory()
                 with contextlib.suppress(RuntimeError):  # the loop closed at shutdown
                     loop.call_soon_threadsafe(self._release, pixels, elapsed)
 
