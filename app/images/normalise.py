@@ -8,6 +8,8 @@ every failure leaves as a `ServiceError` with its HTTP status, never as a decode
 
 from __future__ import annotations
 
+import contextlib
+
 import numpy as np
 import torch
 from PIL import Image, ImageFilter, ImageOps
@@ -92,10 +94,8 @@ def _exif_upright(image: Image.Image) -> Image.Image:
 
     In place: otherwise Pillow answers an image without an orientation with a full copy (67 MB
     for a 4096x4096 RGBA upload)."""
-    try:
+    with contextlib.suppress(Exception):
         ImageOps.exif_transpose(image, in_place=True)
-    except Exception:
-        pass
     return image
 
 
