@@ -17,7 +17,8 @@ those limits by extending uvicorn's protocol (each override calls uvicorn's own 
 
 The body's size is FastAPI's `max_body_size` (one check, in the app). uvicorn's protocol is not a
 public API: `pyproject.toml` pins uvicorn's minor version and `tests/api/test_http_edge.py` checks
-the internals used here. Every refusal is a JSON body `{"detail": ...}` with `Connection: close`.
+the internals used here. Every refusal is a JSON body `{"detail": ...}` with `Connection: close`
+(`{"error": ...}` for a `/v2` URL, the Open Inference Protocol's shape).
 """
 
 from __future__ import annotations
@@ -32,6 +33,7 @@ from typing import Any, ClassVar
 from uvicorn.protocols.http.httptools_impl import STATUS_LINE, HttpToolsProtocol
 
 from app.config import MAX_URL_BYTES, Settings, get_settings
+from app.http.error_bodies import speaks_protocol
 
 log = logging.getLogger("app.edge")
 
@@ -285,14 +287,20 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
         if status != 503:
             log.info("refused a request: %d %s", status, detail)
         headers = self.server_state.default_headers
-        self.transport.write(_error_bytes(status, detail, headers, retry_after))
+        path = self.url.split(b"?", 1)[0].decode("latin-1")
+        protocol = speaks_protocol(path)
+        self.transport.write(_error_bytes(status, detail, headers, retry_after, protocol))
         self.transport.close()
 
 
 def _error_bytes(
-    status: int, detail: str, default_headers: list[tuple[bytes, bytes]], retry_after: int | None
+    status: int,
+    detail: str,
+    default_headers: list[tuple[bytes, bytes]],
+    retry_after: int | None,
+    protocol: bool = False,
 ) -> bytes:
-    body = json.dumps({"detail": detail}).encode()
+    body = json.dumps({"error" if protocol else "detail": detail}).encode()
     head = [STATUS_LINE[status]]
     for name, value in default_headers:
         head += [name, b": ", value, b"\r\n"]

@@ -115,6 +115,14 @@ def test_wrong_methods_unknown_routes_and_oversized_bodies_answer_in_the_protoco
         sock.close()
         assert code == 413 and "too large" in json.loads(body)["error"]
 
+    # The edge's own refusals, before the app, speak the protocol's shape on /v2 too.
+    sock = server.connect()
+    fields = b"".join(b"X-F%d: 1\r\n" % i for i in range(150))
+    sock.sendall(b"GET /v2 HTTP/1.1\r\nHost: x\r\n" + fields + b"\r\n")
+    code, body = status_and_body(read_all(sock))
+    sock.close()
+    assert code == 431 and "header fields" in json.loads(body)["error"]
+
 
 def test_an_unexpected_exception_under_v2_is_a_protocol_500(make_settings):
     """The last resort answers a bug with the request id, in the shape of the path's clients."""
