@@ -235,6 +235,7 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
         if not self._reading_head or self.transport.is_closing():
             return
         if self._head_bytes == 0 and not self.url:  # connected and said nothing: just close
+            self.waiting.discard(self._address, self)
             self.transport.close()
             return
         self._refuse(408, f"request head not complete within {self._limits.header_timeout_s:g} s")
@@ -275,6 +276,7 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
         """Answers with a JSON error (unless a response already started) and closes."""
         self._refused = True
         self._cancel_timers()
+        self.waiting.discard(self._address, self)  # on its way out: no room to make here
         cycle = self.cycle
         if cycle is not None and not cycle.response_complete:
             # The app is waiting on this request: it sees a disconnect and stops.
