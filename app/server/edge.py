@@ -13,6 +13,8 @@ those limits by extending uvicorn's protocol (each override calls uvicorn's own 
   closed to make room (the oldest of the address holding the most such connections), so a flood
   of half-open connections from one address cannot lock out the others; only when every open
   connection is busy with a request does the new one get 503 with `Retry-After`;
+- more than `max_connections_per_address` from one client address (0: no such limit): the same,
+  within that address;
 - idle keep-alive connections close after `keep_alive_s` (uvicorn's own timer).
 
 The body's size is FastAPI's `max_body_size` (one check, in the app). uvicorn's protocol is not a
@@ -45,6 +47,7 @@ class EdgeLimits:
     header_timeout_s: float
     body_timeout_s: float
     max_connections: int
+    max_connections_per_address: int = 0
 
     @classmethod
     def from_settings(cls, s: Settings) -> EdgeLimits:
@@ -54,6 +57,7 @@ class EdgeLimits:
             header_timeout_s=s.header_timeout_s,
             body_timeout_s=s.body_timeout_s,
             max_connections=s.max_connections,
+            max_connections_per_address=s.max_connections_per_address,
         )
 
 
@@ -82,8 +86,12 @@ class WaitingConnections:
             if not connections:
                 del self.by_address[address]
 
-    def victim(self) -> GuardedHttpToolsProtocol | None:
-        """The oldest waiting connection of the address with the most of them; None: none."""
+    def victim(self, address: str | None = None) -> GuardedHttpToolsProtocol | None:
+        """The oldest waiting connection of `address`, or (None) of the address with the most of
+        them; None when there is none."""
+        if address is not None:
+            connections = self.by_address.get(address)
+            return next(iter(connections)) if connections else None
         if not self.by_address:
             return None
         return next(iter(max(self.by_address.values(), key=len)))
@@ -94,6 +102,7 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
 
     limits: ClassVar[EdgeLimits | None] = None  # None: from `VAE_*` at the first connection
     waiting: ClassVar[WaitingConnections] = WaitingConnections()  # one per worker process
+    open_by_address: ClassVar[dict[str, int]] = {}
     shed: ClassVar[int] = 0  # connections closed to make room, logged once a second at most
     _shed_logged_at: ClassVar[float] = 0.0
 
@@ -119,22 +128,35 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
 
     def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
         super().connection_made(transport)
+        self._address = self.client[0] if self.client else ""
+        opened = self.open_by_address.get(self._address, 0) + 1
+        self.open_by_address[self._address] = opened
+        per_address = self._limits.max_connections_per_address
+        if per_address and opened > per_address and not self._make_room(self._address):
+            log.warning("refused a connection: %d open from %s, all busy", opened - 1, self._address)
+            self._refuse(503, "too many open connections from your address", retry_after=1)
+            return
         if len(self.connections) > self._limits.max_connections and not self._make_room():
             log.warning("refused a connection: %d open, all busy", len(self.connections) - 1)
             self._refuse(503, "too many open connections, retry shortly", retry_after=1)
             return
-        self._address = self.client[0] if self.client else ""
         self.waiting.add(self._address, self)
         self._head_timer = self.loop.call_later(self._limits.header_timeout_s, self._head_timeout)
 
     def connection_lost(self, exc: Exception | None) -> None:
         self._cancel_timers()
         self.waiting.discard(self._address, self)
+        left = self.open_by_address.get(self._address, 1) - 1
+        if left > 0:
+            self.open_by_address[self._address] = left
+        else:
+            self.open_by_address.pop(self._address, None)
         super().connection_lost(exc)
 
-    def _make_room(self) -> bool:
-        """Closes one connection that has no request in progress; False when there is none."""
-        victim = self.waiting.victim()
+    def _make_room(self, address: str | None = None) -> bool:
+        """Closes one connection that has no request in progress (of `address`, or of the address
+        with the most); False when there is none."""
+        victim = self.waiting.victim(address)
         if victim is None:
             return False
         victim._shed()
@@ -143,10 +165,17 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
         now = time.monotonic()
         if now - cls._shed_logged_at >= 1.0:
             cls._shed_logged_at = now
+            cap = "per-address " if address is not None else ""
+            limit = (
+                self._limits.max_connections_per_address
+                if address is not None
+                else self._limits.max_connections
+            )
             log.warning(
-                "at the connection cap (%d): closed %d connection(s) with no request in "
+                "at the %sconnection cap (%d): closed %d connection(s) with no request in "
                 "progress so far, the latest from %s",
-                self._limits.max_connections,
+                cap,
+                limit,
                 cls.shed,
                 victim._address or "an unknown address",
             )

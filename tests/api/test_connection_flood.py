@@ -64,3 +64,46 @@ def test_half_open_flood_from_one_address_leaves_healthz_answering(tiny_checkpoi
         for sock in flood:
             sock.close()
         server.stop()
+
+
+def test_the_per_address_limit_sheds_and_refuses_within_that_address(tiny_checkpoint: Path):
+    """VAE_MAX_CONNECTIONS_PER_ADDRESS=20: the 21st connection from 127.0.0.2 closes that
+    address's oldest idle one; when all 20 are busy in a request, it gets 503. 127.0.0.1 is
+    served throughout."""
+    server = LiveServer(tiny_checkpoint, VAE_MAX_CONNECTIONS_PER_ADDRESS="20")
+
+    def connect_from_second_address() -> socket.socket:
+        sock = socket.socket()
+        sock.bind(("127.0.0.2", 0))
+        sock.connect(("127.0.0.1", server.port))
+        sock.settimeout(10)
+        return sock
+
+    opened: list[socket.socket] = []
+    try:
+        opened += [connect_from_second_address() for _ in range(20)]
+        time.sleep(0.2)
+        newcomer = connect_from_second_address()
+        opened.append(newcomer)
+        newcomer.sendall(b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n")
+        assert newcomer.recv(12).startswith(b"HTTP/1.1 200")
+        assert opened[0].recv(1) == b"", "the address's oldest idle connection stays open"
+
+        busy = [connect_from_second_address() for _ in range(20)]
+        opened += busy
+        for sock in busy:  # a request head with its body still to come: in progress
+            sock.sendall(
+                b"POST /encode HTTP/1.1\r\nHost: x\r\nContent-Length: 1000\r\n"
+                b"Content-Type: multipart/form-data; boundary=b\r\n\r\n--b"
+            )
+        time.sleep(0.5)
+        refused = connect_from_second_address()
+        opened.append(refused)
+        refused.sendall(b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n")
+        answer = refused.recv(4096)
+        assert answer.startswith(b"HTTP/1.1 503") and b"from your address" in answer, answer
+        assert httpx.get(f"{server.url}/healthz", timeout=10).status_code == 200
+    finally:
+        for sock in opened:
+            sock.close()
+        server.stop()
