@@ -133,7 +133,9 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
         self.open_by_address[self._address] = opened
         per_address = self._limits.max_connections_per_address
         if per_address and opened > per_address and not self._make_room(self._address):
-            log.warning("refused a connection: %d open from %s, all busy", opened - 1, self._address)
+            log.warning(
+                "refused a connection: %d open from %s, all busy", opened - 1, self._address
+            )
             self._refuse(503, "too many open connections from your address", retry_after=1)
             return
         if len(self.connections) > self._limits.max_connections and not self._make_room():
