@@ -76,7 +76,16 @@ class Settings(BaseSettings):
     )
     keep_alive_s: float = Field(5.0, gt=0, description="idle keep-alive connections close after")
     max_connections: int = Field(
-        1000, ge=1, description="open connections per worker; more are answered 503 and closed"
+        1000,
+        ge=1,
+        description="open connections per worker; past it, one with no request in progress is "
+        "closed to make room, or the new one is answered 503",
+    )
+    max_connections_per_address: int = Field(
+        0,
+        ge=0,
+        description="open connections per worker from one client address, handled as "
+        "VAE_MAX_CONNECTIONS; 0: no such limit (behind a proxy every client shares its address)",
     )
     shutdown_grace_s: float = Field(
         20.0, gt=0, le=300, description="SIGTERM to exit, draining included, whatever clients do"

@@ -22,6 +22,7 @@ from app.http.error_bodies import install_error_handlers
 from app.http.guard import RequestGuardMiddleware, start_deadline
 from app.http.lifecycle import Lifecycle
 from app.http.logs import configure_logging
+from app.http.unguarded import WITHOUT_EDGE, BodyStallMiddleware, behind_the_edge
 from app.images.examples import ExampleStore
 from app.inference.admission import DecodeGate
 from app.inference.engine import Engine
@@ -47,10 +48,13 @@ Uploads (and a decoded `?image=`) may be at most {max_upload_bytes} bytes
 
 def create_app(settings: Settings | None = None) -> FastAPI:
     settings = settings or Settings()
+    edge = behind_the_edge()  # False: plain `uvicorn app.main:app` (app.http.unguarded)
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         configure_logging(settings.log_level, settings.access_log_sample)
+        if not edge:
+            log.warning(WITHOUT_EDGE)
         try:
             await app.state.engine.start()
         except CheckpointError as exc:  # `vae-serve` checks first; plain `uvicorn` lands here
@@ -95,14 +99,15 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     install_error_handlers(app)
 
     # The pipeline every request passes, innermost first (each `add_middleware` wraps the rest):
-    # the fast path for /sample, the body's size, the guard (API key, drain, deadline), CORS, the
-    # server span (only with tracing on), the request context (id, metrics, access line,
-    # last-resort 500).
+    # the fast path for /sample, the body's size, the guard (API key, drain, deadline), CORS, a
+    # stalled body's 408 (only without vae-serve's edge), the server span (only with tracing on),
+    # the request context (id, metrics, access line, last-resort 500).
     app.add_middleware(FastSample, fastapi_app=app)
     app.add_middleware(
         BodyLimitMiddleware,
         max_bytes=settings.max_body_bytes,
         max_upload_bytes=settings.max_upload_bytes,
+        protocol_max_bytes=oip.MAX_BODY_BYTES,
     )
     app.add_middleware(RequestGuardMiddleware, settings=settings, lifecycle=app.state.lifecycle)
     if settings.cors_origins:
@@ -113,6 +118,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             allow_headers=["Authorization", "Content-Type", "Accept", "X-Request-ID"],
             expose_headers=["X-Request-ID", "X-Seed"],
         )
+    if not edge:  # vae-serve's edge times bodies out before the app sees them
+        app.add_middleware(BodyStallMiddleware, timeout_s=settings.body_timeout_s)
     if tracing.ENABLED:  # the server span, inside the request context so it has the id
         from app.http.server_span import ServerSpanMiddleware
 

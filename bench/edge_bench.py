@@ -14,7 +14,9 @@ Every server runs on 127.0.0.1 on a free port; every number comes from one run o
 guarded protocol and the drain), and prints requests/s, the server's CPU time per request (steadier
 than requests/s on a shared machine) and the edge/plain ratios. `--baseline-ref REF` serves the
 plain baseline from a git checkout of REF instead, to include the app-level admission work too
-(e.g. `--baseline-ref 352df2e`, the last commit before the edge was wired into the app).
+(e.g. `--baseline-ref 352df2e`, the last commit before the edge was wired into the app);
+`--baseline-kind edge` serves that baseline as `vae-serve` too, to compare two versions of the
+whole server (e.g. `cost --baseline-ref 6450f55 --baseline-kind edge`).
 """
 
 from __future__ import annotations
@@ -179,7 +181,7 @@ def measure_cost(args: argparse.Namespace) -> dict:
     base_cwd = baseline_checkout(args.baseline_ref) if args.baseline_ref else REPO
     try:
         servers = {
-            "plain": Server("plain", args.checkpoint, base_cwd),
+            "plain": Server(args.baseline_kind, args.checkpoint, base_cwd),
             "edge": Server("edge", args.checkpoint),
         }
         cells: dict[str, list[dict]] = {}
@@ -432,6 +434,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--duration", type=float, default=3.0, help="seconds per cost cell")
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--baseline-ref", default=None)
+    parser.add_argument("--baseline-kind", choices=["plain", "edge"], default="plain")
     parser.add_argument("--connections", type=int, default=20)
     parser.add_argument("--header-mb", type=int, default=50)
     parser.add_argument("--grace", type=float, default=20.0)

@@ -2,7 +2,9 @@
 
 A body whose `Content-Length` is over the limit is refused before the app reads a byte of it; a
 chunked one as soon as its count passes the limit, and the app then sees a disconnect. Either way
-the answer closes the connection, so the rest of the body is never read.
+the answer closes the connection, so the rest of the body is never read. The Open Inference
+Protocol's `/v2` routes take no uploads, so their limit is the largest valid infer request
+(`protocol_max_bytes`), in their own error shape.
 """
 
 from __future__ import annotations
@@ -13,20 +15,33 @@ from app.http.error_bodies import error_response, speaks_protocol
 
 
 class BodyLimitMiddleware:
-    def __init__(self, app: ASGIApp, max_bytes: int, max_upload_bytes: int) -> None:
+    def __init__(
+        self,
+        app: ASGIApp,
+        max_bytes: int,
+        max_upload_bytes: int,
+        protocol_max_bytes: int | None = None,
+    ) -> None:
         self.app = app
         self.max_bytes = max_bytes
+        self.protocol_max_bytes = min(max_bytes, protocol_max_bytes or max_bytes)
         self.detail = (
             f"request body too large: at most {max_bytes} bytes "
             f"(uploads may be at most {max_upload_bytes} bytes each, VAE_MAX_UPLOAD_BYTES)"
+        )
+        self.protocol_detail = (
+            f"request body too large: at most {self.protocol_max_bytes} bytes, a full batch "
+            "as JSON (the binary tensor extension is about 8 times smaller)"
         )
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
+        protocol = speaks_protocol(scope["path"])
+        max_bytes = self.protocol_max_bytes if protocol else self.max_bytes
         length = _content_length(scope)
-        if length is not None and length > self.max_bytes:
+        if length is not None and length > max_bytes:
             await self._refuse(scope, receive, send)
             return
         received = 0
@@ -39,7 +54,7 @@ class BodyLimitMiddleware:
             message = await receive()
             if message["type"] == "http.request":
                 received += len(message.get("body", b""))
-                if received > self.max_bytes:
+                if received > max_bytes:
                     refused = True
                     if not started:
                         await self._refuse(scope, receive, send)
@@ -56,7 +71,8 @@ class BodyLimitMiddleware:
 
     async def _refuse(self, scope: Scope, receive: Receive, send: Send) -> None:
         protocol = speaks_protocol(scope["path"])
-        response = error_response(413, self.detail, {"Connection": "close"}, protocol=protocol)
+        detail = self.protocol_detail if protocol else self.detail
+        response = error_response(413, detail, {"Connection": "close"}, protocol=protocol)
         await response(scope, receive, send)
 
 

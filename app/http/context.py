@@ -62,7 +62,7 @@ class RequestContextMiddleware:
             log.exception("unhandled error")
             if started:
                 raise
-            await internal_error()(scope, receive, send_with_id)
+            await internal_error(scope["path"])(scope, receive, send_with_id)
         finally:
             record_request(scope, status, time.perf_counter() - start, request_id)
             REQUEST_ID.reset(token)

@@ -48,16 +48,22 @@ def error_body(status: int, detail: Any, *, protocol: bool = False) -> dict[str,
     return body
 
 
-def internal_error() -> JSONResponse:
-    """The answer to a bug: a 500 with nothing in it but the request id."""
-    return error_response(500, "internal error")
+def internal_error(path: str = "") -> JSONResponse:
+    """The answer to a bug: a 500 with nothing in it but the request id (in the shape `path`'s
+    clients parse: `{"error": ...}` under `/v2`)."""
+    return error_response(500, "internal error", protocol=speaks_protocol(path))
 
 
 def install_error_handlers(app: FastAPI) -> None:
     """Maps the service's errors, FastAPI's validation errors and Starlette's HTTP errors.
 
-    Anything else is answered with `internal_error()` by `RequestContextMiddleware`.
+    Anything else is answered with `internal_error()` by `RequestContextMiddleware`; Starlette's
+    own last resort (`ServerErrorMiddleware`, outside it) answers in the same shape.
     """
+
+    @app.exception_handler(Exception)
+    async def unexpected(request: Request, exc: Exception) -> JSONResponse:
+        return internal_error(request.url.path)
 
     @app.exception_handler(ServiceError)
     async def service_error(request: Request, exc: ServiceError) -> JSONResponse:

@@ -27,11 +27,13 @@ from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
 from app.errors import Overloaded
+from app.inference.memory import TRIM_AFTER_PIXELS, give_back_freed_memory
 
 T = TypeVar("T")
 
 # Estimates until the first measurements replace them (docs/benchmarks.md has the real ones).
 PRIOR_DECODE_S_PER_PIXEL = 4e-7
+IDLE_TRIM_DELAY_S = 0.5  # after the last large decode, time for its request to finish
 PRIOR_INFERENCE_S_PER_ROW = 2e-3
 EWMA_WEIGHT = 0.2
 
@@ -88,6 +90,8 @@ class DecodeGate:
                 return fn()
             finally:  # released when the thread is done, even if the request stopped waiting
                 elapsed = time.perf_counter() - started
+                if pixels >= TRIM_AFTER_PIXELS:  # its buffers are freed: hand them back
+                    give_back_freed_memory()
                 with contextlib.suppress(RuntimeError):  # the loop closed at shutdown
                     loop.call_soon_threadsafe(self._release, pixels, elapsed)
 
@@ -111,6 +115,11 @@ class DecodeGate:
                 self._wake()
             raise
 
+    def _trim_if_idle(self) -> None:
+        if not self.busy:
+            with contextlib.suppress(RuntimeError):  # the executor shut down meanwhile
+                self._executor.submit(give_back_freed_memory)
+
     def _fits(self, pixels: int) -> bool:
         return (
             self._running < self.concurrency and self._pixels_running + pixels <= self.pixel_budget
@@ -123,6 +132,10 @@ class DecodeGate:
     def _release(self, pixels: int, elapsed: float | None) -> None:
         self._running -= 1
         self._pixels_running -= pixels
+        if pixels >= TRIM_AFTER_PIXELS and not self.busy:
+            # The last uploads' requests free their bytes and buffers after answering: once they
+            # are gone and no decode has started, trim once more, on a decode thread.
+            asyncio.get_running_loop().call_later(IDLE_TRIM_DELAY_S, self._trim_if_idle)
         if elapsed is not None and pixels >= 4096:  # tiny images say more about overhead
             sample = elapsed / pixels
             self.seconds_per_pixel += EWMA_WEIGHT * (sample - self.seconds_per_pixel)

@@ -9,6 +9,7 @@ request is either admitted whole or refused at once with 503 and `Retry-After`.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import logging
 import platform
 import time
@@ -125,17 +126,26 @@ class Engine:
             await batcher.stop()
         self._executor.shutdown(wait=True)
 
-    async def reload(self, path: Path | None = None) -> LoadedModel:
+    async def reload(self, path: Path | None = None, shown_as: str | None = None) -> LoadedModel:
         """Loads `path` beside the serving model and swaps. A checkpoint that cannot be served
-        changes nothing: `CheckpointRejected` (409) with the reason, the old model serving on."""
+        changes nothing: `CheckpointRejected` (409) with the reason, the old model serving on.
+
+        `shown_as`: the checkpoint's name in the answers (the refusal's reason included), as the
+        caller gave it; the server's own path stays in the server's log.
+        """
+        path = path or self.settings.checkpoint
         async with self._reload_lock:
             try:
-                loaded = await asyncio.to_thread(self._load, path or self.settings.checkpoint)
+                loaded = await asyncio.to_thread(self._load, path)
             except CheckpointError as exc:
                 metrics.MODEL_LOAD_FAILURES.inc()
+                log.warning("reload of %s refused: %s", path, exc)
+                reason = str(exc) if shown_as is None else str(exc).replace(str(path), shown_as)
                 raise CheckpointRejected(
-                    f"reload refused, still serving the old model: {exc}"
+                    f"reload refused, still serving the old model: {reason}"
                 ) from None
+            if shown_as is not None:
+                loaded = dataclasses.replace(loaded, shown_as=shown_as)
             self._install(loaded)
         return loaded
 

@@ -46,6 +46,9 @@ class LoadedModel:
     artifact: ArtifactInfo
     random: Callable[[int], RandomSource]  # a seed's random numbers: torch's, or the same in NumPy
     model: Any = None  # the torch module behind a checkpoint's runner; None for an export
+    # How answers name the checkpoint: as the caller of a reload named it, never the server's
+    # absolute path (None: `checkpoint` as configured).
+    shown_as: str | None = None
     loaded_at: str = field(default_factory=lambda: datetime.now(UTC).isoformat(timespec="seconds"))
 
 

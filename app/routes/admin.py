@@ -7,7 +7,7 @@ from typing import Annotated
 from fastapi import APIRouter, Body, Depends
 
 from app.http.auth import require_admin
-from app.routes.checkpoint_paths import checkpoint_root, resolve_checkpoint
+from app.routes.checkpoint_paths import checkpoint_root, resolve_checkpoint, shown_in_directory
 from app.routes.deps import EngineDep, SettingsDep
 from app.routes.openapi import ERRORS
 from app.routes.ops import model_info
@@ -38,9 +38,13 @@ async def reload(
     by name or by absolute path; anything else is refused with 403, 404 or 422.
 
     Requests already running finish on the old model. A checkpoint that fails to load is refused
-    with 409 and the old model keeps serving.
+    with 409 and the old model keeps serving. Answers name the checkpoint as the caller did (or,
+    re-reading the configured one, relative to the checkpoint directory), never by the server's
+    absolute path.
     """
-    path = None
+    root = checkpoint_root(settings.reload_dir)
     if body is not None and body.checkpoint is not None:
-        path = resolve_checkpoint(body.checkpoint, checkpoint_root(settings.reload_dir))
-    return await model_info(await engine.reload(path), engine)
+        path, shown_as = resolve_checkpoint(body.checkpoint, root), body.checkpoint
+    else:
+        path, shown_as = settings.checkpoint, shown_in_directory(settings.checkpoint, root)
+    return await model_info(await engine.reload(path, shown_as), engine)

@@ -53,6 +53,14 @@ def resolve_checkpoint(requested: str, root: Path) -> Path:
     return resolved
 
 
+def shown_in_directory(path: Path, root: Path) -> str:
+    """`path` as answers may show it: relative to `root`, or by its file name alone."""
+    resolved = Path(os.path.realpath(path))
+    if root in resolved.parents:
+        return str(resolved.relative_to(root))
+    return resolved.name
+
+
 def _check_text(requested: str) -> None:
     problem = None
     if not requested.strip():

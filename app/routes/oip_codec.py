@@ -6,6 +6,11 @@ or nested row-major list, as the spec says) or through Triton's binary tensor ex
 `tritonclient` uses by default: the body is the JSON header followed by the raw little-endian
 tensors, and `Inference-Header-Content-Length` says where the JSON ends. Nothing here knows about
 the model or about routing; every problem with a request is a `BadInferenceRequest` (400).
+
+Hostile bodies cost little: a body is parsed only if its size fits the largest valid request
+(`max_json_body_bytes`), numbers longer than `MAX_NUMBER_CHARS` and nesting past the parser's
+recursion limit are refused while parsing, booleans are not numbers, nested data must have the
+shape's depth, and values are checked after the cast to FP32 (finite, within `VALUE_BOUND`).
 """
 
 from __future__ import annotations
@@ -19,12 +24,25 @@ import numpy as np
 
 from app import tracing
 from app.errors import BadInferenceRequest as ProtocolError
+from app.schemas import LATENT_BOUND
 
 HEADER_LENGTH = "Inference-Header-Content-Length"
 BINARY_EXTENSION = "binary_tensor_data"
 
 # Datatypes this service reads and writes; the protocol has more, all refused with a clear 400.
 NUMPY_DTYPES: dict[str, np.dtype] = {"FP32": np.dtype("<f4")}
+
+# The longest JSON number read: float64's repr needs at most 24 characters, an integer that long
+# is already past FP32's range, and Python's int() of a long digit string costs quadratic time.
+MAX_NUMBER_CHARS = 32
+# What one value may cost in a JSON body, on average (a full-precision float and ", "): a body
+# larger than its values could need is refused from its Content-Length, before parsing.
+JSON_BYTES_PER_VALUE = 32
+JSON_OVERHEAD_BYTES = 64 * 1024  # names, shapes, parameters, id
+# Inputs and outputs are bounded as /decode bounds latents: past it the network only overflows.
+VALUE_BOUND = LATENT_BOUND
+NUMBER_TYPES = frozenset({int, float})  # bool is a subclass of int, not the same type
+RESPONSE_CHUNK_VALUES = 8192  # json.dumps holds the GIL: write long tensors a slice at a time
 
 
 @dataclass(frozen=True)
@@ -53,16 +71,20 @@ class InferRequest:
     binary_default: bool
 
 
+def max_json_body_bytes(input_specs: list[TensorSpec], max_batch: int) -> int:
+    """The largest body a valid request of `max_batch` rows can need (JSON is the larger form)."""
+    values = sum(max_batch * math.prod(d for d in spec.shape if d != -1) for spec in input_specs)
+    return values * JSON_BYTES_PER_VALUE + JSON_OVERHEAD_BYTES
+
+
 @tracing.traced("upload.decode")
 def parse_infer_request(
-    body: bytes, header_length: str | None, input_specs: list[TensorSpec]
+    body: bytes, header_length: str | None, input_specs: list[TensorSpec], max_batch: int
 ) -> InferRequest:
-    """Parses and checks the whole request against `input_specs` (names, datatypes, shapes)."""
+    """Parses and checks the whole request against `input_specs` (names, datatypes, shapes) and
+    the batch size (1..`max_batch`); CPU work, so the route runs it off the event loop."""
     json_part, binary_part = _split_body(body, header_length)
-    try:
-        request = json.loads(json_part)
-    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise ProtocolError(f"the request is not valid JSON: {exc}") from None
+    request = _load_json(json_part)
     if not isinstance(request, dict):
         raise ProtocolError("the request must be a JSON object")
     parameters = _object(request.get("parameters", {}), "parameters")
@@ -83,7 +105,7 @@ def parse_infer_request(
             raise ProtocolError(f"unknown input {name!r}; this model takes {expected}")
         if name in inputs:
             raise ProtocolError(f"input {name!r} is given twice")
-        array, offset = _read_tensor(tensor, specs[name], binary_part, offset)
+        array, offset = _read_tensor(tensor, specs[name], binary_part, offset, max_batch)
         inputs[name] = array
     missing = [n for n in specs if n not in inputs]
     if missing:
@@ -107,10 +129,14 @@ def select_outputs(
     if request.outputs is None:
         return [(spec, request.binary_default) for spec in output_specs]
     chosen = []
+    named: set[str] = set()
     for wanted in request.outputs:
         if wanted.name not in specs:
             expected = ", ".join(repr(n) for n in specs)
             raise ProtocolError(f"unknown output {wanted.name!r}; this model gives {expected}")
+        if wanted.name in named:  # each would be a copy of the same tensor in the response
+            raise ProtocolError(f"output {wanted.name!r} is asked for twice")
+        named.add(wanted.name)
         chosen.append((specs[wanted.name], wanted.binary))
     return chosen
 
@@ -122,10 +148,16 @@ def encode_infer_response(
     request_id: str | None,
     outputs: list[tuple[TensorSpec, bool, np.ndarray]],
 ) -> tuple[bytes, dict[str, str]]:
-    """The response body and its headers: plain JSON, or JSON + binary tensors when asked for."""
+    """The response body and its headers: plain JSON, or JSON + binary tensors when asked for.
+
+    CPU work (a full batch is megabytes of JSON), so the route runs it off the event loop; an
+    output that is not finite is refused, as JSON has no token for it.
+    """
     tensors, blobs = [], []
     for spec, binary, array in outputs:
         data = np.ascontiguousarray(array, dtype=NUMPY_DTYPES[spec.datatype])
+        if not np.isfinite(data).all():
+            raise ProtocolError(f"output {spec.name!r} is not finite for this input")
         tensor: dict[str, Any] = {
             "name": spec.name,
             "datatype": spec.datatype,
@@ -135,18 +167,58 @@ def encode_infer_response(
             blob = data.tobytes()
             tensor["parameters"] = {"binary_data_size": len(blob)}
             blobs.append(blob)
-        else:
-            tensor["data"] = data.ravel().tolist()
-        tensors.append(tensor)
+            tensors.append(_dumps(tensor))
+        else:  # the data list is written apart, in slices, and joined in as it is
+            tensors.append(_dumps(tensor)[:-1] + ',"data":' + _json_list(data.ravel()) + "}")
     response: dict[str, Any] = {"model_name": model_name, "model_version": model_version}
     if request_id is not None:
         response["id"] = request_id
-    response["outputs"] = tensors
-    header = json.dumps(response, separators=(",", ":")).encode()
+    header = (_dumps(response)[:-1] + ',"outputs":[' + ",".join(tensors) + "]}").encode()
     if not blobs:
         return header, {"content-type": "application/json"}
     headers = {"content-type": "application/octet-stream", HEADER_LENGTH: str(len(header))}
     return b"".join([header, *blobs]), headers
+
+
+def _json_list(values: np.ndarray) -> str:
+    """`values` as a JSON list, written a slice at a time so the event loop gets the GIL between
+    slices (one `json.dumps` of a million floats would hold it for the whole list)."""
+    parts = [
+        json.dumps(values[i : i + RESPONSE_CHUNK_VALUES].tolist(), allow_nan=False)[1:-1]
+        for i in range(0, len(values), RESPONSE_CHUNK_VALUES)
+    ]
+    return "[" + ",".join(p for p in parts if p) + "]"
+
+
+def _dumps(value: Any) -> str:
+    return json.dumps(value, separators=(",", ":"), allow_nan=False)
+
+
+def _load_json(text: bytes) -> Any:
+    """`json.loads` with numbers bounded in length, no NaN or Infinity, and deep nesting refused
+    (the parser's recursion limit, about 1,000 levels, where no valid request goes past 8)."""
+    try:
+        return json.loads(text, parse_int=_int, parse_float=_float, parse_constant=_not_a_number)
+    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise ProtocolError(f"the request is not valid JSON: {exc}") from None
+    except RecursionError:
+        raise ProtocolError("the request is nested too deeply") from None
+
+
+def _int(text: str) -> int:
+    if len(text) > MAX_NUMBER_CHARS:
+        raise ProtocolError(f"a number longer than {MAX_NUMBER_CHARS} characters")
+    return int(text)
+
+
+def _float(text: str) -> float:
+    if len(text) > MAX_NUMBER_CHARS:
+        raise ProtocolError(f"a number longer than {MAX_NUMBER_CHARS} characters")
+    return float(text)
+
+
+def _not_a_number(text: str) -> float:
+    raise ProtocolError(f"{text} is not a JSON number")
 
 
 def _split_body(body: bytes, header_length: str | None) -> tuple[bytes, bytes]:
@@ -162,7 +234,7 @@ def _split_body(body: bytes, header_length: str | None) -> tuple[bytes, bytes]:
 
 
 def _read_tensor(
-    tensor: dict[str, Any], spec: TensorSpec, binary_part: bytes, offset: int
+    tensor: dict[str, Any], spec: TensorSpec, binary_part: bytes, offset: int, max_batch: int
 ) -> tuple[np.ndarray, int]:
     """One input as a float32 array of its declared shape; checks it against `spec`."""
     name = spec.name
@@ -178,6 +250,8 @@ def _read_tensor(
         want != -1 and got != want for got, want in zip(shape, spec.shape, strict=True)
     ):
         raise ProtocolError(f"input {name!r} has shape {shape}; expected {list(spec.shape)}")
+    if not 1 <= shape[0] <= max_batch:
+        raise ProtocolError(f"the batch size must be 1..{max_batch}; got {shape[0]}")
     count = math.prod(shape)
     dtype = NUMPY_DTYPES[spec.datatype]
     parameters = _object(tensor.get("parameters", {}), f"input {name!r} parameters")
@@ -195,24 +269,34 @@ def _read_tensor(
         flat = np.frombuffer(binary_part, dtype=dtype, count=count, offset=offset)
         offset += size
     else:
-        flat = _json_numbers(tensor.get("data"), name, count)
-    if not np.isfinite(flat).all():
-        raise ProtocolError(f"input {name!r} holds NaN or infinite values")
-    return flat.astype(np.float32).reshape(shape), offset
+        flat = np.array(_json_values(tensor.get("data"), name, shape), dtype=np.float64)
+    values = flat.astype(np.float32)  # checked as the model will see them: 1e39 is inf in FP32
+    if not np.isfinite(values).all():
+        raise ProtocolError(f"input {name!r} holds NaN or infinite values (as FP32)")
+    if np.abs(values).max() > VALUE_BOUND:
+        raise ProtocolError(f"input {name!r} holds values beyond ±{VALUE_BOUND:g}")
+    return values.reshape(shape), offset
 
 
-def _json_numbers(data: Any, name: str, count: int) -> np.ndarray:
+def _json_values(data: Any, name: str, shape: list[int]) -> list[int | float]:
+    """The numbers of `data` in row-major order: a flat list of them, or lists nested exactly as
+    deep as `shape`, each as long as its axis. Anything else (booleans, strings, ragged or
+    wrongly nested lists) is refused."""
     if not isinstance(data, list):
         raise ProtocolError(f"input {name!r} needs 'data' (a list) or binary data")
-    try:
-        array = np.asarray(data)
-    except ValueError:  # ragged nesting
-        raise ProtocolError(f"input {name!r}: 'data' is not a regular array") from None
-    if array.dtype.kind not in "iuf":  # strings, booleans, objects, mixed types
-        raise ProtocolError(f"input {name!r}: 'data' must hold only numbers")
-    if array.size != count:
-        raise ProtocolError(f"input {name!r} has {array.size} values; its shape needs {count}")
-    return array.ravel()
+    count = math.prod(shape)
+    values: list[Any] = data
+    if data and type(data[0]) is list:  # nested: one level per axis, each as long as its axis
+        values = [data]
+        for axis in shape:
+            if any(type(row) is not list or len(row) != axis for row in values):
+                raise ProtocolError(f"input {name!r}: 'data' is not nested as {shape}")
+            values = [v for row in values for v in row]
+    if len(values) != count:
+        raise ProtocolError(f"input {name!r} has {len(values)} values; its shape needs {count}")
+    if not set(map(type, values)) <= NUMBER_TYPES:
+        raise ProtocolError(f"input {name!r}: 'data' must hold only numbers (not booleans)")
+    return values
 
 
 def _requested_outputs(request: dict[str, Any]) -> list[RequestedOutput] | None:

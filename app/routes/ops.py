@@ -62,14 +62,16 @@ async def model_info(m: ModelDep, engine: EngineDep) -> ModelResponse:
     """The checkpoint being served: its identity, training metrics and where it runs."""
     meta = m.metadata
     return ModelResponse(
-        checkpoint=str(m.checkpoint),
+        checkpoint=m.shown_as or str(m.checkpoint),
         sha256=m.sha256,
         preset=meta.get("preset"),
         latent_dim=m.latent_dim,
         config=m.config,
         device=m.device,
         dtype=m.dtype,
-        artifact=ArtifactResponse(**dataclasses.asdict(m.artifact)),
+        artifact=ArtifactResponse(
+            **{**dataclasses.asdict(m.artifact), "path": m.shown_as or m.artifact.path}
+        ),
         backend=BackendResponse(**dataclasses.asdict(m.backend)),
         batching={
             "max_batch_size": engine.settings.max_batch_size,

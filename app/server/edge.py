@@ -9,12 +9,18 @@ those limits by extending uvicorn's protocol (each override calls uvicorn's own 
 - a request head not complete `header_timeout_s` after connect (or after its first byte): 408,
   or a silent close when nothing was sent at all;
 - a request body that sends nothing for `body_timeout_s`: 408, and the app sees a disconnect;
-- more than `max_connections` open connections: the new one gets 503 with `Retry-After`, closed;
+- more than `max_connections` open connections: a connection with no request in progress is
+  closed to make room (the oldest of the address holding the most such connections), so a flood
+  of half-open connections from one address cannot lock out the others; only when every open
+  connection is busy with a request does the new one get 503 with `Retry-After`;
+- more than `max_connections_per_address` from one client address (0: no such limit): the same,
+  within that address;
 - idle keep-alive connections close after `keep_alive_s` (uvicorn's own timer).
 
 The body's size is FastAPI's `max_body_size` (one check, in the app). uvicorn's protocol is not a
 public API: `pyproject.toml` pins uvicorn's minor version and `tests/api/test_http_edge.py` checks
-the internals used here. Every refusal is a JSON body `{"detail": ...}` with `Connection: close`.
+the internals used here. Every refusal is a JSON body `{"detail": ...}` with `Connection: close`
+(`{"error": ...}` for a `/v2` URL, the Open Inference Protocol's shape).
 """
 
 from __future__ import annotations
@@ -22,13 +28,14 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import time
 from dataclasses import dataclass
 from typing import Any, ClassVar
 
 from uvicorn.protocols.http.httptools_impl import STATUS_LINE, HttpToolsProtocol
 
 from app.config import MAX_URL_BYTES, Settings, get_settings
-from app.http.error_bodies import error_body
+from app.http.error_bodies import error_body, speaks_protocol
 
 log = logging.getLogger("app.edge")
 
@@ -40,6 +47,7 @@ class EdgeLimits:
     header_timeout_s: float
     body_timeout_s: float
     max_connections: int
+    max_connections_per_address: int = 0
 
     @classmethod
     def from_settings(cls, s: Settings) -> EdgeLimits:
@@ -49,6 +57,7 @@ class EdgeLimits:
             header_timeout_s=s.header_timeout_s,
             body_timeout_s=s.body_timeout_s,
             max_connections=s.max_connections,
+            max_connections_per_address=s.max_connections_per_address,
         )
 
 
@@ -56,10 +65,46 @@ class _Refused(Exception):
     """Raised inside a parser callback; httptools re-raises it as a parser error."""
 
 
+class WaitingConnections:
+    """The connections with no request in progress (never sent one, or idle between two), by
+    client address, each address's oldest first: the ones to close when the cap is reached.
+
+    The victim comes from the address that holds the most of them, so one client's flood of
+    half-open connections sheds its own connections, not a newcomer's from another address.
+    """
+
+    def __init__(self) -> None:
+        self.by_address: dict[str, dict[GuardedHttpToolsProtocol, None]] = {}
+
+    def add(self, address: str, connection: GuardedHttpToolsProtocol) -> None:
+        self.by_address.setdefault(address, {})[connection] = None
+
+    def discard(self, address: str, connection: GuardedHttpToolsProtocol) -> None:
+        connections = self.by_address.get(address)
+        if connections is not None:
+            connections.pop(connection, None)
+            if not connections:
+                del self.by_address[address]
+
+    def victim(self, address: str | None = None) -> GuardedHttpToolsProtocol | None:
+        """The oldest waiting connection of `address`, or (None) of the address with the most of
+        them; None when there is none."""
+        if address is not None:
+            connections = self.by_address.get(address)
+            return next(iter(connections)) if connections else None
+        if not self.by_address:
+            return None
+        return next(iter(max(self.by_address.values(), key=len)))
+
+
 class GuardedHttpToolsProtocol(HttpToolsProtocol):
     """uvicorn's httptools protocol with header, time and connection limits (see module doc)."""
 
     limits: ClassVar[EdgeLimits | None] = None  # None: from `VAE_*` at the first connection
+    waiting: ClassVar[WaitingConnections] = WaitingConnections()  # one per worker process
+    open_by_address: ClassVar[dict[str, int]] = {}
+    shed: ClassVar[int] = 0  # connections closed to make room, logged once a second at most
+    _shed_logged_at: ClassVar[float] = 0.0
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
@@ -76,21 +121,73 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
         self._body_bytes_seen = 0
         self._refusal: tuple[int, str] | None = None
         self._refused = False
+        self._address = ""
         self.url = b""
 
     # Connection life
 
     def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
         super().connection_made(transport)
-        if len(self.connections) > self._limits.max_connections:
-            log.warning("refused a connection: %d open", len(self.connections) - 1)
+        self._address = self.client[0] if self.client else ""
+        opened = self.open_by_address.get(self._address, 0) + 1
+        self.open_by_address[self._address] = opened
+        per_address = self._limits.max_connections_per_address
+        if per_address and opened > per_address and not self._make_room(self._address):
+            log.warning(
+                "refused a connection: %d open from %s, all busy", opened - 1, self._address
+            )
+            self._refuse(503, "too many open connections from your address", retry_after=1)
+            return
+        if len(self.connections) > self._limits.max_connections and not self._make_room():
+            log.warning("refused a connection: %d open, all busy", len(self.connections) - 1)
             self._refuse(503, "too many open connections, retry shortly", retry_after=1)
             return
+        self.waiting.add(self._address, self)
         self._head_timer = self.loop.call_later(self._limits.header_timeout_s, self._head_timeout)
 
     def connection_lost(self, exc: Exception | None) -> None:
         self._cancel_timers()
+        self.waiting.discard(self._address, self)
+        left = self.open_by_address.get(self._address, 1) - 1
+        if left > 0:
+            self.open_by_address[self._address] = left
+        else:
+            self.open_by_address.pop(self._address, None)
         super().connection_lost(exc)
+
+    def _make_room(self, address: str | None = None) -> bool:
+        """Closes one connection that has no request in progress (of `address`, or of the address
+        with the most); False when there is none."""
+        victim = self.waiting.victim(address)
+        if victim is None:
+            return False
+        victim._shed()
+        cls = type(self)
+        cls.shed += 1
+        now = time.monotonic()
+        if now - cls._shed_logged_at >= 1.0:
+            cls._shed_logged_at = now
+            cap = "per-address " if address is not None else ""
+            limit = (
+                self._limits.max_connections_per_address
+                if address is not None
+                else self._limits.max_connections
+            )
+            log.warning(
+                "at the %sconnection cap (%d): closed %d connection(s) with no request in "
+                "progress so far, the latest from %s",
+                cap,
+                limit,
+                cls.shed,
+                victim._address or "an unknown address",
+            )
+        return True
+
+    def _shed(self) -> None:
+        self.waiting.discard(self._address, self)
+        self._refused = True
+        self._cancel_timers()
+        self.transport.close()
 
     def data_received(self, data: bytes) -> None:
         if self._refused:
@@ -139,6 +236,7 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
 
     def on_headers_complete(self) -> None:
         self._reading_head = False
+        self.waiting.discard(self._address, self)  # a request in progress: never shed
         if self._head_timer is not None:
             self._head_timer.cancel()
             self._head_timer = None
@@ -154,6 +252,13 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
             self._body_timer = None
         super().on_message_complete()
 
+    def on_response_complete(self) -> None:
+        """Answered: with nothing pipelined behind it, the connection waits for a request again."""
+        idle = not self.pipeline
+        super().on_response_complete()
+        if idle and not self.transport.is_closing():
+            self.waiting.add(self._address, self)
+
     # Timers
 
     def _head_timeout(self) -> None:
@@ -161,6 +266,7 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
         if not self._reading_head or self.transport.is_closing():
             return
         if self._head_bytes == 0 and not self.url:  # connected and said nothing: just close
+            self.waiting.discard(self._address, self)
             self.transport.close()
             return
         self._refuse(408, f"request head not complete within {self._limits.header_timeout_s:g} s")
@@ -201,6 +307,7 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
         """Answers with a JSON error (unless a response already started) and closes."""
         self._refused = True
         self._cancel_timers()
+        self.waiting.discard(self._address, self)  # on its way out: no room to make here
         cycle = self.cycle
         if cycle is not None and not cycle.response_complete:
             # The app is waiting on this request: it sees a disconnect and stops.
@@ -213,14 +320,20 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
         if status != 503:
             log.info("refused a request: %d %s", status, detail)
         headers = self.server_state.default_headers
-        self.transport.write(_error_bytes(status, detail, headers, retry_after))
+        path = self.url.split(b"?", 1)[0].decode("latin-1")
+        protocol = speaks_protocol(path)
+        self.transport.write(_error_bytes(status, detail, headers, retry_after, protocol))
         self.transport.close()
 
 
 def _error_bytes(
-    status: int, detail: str, default_headers: list[tuple[bytes, bytes]], retry_after: int | None
+    status: int,
+    detail: str,
+    default_headers: list[tuple[bytes, bytes]],
+    retry_after: int | None,
+    protocol: bool = False,
 ) -> bytes:
-    body = json.dumps(error_body(status, detail)).encode()
+    body = json.dumps(error_body(status, detail, protocol=protocol)).encode()
     head = [STATUS_LINE[status]]
     for name, value in default_headers:
         head += [name, b": ", value, b"\r\n"]

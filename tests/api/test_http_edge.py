@@ -152,17 +152,38 @@ def test_a_slow_but_steady_upload_is_not_cut_off(edge, digit_png):
     assert len(json.loads(answer)["mu"]) == 8
 
 
-def test_connections_over_the_cap_get_503_and_the_server_recovers(edge):
+def test_at_the_cap_a_connection_without_a_request_makes_room_for_a_new_one(edge):
+    """Connections that never sent a request are closed, oldest first, when a new one comes."""
     idle = [edge.connect() for _ in range(MAX_CONNECTIONS)]
     try:
         time.sleep(0.2)
+        sock = edge.connect()
+        sock.sendall(b"GET /healthz HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+        assert status_and_body(read_all(sock))[0] == 200
+        idle[0].settimeout(5)
+        assert idle[0].recv(1) == b"", "the oldest idle connection was not the one closed"
+    finally:
+        for sock in idle:
+            sock.close()
+
+
+def test_connections_over_the_cap_all_busy_get_503_and_the_server_recovers(edge):
+    """Every open connection is in a request (a body still to come): the newcomer gets 503."""
+    busy = [edge.connect() for _ in range(MAX_CONNECTIONS)]
+    try:
+        for sock in busy:
+            sock.sendall(
+                b"POST /encode HTTP/1.1\r\nHost: x\r\nContent-Length: 1000\r\n"
+                b"Content-Type: multipart/form-data; boundary=b\r\n\r\n--b"
+            )
+        time.sleep(0.3)
         sock = edge.connect()
         sock.sendall(b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n")
         response = read_all(sock)
         assert "too many open connections" in json_error(response, 503)
         assert b"retry-after: 1" in response.lower()
     finally:
-        for sock in idle:
+        for sock in busy:
             sock.close()
     time.sleep(0.3)
     assert healthz_ms(edge) < 2000
@@ -223,6 +244,7 @@ def test_the_uvicorn_internals_the_edge_extends_are_still_there():
         "on_headers_complete",
         "on_body",
         "on_message_complete",
+        "on_response_complete",
         "send_400_response",
     ]
     for name in overridden:
@@ -239,6 +261,8 @@ def test_the_uvicorn_internals_the_edge_extends_are_still_there():
             "self.server_state",
             "self.loop",
             "self.transport",
+            "self.client",
+            "self.pipeline",
         ],
         httptools_impl.RequestResponseCycle: [
             "self.more_body",
