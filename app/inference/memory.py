@@ -1,10 +1,10 @@
 """Gives freed heap memory back to the OS after heavy image decodes (glibc's `malloc_trim`).
 
 A 4096x4096 16-bit RGBA upload needs hundreds of MB while it is decoded. glibc keeps what is
-freed in its arenas for reuse (one per thread), so without a trim the process kept about 400 MB
-after a few rounds of such uploads and its peak crept up round after round (issue 22, point 7).
-`malloc_trim(0)` returns the free pages of every arena; it takes milliseconds, next to a decode
-of a second or more, and only large decodes pay it. Without glibc (musl, macOS) it does nothing.
+freed in its arenas for reuse (one per thread), so without a trim the process holds on to it and
+its peak creeps up round after round (docs/operations.md has the numbers). `malloc_trim(0)`
+returns the free pages of every arena; it is cheap next to a large decode, and only large decodes
+pay it. Without glibc (musl, macOS) it does nothing.
 """
 
 from __future__ import annotations
