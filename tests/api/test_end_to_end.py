@@ -28,7 +28,7 @@ def wait_for_startup(server: subprocess.Popen) -> None:
 
     def watch() -> None:
         for line in server.stderr:
-            if "Application startup complete" in line:
+            if "Uvicorn running on" in line:  # bound: startup completes before the bind
                 started.set()
         started.set()  # the process ended: let the caller find out why
 

@@ -58,7 +58,7 @@ def server(tiny_checkpoint: Path) -> Iterator[str]:
 
     def watch() -> None:
         for line in process.stderr:
-            if "Application startup complete" in line:
+            if "Uvicorn running on" in line:  # bound: startup completes before the bind
                 started.set()
         started.set()
 

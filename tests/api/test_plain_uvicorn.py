@@ -36,7 +36,7 @@ def start_plain_uvicorn(checkpoint: Path) -> tuple[subprocess.Popen, int, list[s
         assert process.stderr is not None
         for line in process.stderr:
             log.append(line)
-            if "Application startup complete" in line:
+            if "Uvicorn running on" in line:  # bound: startup completes before the bind
                 started.set()
         started.set()
 
