@@ -366,21 +366,6 @@ class MixturePrior:
         )
 
 
-def describe(prior: LatentPrior) -> dict[str, Any]:
-    """A short JSON-able summary for /model and logs."""
-    if isinstance(prior, MixturePrior):
-        return {
-            "name": prior.name,
-            "components": prior.mixture.n_components,
-            "covariance": prior.mixture.covariance,
-            "digits": prior.digits(),
-            "accept_threshold": prior.accept_threshold,
-            "draws_from": prior.draw_from,
-            **{k: v for k, v in prior.config.items() if isinstance(v, str | int | float | bool)},
-        }
-    return {"name": prior.name, "components": 1, "covariance": "identity", "digits": []}
-
-
 class TorchRandom:
     """A `torch.Generator` as a `models.prior_arrays.RandomSource`: the arrays' priors then draw
     exactly what this module's priors draw from the same generator."""

@@ -280,7 +280,7 @@ def load_npz(path: Path | BinaryIO) -> Prior:
 
 
 def describe(prior: Prior) -> dict[str, Any]:
-    """A short JSON-able summary for /model and logs (as `models.prior.describe`)."""
+    """A short JSON-able summary for /model and logs."""
     if isinstance(prior, MixturePrior):
         return {
             "name": prior.name,
