@@ -1,14 +1,18 @@
-# The MNIST VAE service: torch + torchvision (CUDA wheels, which also run on the CPU), the app and
-# the shipped checkpoint. No dataset, no compiler, no tests. See docs/deployment.md.
+# The MNIST VAE service, two images from one file. See docs/deployment.md.
 #
-#   docker build -t mnist-vae .
-#   docker build --build-arg BASE_IMAGE=mnist-vae-base:bookworm -t mnist-vae .   (stand-in base)
+#   docker build -t mnist-vae .                          the GPU image (default): torch + CUDA wheels
+#   docker build --target cpu -t mnist-vae-cpu .         the CPU image: ONNX Runtime, no torch, < 1 GB
+#   ... --build-arg BASE_IMAGE=mnist-vae-base:bookworm   on the stand-in base (scripts/docker/)
 #
-# Every dependency is a binary wheel, so one stage is enough: there is nothing to compile and no
-# build tool to leave behind. The base may keep Python in /usr/local/bin (official images) or in
-# /usr/bin (Debian), so everything runs from the virtualenv in /opt/venv.
+# Stages: `runtime` (venv, user, health check) -> `gpu` (torch, the app, the checkpoint) ->
+# `export` (runs `vae-export` in the GPU stage) ; `runtime` -> `cpu` (the serving dependencies
+# without torch, the app, the export). The CPU image's torch work is the GPU image's own layers,
+# so a daemon that builds both installs torch once. Every dependency is a binary wheel: nothing is
+# compiled and no build tool is left behind. The base may keep Python in /usr/local/bin (official
+# images) or in /usr/bin (Debian), so everything runs from the virtualenv in /opt/venv.
 ARG BASE_IMAGE=python:3.11-slim
-FROM ${BASE_IMAGE}
+
+FROM ${BASE_IMAGE} AS runtime
 
 ENV PYTHONUNBUFFERED=1 \
     PIP_NO_CACHE_DIR=1 \
@@ -17,9 +21,7 @@ ENV PYTHONUNBUFFERED=1 \
     VIRTUAL_ENV=/opt/venv \
     PATH=/opt/venv/bin:$PATH \
     MPLCONFIGDIR=/tmp/matplotlib \
-    PORT=8000 \
-    VAE_CHECKPOINT=/srv/checkpoints/mnist-vae.pt \
-    VAE_DIGIT_GUIDE=/srv/guide/mnist-digit-guide.pt
+    PORT=8000
 
 RUN python3 -m venv /opt/venv \
  && groupadd --system --gid 10001 vae \
@@ -27,35 +29,58 @@ RUN python3 -m venv /opt/venv \
  && mkdir -p /srv/checkpoints /srv/data /srv/runs \
  && chown vae:vae /srv /srv/checkpoints /srv/data /srv/runs
 
-# Dependencies first, with the `otel` extra (so OTEL_* turns traces on in the image): this layer
-# (about 6 GB) is rebuilt only when pyproject.toml changes.
-# uv installs them (parallel downloads and unpacking, bytecode compiled on every core): the build
-# took 3 min here, against 6 min with pip. It runs from a throwaway venv, not kept in the image.
-COPY pyproject.toml /src/pyproject.toml
-RUN python -c "import tomllib; p = tomllib.load(open('/src/pyproject.toml', 'rb'))['project']; print('\n'.join(p['dependencies'] + p['optional-dependencies']['otel']))" \
-      >/tmp/requirements.txt \
- && python3 -m venv /tmp/uv \
- && /tmp/uv/bin/pip install --quiet "uv>=0.5" \
- && SSL_CERT_FILE=$PIP_CERT UV_NATIVE_TLS=1 UV_CACHE_DIR=/tmp/uv-cache \
-      /tmp/uv/bin/uv pip install --python /opt/venv/bin/python --compile-bytecode \
-      -r /tmp/requirements.txt \
- && rm -rf /tmp/uv /tmp/uv-cache /tmp/requirements.txt
+# The dependency list is read from pyproject.toml by one script, so it cannot drift.
+COPY scripts/docker/requirements.py pyproject.toml /opt/build/
 
-# Then the code, installed as a regular package (no editable install, no sources at run time).
-COPY README.md /src/README.md
-COPY models/*.py /src/models/
-COPY training /src/training
-COPY app /src/app
-RUN pip install --no-deps /src && rm -rf /src
-
-# The shipped checkpoint. Compose mounts a named volume here; Docker seeds an empty volume from it.
-COPY --chown=vae:vae models/mnist-vae.pt /srv/checkpoints/mnist-vae.pt
-# The classifier that accepts chosen digits (POST /sample {"digit": d}); read-only, not a volume.
-COPY models/mnist-digit-guide.pt /srv/guide/mnist-digit-guide.pt
-
-USER vae
 WORKDIR /srv
 EXPOSE 8000
 HEALTHCHECK --interval=10s --timeout=5s --start-period=60s --retries=3 \
   CMD python -c "import os, urllib.request; urllib.request.urlopen('http://127.0.0.1:%s/readyz' % os.environ.get('PORT', '8000'), timeout=4)"
 CMD exec vae-serve --host 0.0.0.0 --port "$PORT"
+
+
+# The GPU image: every dependency with the `otel` extra (so OTEL_* turns traces on). This layer
+# (about 6 GB) is rebuilt only when pyproject.toml changes.
+FROM runtime AS gpu
+ENV VAE_CHECKPOINT=/srv/checkpoints/mnist-vae.pt \
+    VAE_DIGIT_GUIDE=/srv/guide/mnist-digit-guide.pt
+RUN python /opt/build/requirements.py /opt/build/pyproject.toml --extra otel
+# Then the code, installed as a regular package (no editable install, no sources at run time).
+COPY pyproject.toml README.md /src/
+COPY models/*.py /src/models/
+COPY training /src/training
+COPY app /src/app
+RUN pip install --no-deps /src && rm -rf /src
+# The shipped checkpoint. Compose mounts a named volume here; Docker seeds an empty volume from it.
+COPY --chown=vae:vae models/mnist-vae.pt /srv/checkpoints/mnist-vae.pt
+# The classifier that accepts chosen digits (POST /sample {"digit": d}); read-only, not a volume.
+COPY models/mnist-digit-guide.pt /srv/guide/mnist-digit-guide.pt
+USER vae
+
+
+# The checkpoint as the CPU image serves it, exported in the GPU image (cached when that was built):
+# ONNX graphs, the prior's arrays, the recorded check and the digit guide's graph, each with its
+# sha256 in manifest.json.
+FROM gpu AS export
+RUN vae-export --checkpoint "$VAE_CHECKPOINT" --digit-guide "$VAE_DIGIT_GUIDE" --out /tmp/export
+
+
+# The CPU image: the serving dependencies without torch, torchvision and onnx (the exporter's), the
+# app and the export, served through ONNX Runtime by the same code as the GPU image.
+FROM runtime AS cpu
+ENV VAE_CHECKPOINT=/srv/checkpoints/mnist-vae/manifest.json \
+    VAE_DIGIT_GUIDE=/srv/checkpoints/mnist-vae/digit-guide.onnx
+RUN python /opt/build/requirements.py /opt/build/pyproject.toml \
+      --extra otel --without torch torchvision onnx
+COPY pyproject.toml README.md /src/
+COPY models/*.py /src/models/
+COPY app /src/app
+RUN pip install --no-deps /src && rm -rf /src
+# Compose mounts a named volume on /srv/checkpoints, which Docker seeds from here;
+# `POST /admin/reload` loads other exports from that folder.
+COPY --from=export --chown=vae:vae /tmp/export /srv/checkpoints/mnist-vae
+USER vae
+
+
+# `docker build .` without --target builds the GPU image, as before.
+FROM gpu

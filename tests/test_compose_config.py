@@ -84,7 +84,7 @@ def test_cpu_stack_reserves_no_device_and_runs_on_the_cpu() -> None:
 
 def test_cpu_stack_is_the_gpu_stack_without_the_gpu() -> None:
     """Apart from the reservation and the device, only the api's image differs: the small one
-    (Dockerfile.cpu), serving the export it carries; the trainer keeps the full image."""
+    (Dockerfile's `cpu` target), serving the export it carries; the trainer keeps the full image."""
     gpu, cpu = render(GPU_FILE), render(CPU_FILE)
     stripped = copy.deepcopy(gpu)
     for service in stripped["services"].values():
@@ -100,7 +100,7 @@ def test_cpu_stack_is_the_gpu_stack_without_the_gpu() -> None:
     }
     api["image"] = "mnist-vae-cpu:latest"
     train["build"] = api["build"]
-    api["build"] = {**api["build"], "dockerfile": "Dockerfile.cpu"}
+    api["build"] = {**api["build"], "target": "cpu"}
     assert cpu == expected
 
 

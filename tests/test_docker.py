@@ -2,8 +2,8 @@
 
 The test starts its own dockerd (no bridge, no NAT, host network only, all state in a temporary
 folder), builds a stand-in for `python:3.11-slim` with debootstrap (scripts/docker/), builds both
-project images on it (the GPU image from Dockerfile first, then the CPU image from Dockerfile.cpu,
-whose builder stage reuses the GPU image's torch layer from the cache), brings up
+project images on it from the one Dockerfile (the GPU image first, then the `cpu` target, whose
+export stage is the GPU image's layers, reused from the cache), brings up
 docker-compose.cpu.yml + docker-compose.test.yml, waits for the container's health check and
 calls the API from the host. It measures each image's cold start (container start -> /readyz 200)
 and holds the CPU image's answers to the GPU image's (which serves on the CPU here). It removes
@@ -204,14 +204,13 @@ def build(engine: Engine, report: Callable[[str], None]) -> Iterator[Build]:
         engine.docker("image", "prune", "--force", check=False)
 
 
-def build_image(
-    engine: Engine, build: Build, report: Callable[[str], None], variant: str, dockerfile: str
-) -> str:
-    """Builds `dockerfile` on the stand-in base and reports `<variant> image built in N s, X GB`."""
+def build_image(engine: Engine, build: Build, report: Callable[[str], None], variant: str) -> str:
+    """Builds the Dockerfile's `variant` target on the stand-in base and reports
+    `<variant> image built in N s, X GB`."""
     tag = f"mnist-vae-{variant}:test-{uuid.uuid4().hex[:8]}"
     start = time.monotonic()
     engine.docker("build", "--network", "host", *build.hosts, "--build-arg",
-                  f"BASE_IMAGE={build.base}", "-f", str(ROOT / dockerfile), "-t", tag,
+                  f"BASE_IMAGE={build.base}", "--target", variant, "-t", tag,
                   str(ROOT), timeout=1200)  # fmt: skip
     size = image_bytes(engine, tag)
     report(f"{variant} image built in {time.monotonic() - start:.0f} s, {size / 1e9:.2f} GB")
@@ -225,7 +224,7 @@ def image_bytes(engine: Engine, tag: str) -> int:
 @pytest.fixture(scope="module")
 def gpu_image(engine: Engine, build: Build, report: Callable[[str], None]) -> Iterator[str]:
     """The full image (torch, CUDA wheels; runs on the CPU too), built first."""
-    tag = build_image(engine, build, report, "gpu", "Dockerfile")
+    tag = build_image(engine, build, report, "gpu")
     try:
         yield tag
     finally:
@@ -236,9 +235,9 @@ def gpu_image(engine: Engine, build: Build, report: Callable[[str], None]) -> It
 def cpu_image(
     engine: Engine, build: Build, gpu_image: str, report: Callable[[str], None]
 ) -> Iterator[str]:
-    """The small image (ONNX Runtime, no torch), built after the full one: its builder stage
-    takes the torch layer from the cache."""
-    tag = build_image(engine, build, report, "cpu", "Dockerfile.cpu")
+    """The small image (ONNX Runtime, no torch), built after the full one: its export stage
+    takes the GPU image's layers from the cache."""
+    tag = build_image(engine, build, report, "cpu")
     try:
         yield tag
     finally:

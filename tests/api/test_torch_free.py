@@ -1,7 +1,7 @@
 """The torch-free server, for real: the shipped model exported with `vae-export`, served by
 `vae-serve` in a subprocess where `import torch` fails, and held to the full server's answers.
 
-The CPU image serves this way (Dockerfile.cpu). Here the same code runs from the repository with
+The CPU image serves this way (the Dockerfile's `cpu` target). Here the same code runs from the repository
 torch made unimportable by a `sitecustomize` (`sys.modules["torch"] = None`), so any import of
 torch on the serving path fails the start or the request. The same requests with the same seeds
 go to the torch path (`TestClient` on the shipped checkpoint) and must agree within the backend
