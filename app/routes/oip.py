@@ -191,15 +191,14 @@ async def infer(
 
 
 async def _read_body(request: Request, limit: int) -> bytes:
-    """The body, refused (413) from its Content-Length, or as soon as it passes `limit` bytes."""
+    """The body, refused (413) past this model's `limit`: from its Content-Length before a byte is
+    read, else once read. BodyLimitMiddleware has already cut every /v2 body at the largest
+    model's limit (`MAX_BODY_BYTES`), so reading it first costs at most that."""
     too_large = f"request body too large for this model: at most {limit} bytes for a full batch"
     length = request.headers.get("content-length", "")
     if length.isdigit() and int(length) > limit:
         raise PayloadTooLarge(too_large)
-    chunks, size = [], 0
-    async for chunk in request.stream():
-        size += len(chunk)
-        if size > limit:
-            raise PayloadTooLarge(too_large)
-        chunks.append(chunk)
-    return b"".join(chunks)
+    body = await request.body()
+    if len(body) > limit:
+        raise PayloadTooLarge(too_large)
+    return body
