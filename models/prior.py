@@ -10,9 +10,11 @@ A mixture may label its components with digit classes (0..9): then it also sampl
 (only that class's components), and its responsibilities give p(digit | z) in latent space, with
 no decoder pass. Conditional draws use that to refuse latents that sit between classes.
 
-Everything here is plain tensors on the CPU, drawn from the caller's `torch.Generator`, so the
-same seed gives the same latents on any machine, and `to_dict` holds only tensors, numbers and
-strings (what `torch.load(weights_only=True)` accepts).
+This module fits, scores (log p(z)) and stores the priors, in torch; `to_dict` holds only tensors,
+numbers and strings (what `torch.load(weights_only=True)` accepts). Drawing has one home,
+`models.prior_arrays` (NumPy, which serving without torch needs too): these classes hand it the
+caller's `torch.Generator`, so the same seed gives the same latents here, in the service and in
+the torch-free image.
 """
 
 from __future__ import annotations
@@ -126,50 +128,13 @@ class GaussianMixture:
         self, n: int, generator: torch.Generator | None = None, temperature: float = 1.0
     ) -> torch.Tensor:
         """n draws; temperature scales each component's standard deviation, not the weights."""
-        if n == 0:
-            return self.means.new_zeros(0, self.dim)
-        u = torch.rand(n, generator=generator, dtype=torch.float64).numpy()
-        cumulative = self._numpy_parameters[2]
-        last = cumulative.shape[0] - 1
-        component = np.minimum(np.searchsorted(cumulative, u * cumulative[-1], side="right"), last)
-        return self._at(component, generator, temperature)
-
-    def _draw(
-        self, probs: torch.Tensor, generator: torch.Generator | None, temperature: float
-    ) -> torch.Tensor:
-        """One draw per row of `probs` [n, K] (component probabilities, rows need not sum to 1).
-
-        The randomness comes from two torch calls on the caller's generator; the rest is NumPy on
-        the CPU, where a dozen small torch ops per `/sample` would cost the event loop more.
-        """
-        n = len(probs)
-        if n == 0:
-            return self.means.new_zeros(0, self.dim)
-        u = torch.rand(n, 1, generator=generator, dtype=torch.float64).numpy()
-        cumulative = np.cumsum(probs.detach().cpu().numpy().astype(np.float64), axis=1)
-        component = np.minimum((cumulative <= u * cumulative[:, -1:]).sum(1), self.n_components - 1)
-        return self._at(component, generator, temperature)
-
-    def _at(
-        self, component: np.ndarray, generator: torch.Generator | None, temperature: float
-    ) -> torch.Tensor:
-        """A draw from each listed component: mean + temperature * L @ eps."""
-        means, scale_tril, _ = self._numpy_parameters
-        means, scale_tril = means[component], scale_tril[component]
-        n, dim = means.shape
-        eps = torch.randn(n, dim, 1, generator=generator, dtype=self.means.dtype).numpy()
-        z = torch.from_numpy(means + temperature * (scale_tril @ eps)[..., 0])
-        return z if self.means.device.type == "cpu" else z.to(self.means.device)
+        z = self.arrays.sample(n, TorchRandom(generator), temperature)
+        return _on(torch.from_numpy(z), self.means.device)
 
     @cached_property
-    def _numpy_parameters(self) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        """Means, Cholesky factors and cumulative weights as NumPy arrays, made once."""
-        weights = self.weights.detach().cpu().numpy().astype(np.float64)
-        return (
-            self.means.detach().cpu().numpy(),
-            self.scale_tril.detach().cpu().numpy(),
-            np.cumsum(weights),
-        )
+    def arrays(self) -> prior_arrays.Mixture:
+        """This mixture on NumPy arrays: the one home of the drawing steps, which serving shares."""
+        return prior_arrays.mixture_from_dict(self.to_dict())
 
     def class_log_posterior(self, z: torch.Tensor) -> torch.Tensor:
         """log p(digit | z) from the labelled components, z [N, D] -> [N, 10]."""
@@ -299,8 +264,8 @@ class MixturePrior:
     def sample(
         self, n: int, generator: torch.Generator | None = None, temperature: float = 1.0
     ) -> torch.Tensor:
-        source = self.classes if self.draw_from == "classes" else self.mixture
-        return source.sample(n, generator, temperature)
+        z = self.arrays.sample(n, TorchRandom(generator), temperature)
+        return _on(torch.from_numpy(z), self.mixture.means.device)
 
     def sample_digits(
         self,
@@ -315,26 +280,13 @@ class MixturePrior:
         unknown = sorted(set(digits.tolist()) - set(self.digits()))
         if unknown:
             raise PriorError(f"this prior cannot draw digit(s) {unknown}")
-        mix = self.classes
-        probs = mix.weights.unsqueeze(0) * (mix.labels.unsqueeze(0) == digits.unsqueeze(1))
-        z = mix._draw(probs, generator, temperature)
-        if self.accept_threshold <= 0.0:
-            return z
-        rows = torch.arange(len(digits))
-        score = mix.class_log_posterior(z)[rows, digits]
-        log_threshold = math.log(self.accept_threshold)
-        for _ in range(self.max_rounds - 1):
-            refused = (score < log_threshold).nonzero().squeeze(1)
-            if len(refused) == 0:
-                break
-            again = mix._draw(probs[refused], generator, temperature)
-            again_score = mix.class_log_posterior(again)[
-                torch.arange(len(refused)), digits[refused]
-            ]
-            better = again_score > score[refused]  # keep the best draw if none is ever accepted
-            z[refused[better]] = again[better]
-            score[refused[better]] = again_score[better]
-        return z
+        z = self.arrays.sample_digits(digits.numpy(), TorchRandom(generator), temperature)
+        return _on(torch.from_numpy(z), self.mixture.means.device)
+
+    @cached_property
+    def arrays(self) -> prior_arrays.MixturePrior:
+        """This prior on NumPy arrays: the one home of the drawing steps, which serving shares."""
+        return prior_arrays.prior_from_dict(self.to_dict())
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -370,7 +322,7 @@ class TorchRandom:
     """A `torch.Generator` as a `models.prior_arrays.RandomSource`: the arrays' priors then draw
     exactly what this module's priors draw from the same generator."""
 
-    def __init__(self, generator: torch.Generator) -> None:
+    def __init__(self, generator: torch.Generator | None) -> None:
         self.generator = generator
 
     def rand_float64(self, *shape: int) -> np.ndarray:
@@ -383,5 +335,9 @@ class TorchRandom:
 def as_arrays(prior: LatentPrior) -> prior_arrays.Prior:
     """The prior's drawing side on NumPy arrays (`models.prior_arrays`), for serving."""
     if isinstance(prior, MixturePrior):
-        return prior_arrays.prior_from_dict(prior.to_dict())
+        return prior.arrays
     return prior_arrays.StandardNormal(int(prior.dim))
+
+
+def _on(z: torch.Tensor, device: torch.device) -> torch.Tensor:
+    return z if device.type == "cpu" else z.to(device)

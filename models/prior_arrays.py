@@ -1,12 +1,11 @@
-"""The priors' sampling side in NumPy: what serving needs of `models.prior`, without torch.
+"""The priors' drawing side in NumPy: the one home of how a latent is drawn, torch or not.
 
-`models.prior` is the priors' home (fitting, log p(z), the checkpoint format) and is written in
-torch. Serving only draws from a prior, and a torch-free image must draw the very latents the
-full image draws for a seed. So this module repeats the drawing steps of `GaussianMixture` and
-`MixturePrior` on NumPy arrays, taking its random numbers from a `RandomSource`: torch's own
-generator in the full image, `models.torch_rng.TorchCompatibleGenerator` without torch. The tests
-hold both to `models.prior`'s draws for the same seed. A prior travels without torch as an .npz
-(`save_npz`, `load_npz`).
+`models.prior` fits, scores and stores the priors, in torch. Drawing lives here, on NumPy arrays,
+because a torch-free image must draw the very latents the full image draws for a seed; the torch
+priors' `sample` and `sample_digits` call this module too. The random numbers come from a
+`RandomSource`: torch's own generator (`models.prior.TorchRandom`), or
+`models.torch_rng.TorchCompatibleGenerator` without torch, which the tests hold to torch's draws
+for the same seed. A prior travels without torch as an .npz (`save_npz`, `load_npz`).
 """
 
 from __future__ import annotations
@@ -53,8 +52,8 @@ class StandardNormal:
 
 @dataclass(frozen=True, eq=False)
 class Mixture:
-    """`models.prior.GaussianMixture`'s drawing steps: weights [K], means [K, D],
-    scale_tril [K, D, D] (float32), labels [K] (int64) or None."""
+    """A Gaussian mixture's drawing steps: weights [K], means [K, D], scale_tril [K, D, D]
+    (float32), labels [K] (int64) or None (`models.prior.GaussianMixture` holds the same)."""
 
     weights: np.ndarray
     means: np.ndarray
@@ -151,7 +150,8 @@ def _logsumexp(a: np.ndarray) -> np.ndarray:
 
 @dataclass(frozen=True, eq=False)
 class MixturePrior:
-    """`models.prior.MixturePrior`'s drawing steps: plain draws and chosen digits."""
+    """A learned prior's drawing steps: plain draws, and chosen digits with the acceptance rule
+    `models.prior.MixturePrior` describes."""
 
     mixture: Mixture
     classes: Mixture | None = None

@@ -155,7 +155,8 @@ def test_a_lone_draw_is_the_same_numbers_as_the_general_path():
         torch.randn(k, d, generator=generator),
         torch.linalg.cholesky(covs),
     )
-    means, scale_tril, cumulative = mix._numpy_parameters
+    means, scale_tril = mix.arrays.means, mix.arrays.scale_tril
+    cumulative = np.cumsum(mix.weights.numpy().astype(np.float64))
     for seed in range(300):
         temperature = (1.0, 0.6, 1.4)[seed % 3]
         g = torch.Generator().manual_seed(seed)
