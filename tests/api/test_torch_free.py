@@ -1,12 +1,12 @@
 """The torch-free server, for real: the shipped model exported with `vae-export`, served by
 `vae-serve` in a subprocess where `import torch` fails, and held to the full server's answers.
 
-The CPU image serves this way (the Dockerfile's `cpu` target). Here the same code runs from the repository
-torch made unimportable by a `sitecustomize` (`sys.modules["torch"] = None`), so any import of
-torch on the serving path fails the start or the request. The same requests with the same seeds
-go to the torch path (`TestClient` on the shipped checkpoint) and must agree within the backend
-bound (1e-4): latents, and images as the Open Inference Protocol returns them in float32. PNGs,
-rounded to 8 bits, may differ by one grey level where a value sits on a rounding edge.
+The CPU image serves this way (the Dockerfile's `cpu` target). Here the same code runs from the
+repository, with torch made unimportable by a `sitecustomize` (`sys.modules["torch"] = None`), so
+any import of torch on the serving path fails the start or the request. The same requests with the
+same seeds go to the torch path (`TestClient` on the shipped checkpoint) and must agree within the
+backend bound (1e-4): latents, and images as the Open Inference Protocol returns them in float32.
+PNGs, rounded to 8 bits, may differ by one grey level where a value sits on a rounding edge.
 """
 
 from __future__ import annotations
