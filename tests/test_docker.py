@@ -333,13 +333,17 @@ def test_cpu_image_is_at_most_1_gb(engine: Engine, cpu_image: str) -> None:
     assert image_bytes(engine, cpu_image) <= CPU_IMAGE_MAX_BYTES
 
 
-def test_cpu_image_has_no_torch_and_serves_the_export(engine: Engine, stack: Stack) -> None:
+def test_cpu_image_has_no_torch_can_trace_and_serves_the_export(engine: Engine, stack: Stack) -> None:
     for module in ("torch", "torchvision"):
         found = subprocess.run(
             ["docker", "exec", stack.container, "python", "-c", f"import {module}"],
             env=engine.env, capture_output=True, text=True,
         )  # fmt: skip
         assert found.returncode != 0 and "No module named" in found.stderr, module
+    tracing = ["python", "-c", "import opentelemetry.sdk, opentelemetry.exporter.otlp.proto.http"]
+    found = subprocess.run(["docker", "exec", stack.container, *tracing],
+                           env=engine.env, capture_output=True, text=True)  # fmt: skip
+    assert found.returncode == 0, f"OTEL_* could not turn traces on:\n{found.stderr}"
     model = httpx.get(f"{stack.url}/model", timeout=10).json()
     assert model["artifact"]["kind"] == "onnx-export"
     assert model["artifact"]["runtime"].startswith("onnxruntime ")
