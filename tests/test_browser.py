@@ -5,15 +5,10 @@ cannot start."""
 from __future__ import annotations
 
 import base64
-import contextlib
 import io
 import json
 import os
 import shutil
-import socket
-import subprocess
-import sys
-import time
 import urllib.request
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -21,11 +16,11 @@ from pathlib import Path
 from urllib.parse import urlsplit
 
 import pytest
+from live_server import PLAIN_UVICORN, LiveServer
 from PIL import Image, ImageStat
 
 pytestmark = pytest.mark.browser
 
-REPO = Path(__file__).resolve().parent.parent
 CHROMIUM_ARGS = [
     "--no-sandbox",
     "--disable-gpu",
@@ -60,42 +55,14 @@ def browser():
         chromium.close()
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 @pytest.fixture(scope="module")
 def server(prior_checkpoint: Path) -> Iterator[str]:
     """`uvicorn app.main:app` in a subprocess on a free loopback port; yields its base URL. It
     serves the tiny checkpoint with a learned prior, so the digit picker has digits to offer."""
-    port = _free_port()
-    env = {
-        **{k: v for k, v in os.environ.items() if k != "VAE_API_KEY"},
-        "VAE_CHECKPOINT": str(prior_checkpoint),
-        "VAE_DEVICE": "cpu",
-        "VAE_LOG_LEVEL": "warning",
-    }
-    cmd = [sys.executable, "-m", "uvicorn", "app.main:app", "--host", "127.0.0.1"]
-    proc = subprocess.Popen([*cmd, "--port", str(port)], cwd=REPO, env=env)
-    base = f"http://127.0.0.1:{port}/"
-    try:
-        deadline = time.monotonic() + 60
-        while True:
-            assert proc.poll() is None, f"uvicorn exited with status {proc.returncode}"
-            with contextlib.suppress(OSError), urllib.request.urlopen(base + "readyz") as res:
-                if res.status == 200:
-                    break
-            assert time.monotonic() < deadline, "uvicorn was not ready within 60 s"
-            time.sleep(0.2)
-        yield base
-    finally:
-        proc.terminate()
-        try:
-            proc.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            proc.kill()
+    with LiveServer(
+        prior_checkpoint, command=PLAIN_UVICORN, ready=True, VAE_LOG_LEVEL="warning"
+    ) as live:
+        yield live.url + "/"
 
 
 @dataclass

@@ -19,7 +19,6 @@ import json
 import os
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
@@ -33,6 +32,7 @@ import httpx
 import numpy as np
 import pytest
 import yaml
+from live_server import free_port
 from PIL import Image
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -134,12 +134,6 @@ def fetch_png(response: httpx.Response) -> Image.Image:
     image = Image.open(io.BytesIO(response.content))
     image.load()
     return image
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 @pytest.fixture(scope="module")

@@ -18,7 +18,6 @@ import json
 import os
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
@@ -32,6 +31,7 @@ from pathlib import Path
 import httpx
 import pytest
 import yaml
+from live_server import free_port
 
 pytest.importorskip("ray.serve", reason="Ray Serve is not installed: pip install -e '.[ray]'")
 
@@ -50,12 +50,6 @@ HEAD_SYSTEM_CONFIG = {
     "health_check_period_ms": 1000,
     "health_check_failure_threshold": 3,
 }
-
-
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 def _descendants(pid: int) -> list[int]:
@@ -87,10 +81,10 @@ class RayNode:
         command = [str(BIN / "ray"), "start", "--block", "--temp-dir", self.temp_dir, *args]
         command += ["--num-cpus", "1", "--num-gpus", "0", "--object-store-memory", "100000000"]
         command += ["--resources", json.dumps({SLOT: 1}), "--disable-usage-stats"]
-        command += ["--dashboard-agent-listen-port", str(_free_port())]
-        command += ["--dashboard-agent-grpc-port", str(_free_port())]
-        command += ["--metrics-export-port", str(_free_port())]
-        command += ["--runtime-env-agent-port", str(_free_port())]
+        command += ["--dashboard-agent-listen-port", str(free_port())]
+        command += ["--dashboard-agent-grpc-port", str(free_port())]
+        command += ["--metrics-export-port", str(free_port())]
+        command += ["--runtime-env-agent-port", str(free_port())]
         self.process = subprocess.Popen(
             command,
             env=env,
@@ -126,7 +120,7 @@ class RayNode:
 
 class Cluster:
     def __init__(self) -> None:
-        self.gcs_port = _free_port()
+        self.gcs_port = free_port()
         self.address = f"{HEAD_IP}:{self.gcs_port}"
         self.env = {
             **os.environ,
@@ -143,8 +137,8 @@ class Cluster:
     def start_head(self) -> RayNode:
         args = ["--head", "--node-ip-address", HEAD_IP, "--port", str(self.gcs_port)]
         args += ["--include-dashboard=false"]
-        args += ["--dashboard-port", str(_free_port())]
-        args += ["--ray-client-server-port", str(_free_port())]
+        args += ["--dashboard-port", str(free_port())]
+        args += ["--ray-client-server-port", str(free_port())]
         args += ["--system-config", json.dumps(HEAD_SYSTEM_CONFIG)]
         return self._add(RayNode("head", args, self.env))
 
@@ -233,7 +227,7 @@ def test_two_replicas_on_two_nodes_survive_losing_one(cluster, tiny_checkpoint, 
     cluster.start_head()
     worker = cluster.start_worker("worker", WORKER_IP)
 
-    port = _free_port()
+    port = free_port()
     config = _serve_config(tmp_path, tiny_checkpoint, port)
     deploy = subprocess.run(
         [str(BIN / "serve"), "run", str(config), "--address", cluster.address, "--non-blocking"],

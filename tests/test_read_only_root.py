@@ -10,35 +10,29 @@ mount namespaces.
 from __future__ import annotations
 
 import io
-import os
 import shlex
 import shutil
-import socket
 import subprocess
-import sys
-import threading
 from pathlib import Path
 
 import httpx
 import numpy as np
 import pytest
+from live_server import LiveServer
 from PIL import Image
 
-REPO = Path(__file__).resolve().parent.parent
+
+def _mounts(scratch: Path) -> str:
+    """Shell commands (run in a new mount namespace) for a read-only `/` and a tmpfs `scratch`."""
+    return f"mount --make-rprivate / && mount -o remount,bind,ro / && mount -t tmpfs t {scratch}"
 
 
 def _namespaces_work(scratch: Path) -> bool:
     if shutil.which("unshare") is None:
         return False
-    probe = f"mount --make-rprivate / && mount -o remount,bind,ro / && mount -t tmpfs t {scratch}"
+    probe = _mounts(scratch)
     done = subprocess.run(["unshare", "-m", "sh", "-c", probe], capture_output=True, timeout=30)
     return done.returncode == 0
-
-
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 def _big_png() -> bytes:
@@ -57,44 +51,18 @@ def test_serves_everything_with_only_tmpdir_writable(tiny_checkpoint, tmp_path):
     scratch.mkdir()
     if not _namespaces_work(scratch):
         pytest.skip("no private mount namespaces here (unshare -m needs CAP_SYS_ADMIN)")
-    port = _free_port()
-    command = [sys.executable, "-m", "app.server.cli", "--host", "127.0.0.1", "--port", str(port)]
-    serve = shlex.join(command)
-    script = (
-        f"mount --make-rprivate / && mount -o remount,bind,ro / && mount -t tmpfs t {scratch} "
-        f"&& exec {serve}"
+    mounts = _mounts(scratch)
+    server = LiveServer(
+        tiny_checkpoint,
+        wrap=lambda serve: ["unshare", "-m", "sh", "-c", f"{mounts} && exec {shlex.join(serve)}"],
+        TMPDIR=str(scratch),
+        MPLCONFIGDIR=str(scratch / "matplotlib"),
+        PYTHONDONTWRITEBYTECODE="1",
     )
-    env = {
-        **{k: v for k, v in os.environ.items() if k != "VAE_API_KEY"},
-        "TMPDIR": str(scratch),
-        "MPLCONFIGDIR": str(scratch / "matplotlib"),
-        "PYTHONDONTWRITEBYTECODE": "1",
-        "VAE_CHECKPOINT": str(tiny_checkpoint),
-        "VAE_DEVICE": "cpu",
-    }
-    server = subprocess.Popen(
-        ["unshare", "-m", "sh", "-c", script],
-        cwd=REPO,
-        env=env,
-        stderr=subprocess.PIPE,
-        text=True,
-    )
-    log: list[str] = []
-    started = threading.Event()
-
-    def watch() -> None:
-        for line in server.stderr:
-            log.append(line)
-            if "Uvicorn running on" in line:  # bound: startup completes before the bind
-                started.set()
-        started.set()
-
-    threading.Thread(target=watch, daemon=True).start()
     try:
-        assert started.wait(90) and server.poll() is None, "".join(log[-20:])
         big = _big_png()
         assert len(big) > 1024 * 1024  # Starlette spools uploads over 1 MB to TMPDIR
-        with httpx.Client(base_url=f"http://127.0.0.1:{port}", timeout=60) as client:
+        with httpx.Client(base_url=server.url, timeout=60) as client:
             assert client.get("/readyz").status_code == 200
             assert client.post("/sample", json={"n": 4, "seed": 1}).status_code == 200
             files = {"file": ("page.png", big, "image/png")}
@@ -104,6 +72,5 @@ def test_serves_everything_with_only_tmpdir_writable(tiny_checkpoint, tmp_path):
             index = client.post("/v2/repository/index").json()
             assert len(index) == 2
     finally:
-        server.terminate()
-        server.wait(timeout=30)
-    assert not [line for line in log if "Read-only file system" in line], "".join(log)
+        server.stop()
+    assert not [line for line in server.log if "Read-only file system" in line], "".join(server.log)

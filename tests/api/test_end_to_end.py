@@ -2,52 +2,26 @@
 
 from __future__ import annotations
 
-import os
 import subprocess
-import sys
-import threading
 from collections.abc import Iterator
 from pathlib import Path
 
 import httpx
 import pytest
-from live_server import REPO, STARTUP_TIMEOUT_S, free_port
+from live_server import REPO, VAE_SERVE, LiveServer, free_port, server_env
 
 
-def vae_serve(*args: str, env: dict[str, str]) -> subprocess.Popen:
-    command = [sys.executable, "-m", "app.server.cli", *args]
-    inherited = {k: v for k, v in os.environ.items() if k not in ("VAE_API_KEY", "VAE_ADMIN_TOKEN")}
-    return subprocess.Popen(
-        command, cwd=REPO, env={**inherited, **env}, stderr=subprocess.PIPE, text=True
-    )
-
-
-def wait_for_startup(server: subprocess.Popen) -> None:
-    """Reads the server's log until uvicorn reports start-up, so no sleep-and-hope."""
-    started = threading.Event()
-
-    def watch() -> None:
-        for line in server.stderr:
-            if "Uvicorn running on" in line:  # bound: startup completes before the bind
-                started.set()
-        started.set()  # the process ended: let the caller find out why
-
-    threading.Thread(target=watch, daemon=True).start()
-    assert started.wait(STARTUP_TIMEOUT_S), "server did not start in time"
-    assert server.poll() is None, "server exited during start-up"
+def failed_start(checkpoint: Path, **overrides: str) -> subprocess.CompletedProcess:
+    """`vae-serve` that should refuse to start: its exit status and what it wrote to stderr."""
+    command = [*VAE_SERVE, "--port", str(free_port())]
+    env = server_env(checkpoint, **overrides)
+    return subprocess.run(command, cwd=REPO, env=env, capture_output=True, text=True, timeout=60)
 
 
 @pytest.fixture(scope="module")
 def server_url(tiny_checkpoint: Path) -> Iterator[str]:
-    port = free_port()
-    env = {"VAE_CHECKPOINT": str(tiny_checkpoint), "VAE_DEVICE": "cpu"}
-    server = vae_serve("--host", "127.0.0.1", "--port", str(port), env=env)
-    try:
-        wait_for_startup(server)
-        yield f"http://127.0.0.1:{port}"
-    finally:
-        server.terminate()
-        server.wait(timeout=30)
+    with LiveServer(tiny_checkpoint) as server:
+        yield server.url
 
 
 def test_real_server_answers_every_kind_of_request(server_url, digit_png):
@@ -81,9 +55,9 @@ def test_bad_checkpoint_stops_startup_with_one_clear_line(tmp_path, content):
     path = tmp_path / "model.pt"
     if content is not None:
         path.write_bytes(content)
-    server = vae_serve("--port", str(free_port()), env={"VAE_CHECKPOINT": str(path)})
-    _, stderr = server.communicate(timeout=60)
-    assert server.returncode == 2
+    result = failed_start(path)
+    stderr = result.stderr
+    assert result.returncode == 2
     lines = stderr.strip().splitlines()
     assert len(lines) == 1, stderr
     assert lines[0].startswith("vae-serve: cannot serve:") and str(path) in lines[0]
@@ -91,11 +65,9 @@ def test_bad_checkpoint_stops_startup_with_one_clear_line(tmp_path, content):
 
 
 def test_invalid_setting_stops_startup_with_one_clear_line(tiny_checkpoint):
-    env = {"VAE_CHECKPOINT": str(tiny_checkpoint), "VAE_MAX_BATCH_SIZE": "many"}
-    server = vae_serve("--port", str(free_port()), env=env)
-    _, stderr = server.communicate(timeout=60)
-    assert server.returncode == 2
-    assert stderr.strip() == (
+    result = failed_start(tiny_checkpoint, VAE_MAX_BATCH_SIZE="many")
+    assert result.returncode == 2
+    assert result.stderr.strip() == (
         "vae-serve: invalid configuration: VAE_MAX_BATCH_SIZE: "
         "Input should be a valid integer, unable to parse string as an integer"
     )

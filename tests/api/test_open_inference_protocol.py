@@ -8,17 +8,13 @@ bodies, JSON tensors, the versioned routes).
 from __future__ import annotations
 
 import io
-import os
-import socket
-import subprocess
-import sys
-import threading
 from collections.abc import Iterator
 from pathlib import Path
 
 import httpx
 import numpy as np
 import pytest
+from live_server import LiveServer
 from PIL import Image
 
 from app.images.examples import ExampleStore
@@ -27,7 +23,6 @@ from models.checkpoint import file_sha256, load_checkpoint
 httpclient = pytest.importorskip("tritonclient.http", reason="pip install 'tritonclient[http]'")
 from tritonclient.utils import InferenceServerException  # noqa: E402
 
-REPO = Path(__file__).resolve().parents[2]
 API_KEY = "oip-test-key"
 
 
@@ -36,39 +31,11 @@ def auth() -> dict[str, str]:
     return {"Authorization": f"Bearer {API_KEY}"}
 
 
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
 @pytest.fixture(scope="module")
 def server(tiny_checkpoint: Path) -> Iterator[str]:
     """`host:port` of a started `vae-serve` (tritonclient takes no scheme)."""
-    port = _free_port()
-    env = {
-        **os.environ,
-        "VAE_CHECKPOINT": str(tiny_checkpoint),
-        "VAE_DEVICE": "cpu",
-        "VAE_API_KEY": API_KEY,
-    }
-    command = [sys.executable, "-m", "app.server.cli", "--host", "127.0.0.1", "--port", str(port)]
-    process = subprocess.Popen(command, cwd=REPO, env=env, stderr=subprocess.PIPE, text=True)
-    started = threading.Event()
-
-    def watch() -> None:
-        for line in process.stderr:
-            if "Uvicorn running on" in line:  # bound: startup completes before the bind
-                started.set()
-        started.set()
-
-    threading.Thread(target=watch, daemon=True).start()
-    try:
-        assert started.wait(60) and process.poll() is None, "vae-serve did not start"
-        yield f"127.0.0.1:{port}"
-    finally:
-        process.terminate()
-        process.wait(timeout=30)
+    with LiveServer(tiny_checkpoint, VAE_API_KEY=API_KEY) as live:
+        yield live.host_port
 
 
 @pytest.fixture(scope="module")

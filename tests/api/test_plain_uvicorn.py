@@ -4,51 +4,25 @@ does not warn. Both on real servers over loopback."""
 
 from __future__ import annotations
 
-import os
 import signal
 import socket
-import subprocess
-import sys
-import threading
 import time
-from pathlib import Path
 
 import httpx
-from live_server import REPO, LiveServer, free_port, read_all, status_and_body
+from live_server import PLAIN_UVICORN, LiveServer, read_all, status_and_body
 
 from app.http.unguarded import WITHOUT_EDGE
 
 BODY_TIMEOUT_S = 1.5
 
 
-def start_plain_uvicorn(checkpoint: Path) -> tuple[subprocess.Popen, int, list[str]]:
-    port = free_port()
-    env = {k: v for k, v in os.environ.items() if not k.startswith("VAE_")}
-    env.update(
-        VAE_CHECKPOINT=str(checkpoint), VAE_DEVICE="cpu", VAE_BODY_TIMEOUT_S=str(BODY_TIMEOUT_S)
-    )
-    command = [sys.executable, "-m", "uvicorn", "app.main:app", "--port", str(port)]
-    process = subprocess.Popen(command, cwd=REPO, env=env, stderr=subprocess.PIPE, text=True)
-    log: list[str] = []
-    started = threading.Event()
-
-    def watch() -> None:
-        assert process.stderr is not None
-        for line in process.stderr:
-            log.append(line)
-            if "Uvicorn running on" in line:  # bound: startup completes before the bind
-                started.set()
-        started.set()
-
-    threading.Thread(target=watch, daemon=True).start()
-    assert started.wait(60) and process.poll() is None, "".join(log)
-    return process, port, log
-
-
 def test_plain_uvicorn_warns_once_and_times_out_a_stalled_body(tiny_checkpoint):
-    process, port, log = start_plain_uvicorn(tiny_checkpoint)
+    server = LiveServer(
+        tiny_checkpoint, command=PLAIN_UVICORN, VAE_BODY_TIMEOUT_S=str(BODY_TIMEOUT_S)
+    )
+    process, port = server.process, server.port
     try:
-        warnings = [line for line in log if "running without vae-serve's HTTP edge" in line]
+        warnings = [line for line in server.log if "running without vae-serve's HTTP edge" in line]
         assert len(warnings) == 1 and "vae-serve" in warnings[0]
         assert httpx.get(f"http://127.0.0.1:{port}/healthz", timeout=10).status_code == 200
 
@@ -73,9 +47,7 @@ def test_plain_uvicorn_warns_once_and_times_out_a_stalled_body(tiny_checkpoint):
         process.wait(timeout=BODY_TIMEOUT_S + 15)
         assert status_and_body(read_all(second, timeout=5))[0] == 408
     finally:
-        if process.poll() is None:
-            process.kill()
-            process.wait()
+        server.stop()
 
 
 def test_vae_serve_has_the_edge_and_does_not_warn(tiny_checkpoint):

@@ -17,7 +17,6 @@ import json
 import os
 import subprocess
 import sys
-import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -25,13 +24,12 @@ import httpx
 import numpy as np
 import pytest
 from fastapi.testclient import TestClient
+from live_server import REPO, LiveServer
 from PIL import Image
 
 from app.inference.artifacts import MANIFEST_NAME
 from app.main import create_app
-from tests.api.live_server import LiveServer
 
-REPO = Path(__file__).resolve().parents[2]
 SHIPPED = REPO / "models" / "mnist-vae.pt"
 GUIDE = REPO / "models" / "mnist-digit-guide.pt"
 BOUND = 1e-4
@@ -67,20 +65,14 @@ def no_torch(tmp_path_factory: pytest.TempPathFactory) -> str:
 
 @pytest.fixture(scope="module")
 def torch_free(exported: Path, no_torch: str) -> Iterator[LiveServer]:
-    server = LiveServer(
+    with LiveServer(
         exported / MANIFEST_NAME,
+        ready=True,
         PYTHONPATH=no_torch,
         VAE_DIGIT_GUIDE=str(exported / "digit-guide.onnx"),
         VAE_ADMIN_TOKEN=ADMIN,
-    )
-    try:
-        deadline = time.monotonic() + 60
-        while httpx.get(f"{server.url}/readyz", timeout=5).status_code != 200:
-            assert time.monotonic() < deadline, "".join(server.log)
-            time.sleep(0.2)
+    ) as server:
         yield server
-    finally:
-        server.stop()
 
 
 @pytest.fixture(scope="module")

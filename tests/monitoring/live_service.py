@@ -8,101 +8,49 @@ provoked and its series seen.
 
 from __future__ import annotations
 
-import os
-import socket
-import subprocess
-import sys
-import time
-import tomllib
 from collections.abc import Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 import httpx
-import pytest
+from live_server import REPO, LiveServer, entry_point_command
 from prometheus_client.parser import text_string_to_metric_families
 
-REPO = Path(__file__).resolve().parents[2]
 ADMIN_TOKEN = "monitoring-test-admin-token"
-STARTUP_TIMEOUT_S = 180  # loading and warming the model on a busy two-core machine
 
 
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
-def entry_point_command(script: str) -> list[str]:
-    """`python -c` calling what `[project.scripts]` names for `script` (as its wrapper does)."""
-    target = tomllib.loads((REPO / "pyproject.toml").read_text())["project"]["scripts"][script]
-    module, function = target.split(":")
-    code = f"import sys; from {module} import {function} as main; sys.exit(main())"
-    return [sys.executable, "-c", code]
-
-
-@dataclass
+@dataclass(frozen=True)
 class Service:
-    url: str
-    process: subprocess.Popen
-    log_path: Path
-    routes: set[str] = field(default_factory=set)
+    """The running service and the routes its OpenAPI document lists."""
+
+    server: LiveServer
+    routes: frozenset[str]
+
+    @property
+    def url(self) -> str:
+        return self.server.url
 
     @property
     def host_port(self) -> str:
-        return self.url.removeprefix("http://")
-
-    def log(self) -> str:
-        return self.log_path.read_text(errors="replace")[-4000:]
-
-
-def _wait_until_ready(service: Service) -> None:
-    """Polls /readyz until the model is loaded and warmed (or the process dies)."""
-    deadline = time.monotonic() + STARTUP_TIMEOUT_S
-    while time.monotonic() < deadline:
-        if service.process.poll() is not None:
-            pytest.fail(f"vae-serve exited with {service.process.returncode}:\n{service.log()}")
-        try:
-            if httpx.get(f"{service.url}/readyz", timeout=2).status_code == 200:
-                return
-        except httpx.TransportError:
-            pass
-        time.sleep(0.25)
-    pytest.fail(f"vae-serve was not ready within {STARTUP_TIMEOUT_S} s:\n{service.log()}")
+        return self.server.host_port
 
 
 @contextmanager
 def running_service(folder: Path) -> Iterator[Service]:
-    """`vae-serve` with the shipped model on 127.0.0.1 and a free port, ready to serve."""
-    port = free_port()
-    log_path = folder / "stderr.log"
-    env = {k: v for k, v in os.environ.items() if not k.startswith("VAE_")}
-    env.update(
-        {
-            "PYTHONPATH": str(REPO),
-            "VAE_CHECKPOINT": str(REPO / "models" / "mnist-vae.pt"),
-            "VAE_DEVICE": "cpu",
-            "VAE_BACKEND": "torch",  # no ONNX export at start-up: the metrics are the same
-            "VAE_ADMIN_TOKEN": ADMIN_TOKEN,
-        }
-    )
-    command = [*entry_point_command("vae-serve"), "--host", "127.0.0.1", "--port", str(port)]
-    with log_path.open("w") as log:
-        process = subprocess.Popen(command, cwd=REPO, env=env, stderr=log, stdout=log)
-    running = Service(f"http://127.0.0.1:{port}", process, log_path)
-    try:
-        _wait_until_ready(running)
-        openapi = httpx.get(f"{running.url}/openapi.json", timeout=10).json()
-        running.routes = set(openapi["paths"])
-        yield running
-    finally:
-        process.terminate()
-        try:
-            process.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait()
+    """`vae-serve` with the shipped model on 127.0.0.1 and a free port, ready to serve; its
+    stderr is also kept in `folder`/stderr.log."""
+    with LiveServer(
+        REPO / "models" / "mnist-vae.pt",
+        command=entry_point_command("vae-serve"),
+        ready=True,
+        log_file=folder / "stderr.log",
+        PYTHONPATH=str(REPO),
+        VAE_BACKEND="torch",  # no ONNX export at start-up: the metrics are the same
+        VAE_ADMIN_TOKEN=ADMIN_TOKEN,
+    ) as server:
+        openapi = httpx.get(f"{server.url}/openapi.json", timeout=10).json()
+        yield Service(server, frozenset(openapi["paths"]))
 
 
 def exercise(service: Service, samples: int = 5) -> None:

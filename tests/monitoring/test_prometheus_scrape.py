@@ -13,12 +13,12 @@ import shutil
 import subprocess
 import time
 from collections.abc import Iterator
-from pathlib import Path
 
 import httpx
 import pytest
 import yaml
-from live_service import Service, exercise, free_port
+from live_server import free_port, stop, wait_until_answers
+from live_service import Service, exercise
 from monitoring_expressions import REPO, RULES
 from prometheus_client.parser import text_string_to_metric_families
 
@@ -90,29 +90,10 @@ def prometheus(service: Service, tmp_path_factory: pytest.TempPathFactory) -> It
         process = subprocess.Popen(command, cwd=folder, stdout=log, stderr=log)
     url = f"http://127.0.0.1:{port}"
     try:
-        _wait_ready(url, process, log_path)
+        wait_until_answers(f"{url}/-/ready", process, WAIT_S, lambda: log_path.read_text()[-3000:])
         yield Prometheus(url)
     finally:
-        process.terminate()
-        try:
-            process.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait()
-
-
-def _wait_ready(url: str, process: subprocess.Popen, log_path: Path) -> None:
-    deadline = time.monotonic() + WAIT_S
-    while time.monotonic() < deadline:
-        if process.poll() is not None:
-            pytest.fail(f"prometheus exited with {process.returncode}:\n{log_path.read_text()}")
-        try:
-            if httpx.get(f"{url}/-/ready", timeout=2).status_code == 200:
-                return
-        except httpx.TransportError:
-            pass
-        time.sleep(0.25)
-    pytest.fail(f"prometheus not ready within {WAIT_S} s:\n{log_path.read_text()[-3000:]}")
+        stop(process)
 
 
 def _sample_count(service: Service) -> float:
