@@ -49,6 +49,9 @@ from training.sample_quality import SampleJudge
 Sampler = Callable[[int, torch.Generator], torch.Tensor]
 
 ACTIVE_UNIT_THRESHOLD = 0.01
+# Images through the decoder at once in the likelihood: large batches keep a GPU busy, while a
+# CPU runs small ones faster (docs/model-card.md, "Likelihood with the served prior").
+MAX_DECODES = {"cuda": 20_000, "cpu": 600}
 
 
 def binarized_test_set(images_u8: torch.Tensor, seed: int, device: torch.device) -> torch.Tensor:
@@ -373,6 +376,19 @@ def real_digit_quality(judge: SampleJudge, test: Split, train: Split, n: int = 1
     }
 
 
+@torch.inference_mode()
+def reconstruction_quality(judge: SampleJudge, model: ConvVAE, train: Split, n: int) -> dict:
+    """The same scores for the reconstructions of n training digits, decoded from their posterior
+    means: the most any prior can reach with this decoder, since a prior can at most put its
+    draws where the encodings are. Samples near it call for a better decoder, not a better prior."""
+    device = next(model.parameters()).device
+    x = to_model_input(train.images[:n])
+    images = torch.cat(
+        [model.decode(model.encode(chunk.to(device))[0]).cpu() for chunk in x.split(1000)]
+    )
+    return {"images": len(images), **judge.score(images)}
+
+
 def prior_sample_quality(
     judge: SampleJudge, model: ConvVAE, prior: LatentPrior, args: argparse.Namespace
 ) -> dict[str, dict]:
@@ -438,7 +454,13 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--seed", type=int, default=0, help="seed of the test-set binarization")
     p.add_argument("--data-dir", type=Path, default=Path("data"))
     p.add_argument("--device", default="auto", help="auto | cpu | cuda")
-    p.add_argument("--max-decodes", type=int, default=20_000, help="decoder batch bound")
+    p.add_argument(
+        "--max-decodes",
+        type=int,
+        default=None,
+        help=f"decoder batch bound (default: {MAX_DECODES['cuda']} on CUDA, "
+        f"{MAX_DECODES['cpu']} on the CPU)",
+    )
     p.add_argument(
         "--prior",
         choices=("checkpoint", "standard"),
@@ -499,7 +521,7 @@ def main(argv: list[str] | None = None) -> int:
         args.k,
         args.limit,
         args.seed,
-        args.max_decodes,
+        args.max_decodes or MAX_DECODES.get(device.type, MAX_DECODES["cpu"]),
         prior=prior,
         progress=not args.no_progress,
     )
@@ -519,6 +541,9 @@ def main(argv: list[str] | None = None) -> int:
             "classifier": str(args.classifier),
             "classifier_test_accuracy": classifier_meta.get("test_accuracy"),
         }
+        metrics["reconstruction_quality"] = reconstruction_quality(
+            judge, model, train, args.samples
+        )
     print(json.dumps(metrics, indent=2))
     if args.json:
         args.json.parent.mkdir(parents=True, exist_ok=True)

@@ -88,3 +88,6 @@ def test_vae_eval_reports_precision_and_recall_beside_the_frechet_distance(
     assert real["train_digits_precision"] > quality["precision"]
     assert real["train_digits_recall"] > quality["recall"]
     assert "precision" not in real["test_digits"]  # the test set against itself says nothing
+    ceiling = metrics["reconstruction_quality"]  # the decoder's own reconstructions
+    assert ceiling["images"] == 600 and 0.0 <= ceiling["recall"] <= 1.0
+    assert real["train_digits_recall"] > ceiling["recall"]
