@@ -166,12 +166,13 @@ class LiveServer:
     def connect(self) -> socket.socket:
         return socket.create_connection(("127.0.0.1", self.port), timeout=10)
 
-    def rss_mb(self) -> float:
+    def memory_mb(self, key: str = "VmRSS") -> float:
+        """A memory figure of the server process from /proc: VmRSS now, VmHWM its peak."""
         with open(f"/proc/{self.process.pid}/status") as fh:
             for line in fh:
-                if line.startswith("VmRSS:"):
+                if line.startswith(key + ":"):
                     return int(line.split()[1]) / 1024
-        return 0.0
+        raise KeyError(key)
 
     def stop(self) -> None:
         stop(self.process)

@@ -19,14 +19,6 @@ CLIENTS = 32
 FLOOD_S = 25
 
 
-def memory_mb(pid: int, key: str) -> float:
-    with open(f"/proc/{pid}/status") as fh:
-        for line in fh:
-            if line.startswith(key + ":"):
-                return int(line.split()[1]) / 1024
-    raise KeyError(key)
-
-
 def test_a_flood_of_guided_digits_gets_200s_and_503s_only_and_bounded_memory():
     server = LiveServer(REPO / "models" / "mnist-vae.pt")
     body = {"digits": [i % 10 for i in range(256)]}
@@ -34,8 +26,7 @@ def test_a_flood_of_guided_digits_gets_200s_and_503s_only_and_bounded_memory():
         url = f"{server.url}/sample"
         first = httpx.post(url, json={**body, "seed": 0}, timeout=60)  # learns the cost per row
         assert first.status_code == 200, first.text
-        pid = server.process.pid
-        before = memory_mb(pid, "VmRSS")
+        before = server.memory_mb("VmRSS")
         statuses: Counter[int] = Counter()
         problems: list[str] = []
         stop = time.monotonic() + FLOOD_S
@@ -57,7 +48,7 @@ def test_a_flood_of_guided_digits_gets_200s_and_503s_only_and_bounded_memory():
             thread.start()
         for thread in threads:
             thread.join(timeout=FLOOD_S + 90)
-        growth = memory_mb(pid, "VmHWM") - before
+        growth = server.memory_mb("VmHWM") - before
     finally:
         server.stop()
     print(f"guided flood: {dict(statuses)}, peak RSS +{growth:.0f} MB")

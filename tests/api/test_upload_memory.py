@@ -31,14 +31,6 @@ def png16_rgba(side: int) -> bytes:
     return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + idat + chunk(b"IEND", b"")
 
 
-def memory_mb(pid: int, key: str) -> float:
-    with open(f"/proc/{pid}/status") as fh:
-        for line in fh:
-            if line.startswith(key + ":"):
-                return int(line.split()[1]) / 1024
-    raise KeyError(key)
-
-
 def test_rounds_of_heavy_uploads_keep_the_peak_low_and_give_memory_back(tiny_checkpoint: Path):
     png = png16_rgba(2048)
     server = LiveServer(tiny_checkpoint, VAE_REQUEST_TIMEOUT_S="60")
@@ -46,8 +38,7 @@ def test_rounds_of_heavy_uploads_keep_the_peak_low_and_give_memory_back(tiny_che
         url = f"{server.url}/encode"
         warm = httpx.post(url, files={"file": ("w.png", png16_rgba(64))}, timeout=60)
         assert warm.status_code == 200, warm.text
-        pid = server.process.pid
-        before, peak_before = memory_mb(pid, "VmRSS"), memory_mb(pid, "VmHWM")
+        before, peak_before = server.memory_mb("VmRSS"), server.memory_mb("VmHWM")
 
         def upload(_: int) -> int:
             files = {"file": ("big.png", png, "image/png")}
@@ -59,8 +50,8 @@ def test_rounds_of_heavy_uploads_keep_the_peak_low_and_give_memory_back(tiny_che
                 statuses += list(pool.map(upload, range(8)))
         assert statuses.count(200) == len(statuses), statuses
         time.sleep(1)  # the last responses' buffers are released after they are sent
-        peak_growth = memory_mb(pid, "VmHWM") - max(before, peak_before)
-        retained = memory_mb(pid, "VmRSS") - before
+        peak_growth = server.memory_mb("VmHWM") - max(before, peak_before)
+        retained = server.memory_mb("VmRSS") - before
     finally:
         server.stop()
     print(f"peak +{peak_growth:.0f} MB, retained {retained:.0f} MB")
