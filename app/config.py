@@ -55,6 +55,20 @@ class Settings(BaseSettings):
         description="how long an encode or reconstruct batch may wait for uploads still being "
         "decoded; 0: never",
     )
+    slice_ms: float = Field(
+        25.0,
+        gt=0,
+        le=10_000,
+        description="inference work per turn of the inference thread (a batch, or a slice of a "
+        "larger request), so a light request waits behind at most one slice of heavy work",
+    )
+    light_queue_ms: float = Field(
+        60.0,
+        gt=0,
+        le=60_000,
+        description="light requests (one slice or less) are refused with 503 past this much "
+        "light work booked, so they never wait long",
+    )
     queue_size: int = Field(2048, ge=1, description="queued requests before answering 503")
     request_timeout_s: float = Field(10.0, gt=0, description="per request, queue wait included")
 

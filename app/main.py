@@ -28,6 +28,7 @@ from app.inference.admission import DecodeGate
 from app.inference.engine import Engine
 from app.routes import admin, examples, generate, images, oip, ops
 from app.routes.fast_sample import FastSample
+from app.routes.shedding import shedder
 from app.routes.static_pages import StaticPages
 from models.checkpoint_errors import CheckpointError
 
@@ -109,7 +110,12 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         max_upload_bytes=settings.max_upload_bytes,
         protocol_max_bytes=oip.MAX_BODY_BYTES,
     )
-    app.add_middleware(RequestGuardMiddleware, settings=settings, lifecycle=app.state.lifecycle)
+    app.add_middleware(
+        RequestGuardMiddleware,
+        settings=settings,
+        lifecycle=app.state.lifecycle,
+        shed=shedder(app.state.engine, app.state.decode_gate, settings.request_timeout_s),
+    )
     if settings.cors_origins:
         app.add_middleware(
             CORSMiddleware,

@@ -127,7 +127,15 @@ def free_port() -> int:
 class Server:
     """`vae-serve` in a subprocess; started when its log says uvicorn is up."""
 
-    def __init__(self, checkpoint: Path, max_batch_size: int, device: str) -> None:
+    def __init__(
+        self,
+        checkpoint: Path,
+        max_batch_size: int,
+        device: str,
+        env: dict[str, str] | None = None,
+        cpus: str | None = None,
+    ) -> None:
+        """`env`: more `VAE_*` settings; `cpus`: the cores to pin it to (`taskset -c`)."""
         self.port = free_port()
         env = {
             **os.environ,
@@ -135,10 +143,21 @@ class Server:
             "VAE_DEVICE": device,
             "VAE_MAX_BATCH_SIZE": str(max_batch_size),
             "VAE_LOG_LEVEL": "warning",
+            **(env or {}),
         }
         env.pop("VAE_API_KEY", None)
+        pin = ["taskset", "-c", cpus] if cpus else []
         self.process = subprocess.Popen(
-            [sys.executable, "-m", "app.server.cli", "--host", HOST, "--port", str(self.port)],
+            [
+                *pin,
+                sys.executable,
+                "-m",
+                "app.server.cli",
+                "--host",
+                HOST,
+                "--port",
+                str(self.port),
+            ],
             cwd=REPO,
             env=env,
             stdout=subprocess.DEVNULL,

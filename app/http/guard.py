@@ -7,6 +7,8 @@ and inside CORS (so preflights stay open):
   docs, the web page and unknown paths included (a 401 says nothing about which routes exist).
 - While the service drains (`app.http.lifecycle`), new work gets 503 with `Retry-After` and
   `Connection: close`; health, readiness and metrics still answer.
+- Work that would be refused whatever its body says (`shed`, `app.routes.shedding`) gets 503 with
+  `Retry-After` before its body is read.
 - Each request runs under an `asyncio.timeout` that waits until its deadline starts
   (`app.deadline.start`, once the body has arrived); past it, the request gets 504.
 """
@@ -14,12 +16,14 @@ and inside CORS (so preflights stay open):
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Callable
 
 from fastapi import Request
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from app import deadline
 from app.config import Settings
+from app.errors import Overloaded
 from app.http.auth import UNAUTHORIZED, authorized, bearer_value
 from app.http.error_bodies import error_response, speaks_protocol
 from app.http.lifecycle import Lifecycle
@@ -29,8 +33,15 @@ OPEN_PATHS = frozenset({"/healthz", "/readyz", "/metrics", "/v2/health/live", "/
 
 
 class RequestGuardMiddleware:
-    def __init__(self, app: ASGIApp, settings: Settings, lifecycle: Lifecycle) -> None:
+    def __init__(
+        self,
+        app: ASGIApp,
+        settings: Settings,
+        lifecycle: Lifecycle,
+        shed: Callable[[Scope], Overloaded | None] = lambda scope: None,
+    ) -> None:
         self.app = app
+        self.shed = shed
         self.api_key = bearer_value(settings.api_key)
         self.lifecycle = lifecycle
         self.timeout_s = settings.request_timeout_s
@@ -49,6 +60,13 @@ class RequestGuardMiddleware:
             headers = {"Retry-After": "1", "Connection": "close"}
             refusal = error_response(503, "server is shutting down", headers, protocol=protocol)
             await refusal(scope, receive, send)
+            return
+        overloaded = self.shed(scope)
+        if overloaded is not None:
+            headers = {"Retry-After": str(overloaded.retry_after)}
+            await error_response(503, overloaded.detail, headers, protocol=protocol)(
+                scope, receive, send
+            )
             return
         started = False
 

@@ -9,9 +9,11 @@ finish before the request's deadline, and otherwise answer 503 with `Retry-After
   `pixel_budget` pixels among them (one maximal image by default), in arrival order. It learns
   the seconds per pixel as it goes, and refuses a decode whose wait plus run would pass the
   request's deadline.
-- `InferenceGate` keeps the estimated seconds of inference work in flight (rows times the learned
-  seconds per row of each operation, which share one inference thread) and refuses a job that
-  could not finish before the request's deadline (`app.deadline`).
+- `InferenceGate` books the estimated seconds of inference work (rows times the learned seconds
+  per row of each operation, which share one inference thread) in two lanes, light and heavy
+  (`app.inference.scheduler`), until the thread has done that work, and refuses a job that would
+  wait too long: light work waits at most `VAE_LIGHT_QUEUE_MS`, heavy work must fit in half the
+  request's time left (`app.deadline`), the other half kept for the response and variance.
 """
 
 from __future__ import annotations
@@ -154,17 +156,94 @@ class DecodeGate:
         self._executor.shutdown(wait=False, cancel_futures=True)
 
 
-class InferenceGate:
-    """Refuses inference that could not finish before the request's deadline (503, not a 504)."""
+LIGHT, HEAVY = "light", "heavy"
+# Heavy work is admitted while all of it would finish within this share of the request's time
+# left: the rest is headroom for the light turns between its slices, the response and variance.
+HEAVY_SHARE_OF_TIME_LEFT = 0.5
 
-    def __init__(self) -> None:
-        self.pending_s = 0.0
+
+class Booking:
+    """The estimated seconds of inference one request's work holds in its lane, given back as the
+    inference thread finishes (or skips) its rows: never while the work still runs."""
+
+    __slots__ = ("_booked", "lane", "seconds")
+
+    def __init__(self, booked: dict[str, float], lane: str, seconds: float) -> None:
+        self._booked = booked
+        self.lane = lane
+        self.seconds = seconds
+        booked[lane] += seconds
+
+    def keep(self, seconds: float) -> None:
+        """Keeps at most `seconds` booked (what the work left could still take)."""
+        if seconds < self.seconds:
+            self._booked[self.lane] = max(0.0, self._booked[self.lane] - (self.seconds - seconds))
+            self.seconds = max(0.0, seconds)
+
+    def close(self) -> None:
+        self.keep(0.0)
+
+
+class InferenceGate:
+    """Books inference work per lane (`app.inference.scheduler`) and refuses, with 503 at once,
+    work that would wait too long: light work past `light_queue_s` of light work booked, heavy
+    work that could not finish within `HEAVY_SHARE_OF_TIME_LEFT` of the request's time left."""
+
+    def __init__(self, slice_s: float, light_queue_s: float, max_rows: int) -> None:
+        self.slice_s = slice_s
+        self.light_queue_s = light_queue_s
+        self.max_rows = max_rows
         self.seconds_per_row: dict[str, float] = {}
+        self.booked_s: dict[str, float] = {LIGHT: 0.0, HEAVY: 0.0}
+        self.refused_share = 0.0  # of chosen digits' first candidates, by the guide
+
+    @property
+    def pending_s(self) -> float:
+        return self.booked_s[LIGHT] + self.booked_s[HEAVY]
+
+    def cost(self, rows: int, *ops: str) -> float:
+        """Estimated seconds for `rows` rows through each of `ops` in turn."""
+        return rows * sum(self.seconds_per_row.get(op, PRIOR_INFERENCE_S_PER_ROW) for op in ops)
+
+    def slice_rows(self, *ops: str) -> int:
+        """Rows per forward pass (and per heavy slice): about `slice_s` of work, at most
+        `max_rows`, at least one."""
+        per_row = self.cost(1, *ops)
+        return max(1, min(self.max_rows, int(self.slice_s / per_row)))
+
+    def lane(self, rows: int, *ops: str) -> str:
+        return LIGHT if rows <= self.slice_rows(*ops) else HEAVY
+
+    def book(self, lane: str, seconds: float, time_left_s: float) -> Booking:
+        """Books `seconds` of work in `lane`, or raises `Overloaded` (503) when it would wait
+        too long; the first job in an empty lane is always admitted."""
+        ahead = self.booked_s[lane]
+        if lane == LIGHT:
+            limit = min(self.light_queue_s, time_left_s - self.slice_s)
+        else:
+            limit = HEAVY_SHARE_OF_TIME_LEFT * time_left_s
+        if ahead > 0 and ahead + seconds > limit:
+            raise Overloaded(
+                f"the {lane} inference queue holds about {ahead:.2f} s of work, retry shortly",
+                retry_after=retry_after(ahead + seconds - limit),
+            )
+        return Booking(self.booked_s, lane, seconds)
+
+    def full(self, time_left_s: float) -> bool:
+        """Whether even the smallest job would be refused in both lanes (so a request can be
+        refused from its headers, before its body is read)."""
+        light = min(self.light_queue_s, time_left_s - self.slice_s)
+        heavy = HEAVY_SHARE_OF_TIME_LEFT * time_left_s
+        return self.booked_s[LIGHT] >= light and self.booked_s[HEAVY] >= heavy
 
     def learn(self, op: str, rows: int, seconds: float) -> None:
         """One measured run of `op` over `rows` rows, into its moving average."""
         spr = self.seconds_per_row.get(op, PRIOR_INFERENCE_S_PER_ROW)
         self.seconds_per_row[op] = spr + EWMA_WEIGHT * (seconds / max(1, rows) - spr)
+
+    def learn_refused_share(self, share: float) -> None:
+        """One guided request's share of refused first candidates, into its moving average."""
+        self.refused_share += EWMA_WEIGHT * (share - self.refused_share)
 
     def timed(self, op: str, fn: Callable[..., Any]) -> Callable[..., Any]:
         """Wraps a batch function (run on the inference thread) to learn its seconds per row."""
@@ -177,18 +256,3 @@ class InferenceGate:
             return out
 
         return run
-
-    def reserve(self, op: str, rows: int, time_left_s: float) -> float:
-        """Books `rows` of `op` and returns their estimated seconds, to `release` when done;
-        raises `Overloaded` (503) when the work already booked would outlast `time_left_s`."""
-        cost = rows * self.seconds_per_row.get(op, PRIOR_INFERENCE_S_PER_ROW)
-        if self.pending_s > 0 and self.pending_s + cost > time_left_s:
-            raise Overloaded(
-                f"{op} queue holds about {self.pending_s:.1f} s of work, retry shortly",
-                retry_after=retry_after(self.pending_s),
-            )
-        self.pending_s += cost
-        return cost
-
-    def release(self, cost: float) -> None:
-        self.pending_s = max(0.0, self.pending_s - cost)

@@ -1,15 +1,15 @@
 """`MicroBatcher`: merges concurrent requests into forward passes without waiting for nothing.
 
-When the model is idle a request runs at once; requests that arrive while a batch runs queue up
-and form the next batch, so batches grow with the load by themselves and a lone request never
+When the model is idle a request runs at once; requests that arrive while the model is busy queue
+up and form the next batch, so batches grow with the load by themselves and a lone request never
 waits for company. A batch waits only for jobs known to be on their way (`more_coming`: uploads
 still being decoded) for at most `more_coming_wait_s`, or for `max_wait_ms` when that is opted in.
-A job larger than `max_batch_size` rows is split, and its rows come back in order.
+A batch holds at most `batch_rows()` rows (about one slice of the inference thread's time, see
+`app.inference.scheduler`), and it is formed, or topped up, when its turn on the thread comes.
 
-Batches run on the executor's thread, so the event loop keeps reading requests meanwhile. With
-`lone_rows_now` (a process with one core, see `app.inference.engine.lone_rows_now`) a lone row that
-finds the model idle runs right in `submit` instead: with one core the thread cannot run beside
-the loop anyway, and the hop there and back is worth 5 % or more of `/sample` at c=1
+With `lone_rows_now` (a process with one core, see `app.inference.threads.lone_rows_now`) a lone
+row that finds the scheduler idle runs right in `submit` instead: with one core the thread cannot
+run beside the loop anyway, and the hop there and back is worth 5 % or more of `/sample` at c=1
 (`docs/benchmarks.md`). That happens once per turn of the loop, so a burst still shares a batch.
 """
 
@@ -19,14 +19,15 @@ import asyncio
 import logging
 import time
 from collections.abc import Callable
-from concurrent.futures import Executor
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Generic, TypeVar
 
 import numpy as np
 
 from app.errors import InferenceFailed, NotReady, Overloaded, ShuttingDown
 from app.inference import metrics
+from app.inference.admission import Booking
+from app.inference.scheduler import InferenceScheduler
 
 log = logging.getLogger("app.inference.engine")
 
@@ -40,34 +41,43 @@ class _Job(Generic[K]):
     rows: np.ndarray
     future: asyncio.Future
     size: int  # rows.shape[0], kept
+    booking: Booking | None = None
+    running: bool = field(default=False)  # in a batch on the thread: its booking stays
+
+    def release_if_waiting(self, _: asyncio.Future | None = None) -> None:
+        """A job that left before its batch ran gives its booking back at once."""
+        if not self.running and self.booking is not None:
+            self.booking.close()
 
 
 class MicroBatcher(Generic[K]):
-    """Merges concurrent `submit` calls into one call of `fn(key, rows)` on the executor.
+    """Merges concurrent `submit` calls into one call of `fn(key, rows)` on the inference thread.
 
     `fn` takes a batch along axis 0 and returns an array (or tuple of arrays) with the same leading
     size; each caller gets its own rows back. Jobs are only merged when they share `key` (the model
-    they started on). One batch runs at a time per batcher; the next is whatever queued meanwhile.
+    they started on). One batch runs at a time, in a light turn of `scheduler`; the next is
+    whatever queued meanwhile. A job larger than a batch runs alone (the engine sends those to
+    the heavy lane in slices instead).
     """
 
     def __init__(
         self,
         name: str,
         fn: Callable[[K, np.ndarray], Output],
-        executor: Executor,
+        scheduler: InferenceScheduler,
         *,
         max_batch_size: int,
+        batch_rows: Callable[[], int] | None = None,
         max_wait_ms: float = 0.0,
         queue_size: int,
         lone_rows_now: bool = False,
     ) -> None:
         self.name = name
         self._fn = fn
-        self._executor = executor
-        self._max_rows = max_batch_size
+        self._scheduler = scheduler
+        self._batch_rows = batch_rows or (lambda: max_batch_size)
         self._max_wait = max_wait_ms / 1000.0
         self._lone_rows_now = lone_rows_now and self._max_wait == 0
-        self._busy = False  # a batch is running (on the loop or on the executor)
         self._ran_now = False  # a lone row ran in `submit` during this turn of the event loop
         self._queue: asyncio.Queue[_Job[K]] = self._new_queue(queue_size)
         self._task: asyncio.Task | None = None
@@ -84,6 +94,7 @@ class MicroBatcher(Generic[K]):
         return asyncio.Queue(maxsize=maxsize)
 
     def start(self) -> None:
+        self._scheduler.start()
         loop = asyncio.get_running_loop()
         self._task = loop.create_task(self._run(), name=f"batcher-{self.name}")
 
@@ -97,35 +108,34 @@ class MicroBatcher(Generic[K]):
             if not job.future.done():
                 job.future.set_exception(ShuttingDown())
 
-    async def submit(self, key: K, rows: np.ndarray) -> Output:
-        """Queues `rows` (split into `max_batch_size` chunks) and waits for their outputs."""
+    async def submit(self, key: K, rows: np.ndarray, booking: Booking | None = None) -> Output:
+        """Queues `rows` and waits for their outputs; `booking` is given back once the thread is
+        done with them (or skips them because the caller stopped waiting)."""
         if self._task is None:
+            if booking is not None:
+                booking.close()
             raise NotReady()
         if (
             self._lone_rows_now
             and rows.shape[0] == 1
-            and not self._busy
+            and self._scheduler.idle
             and not self._ran_now
             and self._queue.empty()
         ):
-            return self._run_now(key, rows)
-        step = self._max_rows
-        chunks = (
-            [rows[i : i + step] for i in range(0, len(rows), step)] if len(rows) > step else [rows]
-        )
-        if self._queue.maxsize - self._queue.qsize() < len(chunks):
+            try:
+                return self._run_now(key, rows)
+            finally:
+                if booking is not None:
+                    booking.close()
+        if self._queue.full():
+            if booking is not None:
+                booking.close()
             raise Overloaded(f"{self.name} queue is full, retry shortly")
-        loop = asyncio.get_running_loop()
-        futures = [loop.create_future() for _ in chunks]
-        for chunk, future in zip(chunks, futures, strict=True):
-            self._queue.put_nowait(_Job(key, chunk, future, chunk.shape[0]))
-        try:  # the request's deadline (the guard's timeout) cancels this wait
-            if len(futures) == 1:
-                return await futures[0]
-            return _concat(await asyncio.gather(*futures))
-        finally:
-            for future in futures:  # a cancelled or failed job's other chunks are not run
-                future.cancel()
+        future = asyncio.get_running_loop().create_future()
+        job = _Job(key, rows, future, rows.shape[0], booking)
+        future.add_done_callback(job.release_if_waiting)
+        self._queue.put_nowait(job)
+        return await future  # the request's deadline (the guard's timeout) cancels this wait
 
     def _run_now(self, key: K, rows: np.ndarray) -> Output:
         """A lone row with the model idle, run right here: no queue, no task switch. Once per
@@ -148,32 +158,52 @@ class MicroBatcher(Generic[K]):
         while True:
             first = carry if carry is not None else await self._queue.get()
             jobs, carry = await self._collect(first)
-            jobs = [j for j in jobs if not j.future.done()]  # timed out while queued
-            if jobs:
-                await self._execute(jobs)
+            async with self._scheduler.light_turn():
+                if carry is None:  # what queued while this batch waited for its turn
+                    carry = self._top_up(jobs)
+                jobs = [j for j in jobs if not j.future.done()]  # left while queued
+                if jobs:
+                    await self._execute(jobs)
 
     async def _collect(self, first: _Job[K]) -> tuple[list[_Job[K]], _Job[K] | None]:
         """`first` and whatever queued behind it that fits; waits only for jobs on their way
         (`more_coming`) or when `max_wait` opts in."""
-        jobs, rows = [first], first.size
+        jobs = [first]
         started = time.monotonic()
-        while rows < self._max_rows:
+        while True:
+            carry = self._top_up(jobs)
+            if carry is not None or self._rows(jobs) >= self._batch_rows():
+                return jobs, carry
+            remaining = self._wait_left(started)
+            if remaining <= 0:
+                return jobs, None
+            try:
+                async with asyncio.timeout(remaining):
+                    job = await self._queue.get()
+            except TimeoutError:
+                return jobs, None
+            if not self._fits(jobs, job):
+                return jobs, job
+            jobs.append(job)
+
+    def _top_up(self, jobs: list[_Job[K]]) -> _Job[K] | None:
+        """Adds queued jobs to `jobs` while they fit; returns the first that does not."""
+        while self._rows(jobs) < self._batch_rows():
             try:
                 job = self._queue.get_nowait()
             except asyncio.QueueEmpty:
-                remaining = self._wait_left(started)
-                if remaining <= 0:
-                    break
-                try:
-                    async with asyncio.timeout(remaining):
-                        job = await self._queue.get()
-                except TimeoutError:
-                    break
-            if job.key is not first.key or rows + job.size > self._max_rows:
-                return jobs, job
+                return None
+            if not self._fits(jobs, job):
+                return job
             jobs.append(job)
-            rows += job.size
-        return jobs, None
+        return None
+
+    def _fits(self, jobs: list[_Job[K]], job: _Job[K]) -> bool:
+        return job.key is jobs[0].key and self._rows(jobs) + job.size <= self._batch_rows()
+
+    @staticmethod
+    def _rows(jobs: list[_Job[K]]) -> int:
+        return sum(j.size for j in jobs)
 
     def _wait_left(self, started: float) -> float:
         """How much longer this batch may wait for company: `max_wait` when opted in, and while
@@ -188,10 +218,12 @@ class MicroBatcher(Generic[K]):
         batch = jobs[0].rows if len(jobs) == 1 else np.concatenate([j.rows for j in jobs])
         size = batch.shape[0]
         self._batch_sizes.observe(size)
-        self._busy = True
+        for job in jobs:
+            job.running = True
         try:
             loop = asyncio.get_running_loop()
-            out = await loop.run_in_executor(self._executor, self._fn, jobs[0].key, batch)
+            executor = self._scheduler.executor
+            out = await loop.run_in_executor(executor, self._fn, jobs[0].key, batch)
         except asyncio.CancelledError:  # `stop`: nobody will hand these jobs their rows
             for job in jobs:
                 if not job.future.done():
@@ -204,7 +236,9 @@ class MicroBatcher(Generic[K]):
                     job.future.set_exception(InferenceFailed())
             return
         finally:
-            self._busy = False
+            for job in jobs:
+                job.running = False
+                job.release_if_waiting()
         if len(jobs) == 1:
             parts: list[Output] = [out]
         else:
@@ -219,7 +253,7 @@ class MicroBatcher(Generic[K]):
                 job.future.set_result(part)
 
 
-def _concat(parts: list[Output]) -> Output:
+def concat(parts: list[Output]) -> Output:
     """A split job's outputs, back in one piece in the order of its rows."""
     if isinstance(parts[0], tuple):
         return tuple(np.concatenate(column) for column in zip(*parts, strict=True))

@@ -1,9 +1,12 @@
 """The served model behind micro-batchers: what the routes call, and nothing about HTTP.
 
 The seam follows LitServe: `app.inference.loading` is setup (load, check the backend, warm up),
-the runner's operations are `predict` over one batch, and `MicroBatcher` owns queueing and the
-inference thread. Every operation books its estimated cost with admission control first, so a
-request is either admitted whole or refused at once with 503 and `Retry-After`.
+the runner's operations are `predict` over one batch, `MicroBatcher` owns queueing and batching,
+and `InferenceScheduler` the inference thread's turns. A request whose rows fit one slice goes to
+the light lane (batched), a larger one to the heavy lane in slices (`app.inference.sliced`).
+Every operation books its estimated cost with admission control first, so a request is either
+admitted whole or refused at once with 503 and `Retry-After`, and the booking is held until the
+thread is done with its rows.
 """
 
 from __future__ import annotations
@@ -12,7 +15,6 @@ import asyncio
 import dataclasses
 import logging
 import platform
-import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
@@ -22,13 +24,15 @@ from app import deadline, tracing
 from app.config import Settings
 from app.errors import CheckpointRejected, InvalidInput, NotReady
 from app.inference import metrics
-from app.inference.admission import DecodeGate, InferenceGate
+from app.inference.admission import LIGHT, DecodeGate, InferenceGate
 from app.inference.batching import MicroBatcher, Output
 from app.inference.loading import load_digit_guide, load_model
+from app.inference.scheduler import InferenceScheduler
 from app.inference.served import LoadedModel
+from app.inference.sliced import GuidedDigits, RowsInSlices
 from app.inference.threads import inference_threads, lone_rows_now
 from models.checkpoint_errors import CheckpointError
-from models.digit_guide import DigitGuide, guided_digits
+from models.digit_guide import DigitGuide
 from models.prior_arrays import MixturePrior, RandomSource, StandardNormal
 
 log = logging.getLogger("app.engine")
@@ -67,9 +71,12 @@ class Engine:
         self._current: LoadedModel | None = None
         self.guide: DigitGuide | None = None  # set by start(); None: chosen digits unguided
         self._executor = ThreadPoolExecutor(1, thread_name_prefix="inference")
+        self.scheduler = InferenceScheduler(self._executor)
         self.lone_rows_now = lone_rows_now(settings.inline_lone_batches, settings.device)
         self._reload_lock = asyncio.Lock()
-        self.admission = gate = InferenceGate()
+        self.admission = gate = InferenceGate(
+            settings.slice_ms / 1000, settings.light_queue_ms / 1000, settings.max_batch_size
+        )
 
         batcher_type = _batcher_type()
 
@@ -80,8 +87,9 @@ class Engine:
             return batcher_type(
                 op,
                 gate.timed(op, run),
-                self._executor,
+                self.scheduler,
                 max_batch_size=settings.max_batch_size,
+                batch_rows=lambda: gate.slice_rows(op),
                 max_wait_ms=settings.max_wait_ms,
                 queue_size=settings.queue_size,
                 lone_rows_now=lone_rows_now,
@@ -117,6 +125,7 @@ class Engine:
         self.guide = await asyncio.to_thread(load_digit_guide, s)
         loaded = await asyncio.to_thread(self._load, s.checkpoint)
         self._install(loaded)
+        self.scheduler.start()
         for batcher in (self.encoder, self.decoder, self.reconstructor):
             batcher.start()
         return loaded
@@ -124,6 +133,7 @@ class Engine:
     async def stop(self) -> None:
         for batcher in (self.encoder, self.decoder, self.reconstructor):
             await batcher.stop()
+        await self.scheduler.stop()
         self._executor.shutdown(wait=True)
 
     async def reload(self, path: Path | None = None, shown_as: str | None = None) -> LoadedModel:
@@ -174,14 +184,19 @@ class Engine:
         )
 
     async def _submit(self, batcher: MicroBatcher, m: LoadedModel, rows: np.ndarray) -> Output:
-        """Books the rows with admission control (503 at once if they could not finish in
-        time), then waits for their batch."""
-        time_left = deadline.time_left_s(self.settings.request_timeout_s)
-        cost = self.admission.reserve(batcher.name, rows.shape[0], time_left)
-        try:
-            return await batcher.submit(m, rows)
-        finally:
-            self.admission.release(cost)
+        """Books the rows with admission control (503 at once if they would wait too long), then
+        runs them: in a batch when they fit one slice, else in slices in the heavy lane."""
+        op, n = batcher.name, rows.shape[0]
+        gate = self.admission
+        lane = gate.lane(n, op)
+        booking = gate.book(lane, gate.cost(n, op), self._time_left())
+        if lane == LIGHT:
+            return await batcher.submit(m, rows, booking)
+        run = getattr(m.runner, op)
+        return await self.scheduler.run_heavy(RowsInSlices(op, run, rows, gate, booking))
+
+    def _time_left(self) -> float:
+        return deadline.time_left_s(self.settings.request_timeout_s)
 
     async def encode(self, m: LoadedModel, x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """x [N,1,32,32] -> (mu, logvar), each [N, latent_dim]."""
@@ -218,34 +233,22 @@ class Engine:
     async def _chosen_digits(
         self, m: LoadedModel, digits: list[int], random: RandomSource, temperature: float
     ) -> tuple[np.ndarray, np.ndarray]:
-        """`models.digit_guide.guided_digits` on the inference thread: all of a request's
-        candidates (its worst case) are booked with admission control up front, so it is admitted
-        whole or refused at once, never half-way."""
+        """`models.digit_guide.guided_digits` in slices (`GuidedDigits`): booked up front
+        (`GuidedDigits.rows_to_book`), so it is admitted whole or refused at once, never
+        half-way; the booking shrinks as slices end."""
         assert isinstance(m.prior, MixturePrior)  # check_digits ran first
         guide, prior = self.guide, m.prior
-        rows = len(digits) * (guide.candidates if guide is not None else 1)
-        time_left = deadline.time_left_s(self.settings.request_timeout_s)
-        cost = self.admission.reserve("chosen digits", rows, time_left)
-
-        def decode(z: np.ndarray) -> np.ndarray:
-            step = self.settings.max_batch_size
-            chunks = [z[i : i + step] for i in range(0, len(z), step)]
-            return np.concatenate([m.runner.decode(chunk) for chunk in chunks])
-
-        def run() -> tuple[np.ndarray, np.ndarray]:
-            started = time.perf_counter()
-            if guide is None:
-                z = prior.sample_digits(digits, random, temperature)
-                out = z, decode(z)
-            else:
-                out = guided_digits(prior, digits, random, decode, guide, temperature)
-            self.admission.learn("chosen digits", rows, time.perf_counter() - started)
-            return out
-
-        try:
-            return await asyncio.get_running_loop().run_in_executor(self._executor, run)
-        finally:
-            self.admission.release(cost)
+        if guide is None:
+            z = prior.sample_digits(digits, random, temperature)
+            return z, await self.decode(m, z)
+        gate = self.admission
+        rows = GuidedDigits.rows_to_book(len(digits), guide, gate)
+        lane = gate.lane(rows, *GuidedDigits.OPS)
+        booking = gate.book(lane, gate.cost(rows, *GuidedDigits.OPS), self._time_left())
+        job = GuidedDigits(
+            prior, digits, random, temperature, m.runner.decode, guide, gate, booking
+        )
+        return await self.scheduler.run_heavy(job)
 
     async def interpolate(
         self, m: LoadedModel, start: np.ndarray, end: np.ndarray, steps: int

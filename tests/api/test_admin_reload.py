@@ -82,7 +82,10 @@ def test_requests_in_flight_finish_on_one_model_or_the_other(
     make_settings, serving, second_checkpoint
 ):
     """A reload racing 64 identical requests: each answer is wholly the old or the new model's."""
-    settings = make_settings(admin_token=TOKEN, checkpoint_dir=second_checkpoint.parent)
+    # All 64 queue at once (light work is otherwise refused past VAE_LIGHT_QUEUE_MS).
+    settings = make_settings(
+        admin_token=TOKEN, checkpoint_dir=second_checkpoint.parent, light_queue_ms=10_000
+    )
 
     async def race() -> tuple[bytes, bytes, list[int], list[bytes]]:
         async with serving(settings) as client:

@@ -1,5 +1,5 @@
 """The batcher never waits for nothing: a lone request runs at once, a burst shares a batch, and a
-job larger than `max_batch_size` is split and comes back in order."""
+batch never holds more than `max_batch_size` rows (larger jobs: tests/api/test_scheduler.py)."""
 
 from __future__ import annotations
 
@@ -13,6 +13,7 @@ import torch
 
 from app.config import Settings
 from app.inference.batching import MicroBatcher
+from app.inference.scheduler import InferenceScheduler
 
 
 class Recorder:
@@ -33,7 +34,7 @@ class Recorder:
 
 def batcher(fn: Callable[[str, torch.Tensor], torch.Tensor], **knobs) -> MicroBatcher:
     defaults = dict(max_batch_size=8, queue_size=64)
-    executor = ThreadPoolExecutor(1, thread_name_prefix="inference")
+    executor = InferenceScheduler(ThreadPoolExecutor(1, thread_name_prefix="inference"))
     return MicroBatcher("test", fn, executor, **{**defaults, **knobs})
 
 
@@ -82,61 +83,6 @@ def test_requests_arriving_during_a_batch_form_the_next_batch():
     results = asyncio.run(run())
     assert [r.item() for r in results] == [0.0] + [2.0 * i for i in range(11)]
     assert fn.sizes == [1, 8, 3]  # the burst filled the next batch up to max_batch_size
-
-
-def test_a_job_larger_than_max_batch_size_is_split_and_reassembled_in_order():
-    fn = Recorder()
-
-    async def run() -> torch.Tensor:
-        b = batcher(fn, max_batch_size=4)
-        b.start()
-        try:
-            return await b.submit("m", torch.arange(10.0).unsqueeze(1))
-        finally:
-            await b.stop()
-
-    out = asyncio.run(run())
-    assert out.squeeze(1).tolist() == [2.0 * i for i in range(10)]
-    assert fn.sizes == [4, 4, 2]
-
-
-def test_a_split_job_keeps_tuple_outputs_in_order():
-    async def run() -> tuple[torch.Tensor, torch.Tensor]:
-        b = MicroBatcher(
-            "pairs",
-            lambda key, rows: (rows + 1, rows * 10),
-            ThreadPoolExecutor(1),
-            max_batch_size=3,
-            queue_size=16,
-        )
-        b.start()
-        try:
-            return await b.submit("m", torch.arange(7.0))
-        finally:
-            await b.stop()
-
-    plus, times = asyncio.run(run())
-    assert plus.tolist() == [i + 1.0 for i in range(7)]
-    assert times.tolist() == [i * 10.0 for i in range(7)]
-
-
-def test_a_split_job_that_cannot_fit_in_the_queue_is_refused_whole():
-    from app.errors import Overloaded
-
-    fn = Recorder()
-
-    async def run() -> object:
-        b = batcher(fn, max_batch_size=2, queue_size=3)
-        b.start()
-        try:
-            return (await asyncio.gather(b.submit("m", torch.ones(8, 1)), return_exceptions=True))[
-                0
-            ]
-        finally:
-            await b.stop()
-
-    assert isinstance(asyncio.run(run()), Overloaded)
-    assert fn.sizes == []  # no chunk of it ran
 
 
 def test_inline_a_lone_row_runs_at_once_on_the_loop_and_a_burst_still_batches():

@@ -1,0 +1,264 @@
+"""Overload, side by side in one run: capacity, goodput under floods, and a one-digit watcher.
+
+For each kind of request (`/sample` n=1, guided `/sample` n=256, `/reconstruct` of a 12-megapixel
+photo, `/v2` decoder [16, 32]) it measures:
+
+- capacity alone: successful requests/s at the best of a few concurrencies;
+- goodput under floods of 4x and 16x that concurrency, with clients that wait for `Retry-After`
+  after a 503 and with clients that send again at once, as a share of capacity;
+- every status seen (504s and 5xx must be 0);
+- the p99 of a watcher, one client asking for one digit every 20 ms during each flood.
+
+The server runs pinned to one core (`--server-cpus`) and the load to another (`--load-cpus`), a
+small asyncio HTTP/1.1 client with keep-alive connections (bench/http_client.py).
+
+    .venv/bin/python bench/overload_bench.py --flood-s 10 --out runs/overload.json
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import io
+import json
+import multiprocessing
+import os
+import statistics
+import sys
+import time
+from collections import Counter
+from pathlib import Path
+
+import numpy as np
+from http_client import HOST
+from PIL import Image, ImageFilter
+from serve_bench import Server
+
+REPO = Path(__file__).resolve().parent.parent
+WATCH_EVERY_S = 0.02
+BOUNDARY = "overloadboundary"
+
+
+def post(path: str, body: bytes, content_type: str = "application/json") -> bytes:
+    head = (
+        f"POST {path} HTTP/1.1\r\nHost: {HOST}\r\nContent-Type: {content_type}\r\n"
+        f"Content-Length: {len(body)}\r\n\r\n"
+    )
+    return head.encode() + body
+
+
+def photo_12mp() -> bytes:
+    """A 4000x3000 JPEG: a bundled example digit, drawn large in ink on unevenly lit paper."""
+    digit = Image.open(REPO / "app" / "images" / "example_digits" / "7-0.png").convert("L")
+    ink = digit.resize((1800, 1800), Image.BICUBIC).filter(ImageFilter.GaussianBlur(6))
+    y, x = np.mgrid[0:3000, 0:4000]
+    paper = 200 + 30 * (x / 4000) - 20 * (y / 3000)  # light from one side
+    paper += np.random.default_rng(0).normal(0, 4, paper.shape)
+    page = Image.fromarray(np.clip(paper, 0, 255).astype(np.uint8))
+    dark = Image.fromarray((255 - np.asarray(ink, np.float32) * 0.7).astype(np.uint8))
+    page.paste(dark, (1100, 600), ink)
+    out = io.BytesIO()
+    page.convert("RGB").save(out, "JPEG", quality=90)
+    return out.getvalue()
+
+
+def requests() -> dict[str, bytes]:
+    guided = {"digits": [i % 10 for i in range(256)]}
+    z = np.random.default_rng(1).standard_normal((16, 32)).round(4)
+    v2 = {"inputs": [{"name": "z", "shape": [16, 32], "datatype": "FP32", "data": z.tolist()}]}
+    photo = photo_12mp()
+    upload = (
+        (
+            f'--{BOUNDARY}\r\nContent-Disposition: form-data; name="file"; filename="p.jpg"\r\n'
+            "Content-Type: image/jpeg\r\n\r\n"
+        ).encode()
+        + photo
+        + f"\r\n--{BOUNDARY}--\r\n".encode()
+    )
+    return {
+        "sample n=1": post("/sample", b'{"n": 1}'),
+        "guided n=256": post("/sample", json.dumps(guided).encode()),
+        "reconstruct 12 MP": post(
+            "/reconstruct", upload, f"multipart/form-data; boundary={BOUNDARY}"
+        ),
+        "v2 decoder [16,32]": post("/v2/models/mnist-vae-decoder/infer", json.dumps(v2).encode()),
+    }
+
+
+async def _exchange(reader, writer, request: bytes) -> tuple[int, int]:
+    """One request on a kept-alive connection: (status, Retry-After or 0)."""
+    writer.write(request)
+    status_line = await reader.readline()
+    if not status_line:
+        raise ConnectionError("closed")
+    length = retry = 0
+    while (line := await reader.readline()) not in (b"\r\n", b""):
+        lower = line.lower()
+        if lower.startswith(b"content-length:"):
+            length = int(line[15:])
+        elif lower.startswith(b"retry-after:"):
+            retry = int(line[12:])
+    await reader.readexactly(length)
+    return int(status_line.split()[1]), retry
+
+
+async def _client(port, request, stop_at, mode, statuses, latencies, every_s=0.0) -> None:
+    """Sends `request` until `stop_at`: on 503 `mode` "wait" sleeps `Retry-After`, "at-once"
+    sends again. `every_s`: the watcher's pause between requests."""
+    reader = writer = None
+    while time.perf_counter() < stop_at:
+        try:
+            if writer is None:
+                reader, writer = await asyncio.open_connection(HOST, port)
+            started = time.perf_counter()
+            status, retry = await _exchange(reader, writer, request)
+        except (ConnectionError, OSError, asyncio.IncompleteReadError):
+            statuses["connection error"] += 1
+            writer = None
+            await asyncio.sleep(0.05)
+            continue
+        statuses[status] += 1
+        if status == 200:
+            latencies.append(time.perf_counter() - started)
+        elif status == 503 and mode == "wait":
+            await asyncio.sleep(min(retry or 1, max(0.0, stop_at - time.perf_counter())))
+        if every_s:
+            await asyncio.sleep(every_s)
+    if writer is not None:
+        writer.close()
+
+
+async def _run(port, request, clients, seconds, mode, watch) -> dict:
+    stop_at = time.perf_counter() + seconds
+    statuses: Counter = Counter()
+    latencies: list[float] = []
+    watch_statuses: Counter = Counter()
+    watch_latencies: list[float] = []
+    tasks = [_client(port, request, stop_at, mode, statuses, latencies) for _ in range(clients)]
+    if watch is not None:
+        tasks.append(
+            _client(port, watch, stop_at, "wait", watch_statuses, watch_latencies, WATCH_EVERY_S)
+        )
+    started = time.perf_counter()
+    await asyncio.gather(*tasks)
+    elapsed = time.perf_counter() - started
+    return {
+        "clients": clients,
+        "mode": mode,
+        "ok_per_s": statuses[200] / elapsed,
+        "statuses": {str(k): v for k, v in sorted(statuses.items(), key=str)},
+        "p99_ms": _p99(latencies),
+        "watcher_p99_ms": _p99(watch_latencies),
+        "watcher_statuses": {str(k): v for k, v in sorted(watch_statuses.items(), key=str)},
+    }
+
+
+def _p99(values: list[float]) -> float | None:
+    if len(values) < 2:
+        return None
+    return statistics.quantiles(values, n=100)[98] * 1000
+
+
+def _load(args: tuple) -> dict:
+    cpus, port, request, clients, seconds, mode, watch = args
+    if cpus:
+        os.sched_setaffinity(0, {int(c) for c in cpus.split(",")})
+    return asyncio.run(_run(port, request, clients, seconds, mode, watch))
+
+
+def load(pool, cpus, port, request, clients, seconds, mode="wait", watch=None) -> dict:
+    """One load run in the load process (pinned to `cpus`)."""
+    return pool.apply(_load, ((cpus, port, request, clients, seconds, mode, watch),))
+
+
+def bench(args: argparse.Namespace) -> dict:
+    kinds = requests()
+    watch = kinds["sample n=1"]
+    server = Server(
+        REPO / "models" / "mnist-vae.pt", args.max_batch_size, "cpu", cpus=args.server_cpus
+    )
+    results: dict = {"kinds": {}}
+    try:
+        with multiprocessing.get_context("spawn").Pool(1) as pool:
+            for name, request in kinds.items():
+                if args.only and name not in args.only:
+                    continue
+                print(f"{name}: capacity", file=sys.stderr, flush=True)
+                load(pool, args.load_cpus, server.port, request, 1, 2.0)  # warm-up, learn costs
+                levels = [
+                    load(pool, args.load_cpus, server.port, request, c, args.capacity_s)
+                    for c in args.concurrency
+                ]
+                best = max(levels, key=lambda r: r["ok_per_s"])
+                alone = load(pool, args.load_cpus, server.port, watch, 1, 3.0, watch=None)
+                floods = []
+                for factor in (4, 16):
+                    for mode in ("wait", "at-once"):
+                        clients = best["clients"] * factor
+                        print(f"{name}: {clients} clients, {mode}", file=sys.stderr, flush=True)
+                        flood = load(
+                            pool, args.load_cpus, server.port, request, clients, args.flood_s,
+                            mode, watch,
+                        )  # fmt: skip
+                        flood["goodput"] = flood["ok_per_s"] / best["ok_per_s"]
+                        flood["factor"] = factor
+                        floods.append(flood)
+                results["kinds"][name] = {
+                    "levels": levels,
+                    "capacity": best,
+                    "watcher_alone_p99_ms": alone["p99_ms"],
+                    "floods": floods,
+                }
+    finally:
+        server.stop()
+    return results
+
+
+def table(results: dict) -> str:
+    lines = [
+        "| kind | capacity req/s (c) | flood | clients | goodput | statuses "
+        "| watcher p99 ms (503s) |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    for name, r in results["kinds"].items():
+        cap = r["capacity"]
+        for f in r["floods"]:
+            watcher = f["watcher_p99_ms"]
+            refused = f["watcher_statuses"].get("503", 0)
+            lines.append(
+                f"| {name} | {cap['ok_per_s']:.1f} ({cap['clients']}) | {f['factor']}x {f['mode']} "
+                f"| {f['clients']} | {f['goodput']:.2f} | {f['statuses']} | "
+                f"{watcher:.0f} ({refused}) |"
+                if watcher is not None
+                else f"| {name} | {cap['ok_per_s']:.1f} ({cap['clients']}) | {f['factor']}x "
+                f"{f['mode']} | {f['clients']} | {f['goodput']:.2f} | {f['statuses']} | - |"
+            )
+    return "\n".join(lines)
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--server-cpus", default="0")
+    parser.add_argument("--load-cpus", default="1")
+    parser.add_argument("--max-batch-size", type=int, default=64)
+    parser.add_argument("--concurrency", type=int, nargs="+", default=[1, 2, 4, 8, 16])
+    parser.add_argument("--capacity-s", type=float, default=4.0)
+    parser.add_argument("--flood-s", type=float, default=10.0)
+    parser.add_argument("--only", nargs="*", help="kinds to run (default: all)")
+    parser.add_argument("--out", type=Path)
+    return parser.parse_args(argv)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    results = bench(args)
+    results["args"] = {k: str(v) for k, v in vars(args).items()}
+    print(table(results))
+    if args.out:
+        args.out.parent.mkdir(parents=True, exist_ok=True)
+        args.out.write_text(json.dumps(results, indent=2))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
