@@ -24,7 +24,7 @@ import math
 import time
 from collections import deque
 from collections.abc import Callable
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
@@ -48,6 +48,7 @@ def retry_after(wait_s: float) -> int:
 class _Waiter:
     pixels: int
     future: asyncio.Future = field(repr=False)
+    queued: bool = True  # still in `_waiters`: `_wake` may drop it before its request sees it
 
 
 class DecodeGate:
@@ -85,19 +86,31 @@ class DecodeGate:
             )
         await self._acquire(pixels)
         loop = asyncio.get_running_loop()
+        elapsed: float | None = None
 
         def decode() -> T:
+            nonlocal elapsed
             started = time.perf_counter()
             try:
                 return fn()
-            finally:  # released when the thread is done, even if the request stopped waiting
+            finally:
                 elapsed = time.perf_counter() - started
                 if pixels >= TRIM_AFTER_PIXELS:  # its buffers are freed: hand them back
                     give_back_freed_memory()
-                with contextlib.suppress(RuntimeError):  # the loop closed at shutdown
-                    loop.call_soon_threadsafe(self._release, pixels, elapsed)
 
-        return await loop.run_in_executor(self._executor, decode)
+        def release(_: Future[T]) -> None:
+            """Runs once per job, even one cancelled before it started (which runs no `finally`)."""
+            with contextlib.suppress(RuntimeError):  # the loop closed at shutdown
+                loop.call_soon_threadsafe(self._release, pixels, elapsed)
+
+        try:
+            job = self._executor.submit(decode)
+        except BaseException:  # shut down: nothing will run to give the slot back
+            self._release(pixels, None)
+            raise
+        # Released when the job is done, even if the request stopped waiting.
+        job.add_done_callback(release)
+        return await asyncio.wrap_future(job, loop=loop)
 
     async def _acquire(self, pixels: int) -> None:
         if not self._waiters and self._fits(pixels):
@@ -111,7 +124,8 @@ class DecodeGate:
         except BaseException:
             if waiter.future.done() and not waiter.future.cancelled():
                 self._release(pixels, None)  # granted just as the request gave up
-            else:
+            elif waiter.queued:  # else `_wake` met it cancelled and dropped it already
+                waiter.queued = False
                 self._waiters.remove(waiter)
                 self._pixels_waiting -= pixels
                 self._wake()
@@ -146,6 +160,7 @@ class DecodeGate:
     def _wake(self) -> None:
         while self._waiters and self._fits(self._waiters[0].pixels):
             waiter = self._waiters.popleft()
+            waiter.queued = False
             self._pixels_waiting -= waiter.pixels
             if waiter.future.done():  # cancelled meanwhile
                 continue
