@@ -68,7 +68,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         finally:
             await app.state.engine.stop()
             app.state.decode_gate.shutdown()
-            tracing.flush()
+            tracing.shutdown()
 
     app = FastAPI(
         title="MNIST VAE",

@@ -4,14 +4,17 @@ Whether tracing is on is read from the environment once, when this module is imp
 traced step is wired in then or when the app is built (`traced` hands back the function itself,
 the engine picks the plain batcher, `create_app` adds no span middleware). So with tracing off the
 request path is the same code as before tracing existed and costs nothing. The SDK and the
-exporter (the `[otel]` extra) are imported only when tracing is on.
+exporter (the `[otel]` extra) are imported only when tracing is on. At exit, `shutdown` waits for
+the collector at most `EXIT_DEADLINE_S`, whatever the SDK does.
 """
 
 from __future__ import annotations
 
 import functools
 import inspect
+import logging
 import os
+import threading
 from collections.abc import Callable, Iterable, Mapping
 from typing import Any, TypeVar
 
@@ -20,6 +23,11 @@ F = TypeVar("F", bound=Callable[..., Any])
 SERVICE_NAME = "mnist-vae"  # when OTEL_SERVICE_NAME (or the resource attributes) name none
 TRACER_NAME = "app"
 PROPAGATED = (b"traceparent", b"tracestate")  # W3C Trace Context, the headers we read
+EXIT_DEADLINE_S = 2.0  # the longest the exit waits for the collector (docs/operations.md, Traces)
+EXPORT_TIMEOUT_S = EXIT_DEADLINE_S  # one OTLP export, retries included, unless OTEL_* set one
+TIMEOUT_VARIABLES = ("OTEL_EXPORTER_OTLP_TRACES_TIMEOUT", "OTEL_EXPORTER_OTLP_TIMEOUT")
+
+log = logging.getLogger("app.tracing")
 
 
 def wants_tracing(env: Mapping[str, str]) -> bool:
@@ -60,7 +68,8 @@ def configure(env: Mapping[str, str] | None = None) -> None:
     from opentelemetry.sdk.trace.export import BatchSpanProcessor
 
     resource = Resource.create({} if _names_service(env) else {"service.name": SERVICE_NAME})
-    provider = TracerProvider(resource=resource)
+    # No exit hook: it would run the SDK's unbounded shutdown again after `shutdown` gave up.
+    provider = TracerProvider(resource=resource, shutdown_on_exit=False)
     for exporter in _exporters(env):
         provider.add_span_processor(BatchSpanProcessor(exporter))
     trace.set_tracer_provider(provider)
@@ -75,14 +84,33 @@ def check(env: Mapping[str, str] | None = None) -> None:
         _exporters(os.environ if env is None else env)
 
 
-FLUSH_TIMEOUT_MS = 2000  # what the exit may wait for the collector, out of the drain's grace
+def shutdown(deadline_s: float = EXIT_DEADLINE_S) -> bool:
+    """Exports the spans still queued and shuts the exporters down when the app stops, on a
+    daemon thread waited for at most `deadline_s`, because the SDK ignores `force_flush`'s
+    timeout and retries a collector that is down (that held the exit for the whole grace period).
+    True when it finished in time."""
+    provider = _provider
+    if provider is None:
+        return True
+    done = threading.Event()
 
+    def flush_then_shut_down() -> None:
+        try:
+            provider.force_flush()
+            provider.shutdown()
+        except Exception:
+            log.exception("trace export failed at exit")
+        finally:
+            done.set()
 
-def flush() -> None:
-    """Exports the spans still queued: called when the app stops, since `vae-serve` leaves with
-    `os._exit` after the drain, which skips the SDK's own exit hook."""
-    if _provider is not None:
-        _provider.force_flush(FLUSH_TIMEOUT_MS)
+    threading.Thread(target=flush_then_shut_down, name="trace-exit", daemon=True).start()
+    if done.wait(deadline_s):
+        return True
+    log.warning(
+        "trace export abandoned after %g s at exit: the collector did not take the last spans",
+        deadline_s,
+    )
+    return False
 
 
 def _require_sdk() -> None:
@@ -117,7 +145,8 @@ def _exporters(env: Mapping[str, str]) -> list[Any]:
                 )
             from opentelemetry.exporter.otlp.proto.http.trace_exporter import OTLPSpanExporter
 
-            exporters.append(OTLPSpanExporter())
+            timeout = None if any(env.get(v) for v in TIMEOUT_VARIABLES) else EXPORT_TIMEOUT_S
+            exporters.append(OTLPSpanExporter(timeout=timeout))
         elif name == "console":
             from opentelemetry.sdk.trace.export import ConsoleSpanExporter
 
