@@ -12,6 +12,8 @@ from __future__ import annotations
 
 import json
 import math
+import zipfile
+import zlib
 from dataclasses import dataclass, field
 from functools import cached_property
 from pathlib import Path
@@ -255,12 +257,31 @@ def save_npz(prior: Prior, path: Path | BinaryIO) -> None:
     np.savez(path, rules=json.dumps(rules), **arrays)
 
 
+# What reading a damaged .npz raises: numpy's and zipfile's errors for a truncated or foreign
+# file, and KeyError to RecursionError for arrays or rules that are missing or malformed.
+NPZ_READ_ERRORS = (
+    OSError,
+    EOFError,
+    ValueError,
+    KeyError,
+    TypeError,
+    AttributeError,
+    RecursionError,
+    MemoryError,
+    zipfile.BadZipFile,
+    zlib.error,
+)
+
+
 def load_npz(path: Path | BinaryIO) -> Prior:
-    """Reads what `save_npz` wrote; no pickles (`allow_pickle=False`)."""
+    """Reads what `save_npz` wrote; no pickles (`allow_pickle=False`). Anything else, damaged
+    or not a prior, raises `PriorFileError`."""
     try:
         with np.load(path, allow_pickle=False) as data:
             arrays = {k: data[k] for k in data.files}
         rules = json.loads(str(arrays.pop("rules")))
+        if not isinstance(rules, dict):
+            raise PriorFileError("its rules are not a JSON object")
         if rules.get("kind") == "standard":
             return StandardNormal(int(rules["dim"]))
         if rules.get("kind") != "gaussian-mixture":
@@ -268,15 +289,26 @@ def load_npz(path: Path | BinaryIO) -> Prior:
         parts: dict[str, dict[str, Any]] = {}
         for key, value in arrays.items():
             part, name = key.split(".", 1)
+            _check_dtype(key, value)
             parts.setdefault(part, {})[name] = value
         for part, covariance in rules["covariance"].items():
             parts[part]["covariance"] = covariance
         return prior_from_dict({**rules, **parts})
     except PriorFileError:
         raise
-    except (OSError, ValueError, KeyError, TypeError) as exc:
+    except NPZ_READ_ERRORS as exc:
         name = getattr(path, "name", "the prior")
-        raise PriorFileError(f"{name} is not an exported prior: {exc}") from exc
+        raise PriorFileError(f"{name} is not an exported prior: {exc!r}") from exc
+
+
+_KIND_NAMES = {"iu": "integers", "fiu": "real numbers"}
+
+
+def _check_dtype(key: str, value: np.ndarray) -> None:
+    """Labels are integers and the rest real numbers: a cast would silently change them."""
+    kinds = "iu" if key.endswith(".labels") else "fiu"
+    if value.dtype.kind not in kinds:
+        raise PriorFileError(f"{key} holds {value.dtype} values, not {_KIND_NAMES[kinds]}")
 
 
 def describe(prior: Prior) -> dict[str, Any]:

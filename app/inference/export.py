@@ -27,11 +27,12 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from app.inference.artifacts import FORMAT_NAME, FORMAT_VERSION, MANIFEST_NAME, sha256_of
+from app.inference.artifacts import MANIFEST_NAME, sha256_of
 from app.inference.backends.base import FP32_BOUND, check_against, check_cases
 from app.inference.backends.eager import TorchRunner
 from app.inference.backends.onnx import OnnxRuntimeRunner
 from app.inference.backends.onnx_export import GRAPHS, OPSET, export_onnx
+from app.inference.export_manifest import FORMAT_NAME, FORMAT_VERSION
 from models.checkpoint import CheckpointError, file_sha256, load_checkpoint_and_prior
 from models.classifier import GUIDE_PATH, ClassifierError, DigitClassifier, load_classifier
 from models.prior import as_arrays

@@ -72,7 +72,7 @@ def load_digit_guide(settings: Settings) -> DigitGuide | None:
         log.warning("digit guide %s not found: chosen digits are drawn unguided", path)
         return None
     if Path(path).suffix == ".onnx":
-        from app.inference.artifacts import load_onnx_guide
+        from app.inference.export_guide import load_onnx_guide
 
         guide = load_onnx_guide(Path(path), settings.digit_candidates)
     elif not torch_available():
@@ -98,15 +98,15 @@ def load_digit_guide(settings: Settings) -> DigitGuide | None:
     return guide
 
 
-def check_servable(path: Path, device: str) -> None:
+def check_servable(path: Path, device: str, backend: str = "auto") -> None:
     """What `vae-serve` checks before it starts uvicorn: the file can be read and the device
-    exists, so a bad `VAE_CHECKPOINT` fails with one line instead of a traceback per worker."""
+    exists, so a bad `VAE_CHECKPOINT` fails with one line instead of a traceback per worker.
+    An export is verified whole, its graphs run on its recorded check (half a second), since
+    torch does not vouch for it."""
     if is_export(path):
-        from app.inference.artifacts import read_export
+        from app.inference.artifacts import verify_export
 
-        if device not in ("auto", "cpu"):
-            raise CheckpointError(f"an export serves on the CPU only, not on {device!r}")
-        read_export(path)
+        verify_export(path, device, backend=backend, threads=1)
         return
     if not torch_available():
         load_model(path, device)  # raises the message that says how to export it
@@ -115,3 +115,12 @@ def check_servable(path: Path, device: str) -> None:
 
     resolve_device(device)
     load_checkpoint(path)
+
+
+def check_digit_guide(settings: Settings) -> None:
+    """What `vae-serve` checks of an `.onnx` guide (the torch-free image's, from the export)
+    before it starts uvicorn: it loads (tens of milliseconds), or it fails with one line."""
+    if settings.digit_guide and Path(settings.digit_guide).suffix == ".onnx":
+        from app.inference.export_guide import load_onnx_guide
+
+        load_onnx_guide(Path(settings.digit_guide), settings.digit_candidates)

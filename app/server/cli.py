@@ -13,7 +13,7 @@ from pydantic import ValidationError
 
 from app import tracing
 from app.config import Settings, configuration_error
-from app.inference.loading import check_servable
+from app.inference.loading import check_digit_guide, check_servable
 from app.server.shutdown import serve
 from models.checkpoint_errors import CheckpointError
 
@@ -37,7 +37,8 @@ def main(argv: list[str] | None = None) -> int:
         print(f"vae-serve: invalid configuration: {configuration_error(exc)}", file=sys.stderr)
         return 2
     try:
-        check_servable(settings.checkpoint, settings.device)
+        check_servable(settings.checkpoint, settings.device, settings.backend)
+        check_digit_guide(settings)
         tracing.check()
     except (CheckpointError, RuntimeError) as exc:  # TracingConfigError is a RuntimeError
         print(f"vae-serve: cannot serve: {exc}", file=sys.stderr)

@@ -1,0 +1,116 @@
+"""An export's arrays, `prior.npz` and `check.npz`, read into what the loader may trust.
+
+numpy and zipfile raise a dozen exception types on a damaged .npz, and an intact one can still
+hold arrays of another latent size or dtype that would load and then fail `/sample`; each is
+refused here with `ExportError` and one line instead.
+"""
+
+from __future__ import annotations
+
+import io
+import math
+
+import numpy as np
+
+from app.inference.backends.base import Case
+from app.inference.export_manifest import GRAPH_OPS, ExportError
+from models.prior_arrays import (
+    NPZ_READ_ERRORS,
+    Mixture,
+    MixturePrior,
+    Prior,
+    PriorFileError,
+    StandardNormal,
+    load_npz,
+)
+
+IMAGE_SHAPE = (1, 32, 32)  # what the graphs take and give per row (`served.warm_up`)
+CHECK_OUTPUTS = {"encode": 2, "decode": 1, "reconstruct": 4}
+MAX_ROUNDS = 1024  # the shipped prior redraws up to 32 times; more is a stuck request
+NUM_DIGITS = 10
+
+
+def read_prior(data: bytes, name: str, latent_dim: int) -> Prior:
+    """The prior in `data` (the file `name`), of the model's latent size and drawable."""
+    buffer = io.BytesIO(data)
+    buffer.name = name  # how `load_npz` names it in its reasons
+    try:
+        prior = load_npz(buffer)
+    except PriorFileError as exc:
+        reason = str(exc)
+        raise ExportError(reason if reason.startswith(name) else f"{name}: {reason}") from None
+    if isinstance(prior, StandardNormal):
+        if prior.dim != latent_dim:
+            raise ExportError(
+                f"{name}: N(0, I) of {prior.dim} dimensions, latents have {latent_dim}"
+            )
+        return prior
+    _check_rules(prior, name)
+    for part, mixture in (("mixture", prior.mixture), ("classes", prior.classes)):
+        if mixture is not None:
+            _check_mixture(mixture, f"{name}: {part}", latent_dim)
+    return prior
+
+
+def _check_rules(prior: MixturePrior, name: str) -> None:
+    if prior.draw_from not in ("mixture", "classes") or (
+        prior.draw_from == "classes" and prior.classes is None
+    ):
+        raise ExportError(f"{name}: cannot draw from {prior.draw_from!r}")
+    if not 1 <= prior.max_rounds <= MAX_ROUNDS:
+        raise ExportError(f"{name}: max_rounds must be 1..{MAX_ROUNDS}, not {prior.max_rounds}")
+    if not (math.isfinite(prior.accept_threshold) and prior.accept_threshold <= 1.0):
+        raise ExportError(f"{name}: accept_threshold {prior.accept_threshold} is not at most 1")
+
+
+def _check_mixture(mixture: Mixture, what: str, latent_dim: int) -> None:
+    """Shapes and finiteness are `Mixture`'s own checks; here what drawing from it needs."""
+    if mixture.dim != latent_dim:
+        raise ExportError(f"{what} has {mixture.dim} dimensions, latents have {latent_dim}")
+    if (mixture.weights < 0).any() or not mixture.weights.sum() > 0:
+        raise ExportError(f"{what} weights must be non-negative with a positive sum")
+    if not (np.diagonal(mixture.scale_tril, axis1=1, axis2=2) > 0).all():
+        raise ExportError(f"{what} scale_tril must have a positive diagonal (a Cholesky factor)")
+    labels = mixture.labels
+    if labels is not None and ((labels < 0) | (labels >= NUM_DIGITS)).any():
+        raise ExportError(f"{what} labels must be digits 0..9")
+
+
+def read_check(data: bytes, name: str, latent_dim: int) -> list[Case]:
+    """`<op>.<k>.input` and `<op>.<k>.output<i>` arrays -> (op, input, outputs), at least one
+    case for each graph, with the shapes the graphs take."""
+    try:
+        with np.load(io.BytesIO(data), allow_pickle=False) as npz:
+            arrays = {k: npz[k] for k in npz.files}
+    except NPZ_READ_ERRORS as exc:
+        raise ExportError(f"{name} is not a readable .npz: {exc!r}") from None
+    rows = {"encode": IMAGE_SHAPE, "decode": (latent_dim,), "reconstruct": IMAGE_SHAPE}
+    cases: list[Case] = []
+    for key in sorted(k for k in arrays if k.endswith(".input")):
+        op, _, case = key.removesuffix(".input").partition(".")
+        if op not in CHECK_OUTPUTS or not case or "." in case:
+            raise ExportError(f"{name}: {key!r} is not <operation>.<case>.input")
+        x = _floats(arrays[key], key, name)
+        if x.ndim < 1 or x.shape[1:] != rows[op] or len(x) < 1:
+            shape = "x".join(map(str, ("N", *rows[op])))
+            raise ExportError(f"{name}: {key} is {list(x.shape)}, not [{shape}] (N >= 1)")
+        outputs = []
+        for i in range(CHECK_OUTPUTS[op]):
+            out_key = f"{op}.{case}.output{i}"
+            if out_key not in arrays:
+                raise ExportError(f"{name}: {key} has no recorded {out_key}")
+            out = _floats(arrays[out_key], out_key, name)
+            if out.ndim < 1 or len(out) != len(x):
+                raise ExportError(f"{name}: {out_key} has not one row per input row")
+            outputs.append(out)
+        cases.append((op, x, outputs))
+    missing = [op for op in GRAPH_OPS if not any(c[0] == op for c in cases)]
+    if missing:
+        raise ExportError(f"{name} records no check of {', '.join(missing)}")
+    return cases
+
+
+def _floats(array: np.ndarray, key: str, name: str) -> np.ndarray:
+    if array.dtype.kind != "f" or not np.isfinite(array).all():
+        raise ExportError(f"{name}: {key} must hold finite floats, not {array.dtype}")
+    return array
