@@ -192,7 +192,8 @@ class Booking:
     def keep(self, seconds: float) -> None:
         """Keeps at most `seconds` booked (what the work left could still take)."""
         if seconds < self.seconds:
-            self._booked[self.lane] = max(0.0, self._booked[self.lane] - (self.seconds - seconds))
+            left = self._booked[self.lane] - (self.seconds - seconds)
+            self._booked[self.lane] = left if left > 1e-9 else 0.0  # no rounding residue
             self.seconds = max(0.0, seconds)
 
     def close(self) -> None:
@@ -255,6 +256,14 @@ class InferenceGate:
         """One measured run of `op` over `rows` rows, into its moving average."""
         spr = self.seconds_per_row.get(op, PRIOR_INFERENCE_S_PER_ROW)
         self.seconds_per_row[op] = spr + EWMA_WEIGHT * (seconds / max(1, rows) - spr)
+
+    def calibrate(self, op: str, run: Callable[[], Any], rows: int) -> None:
+        """Sets `op`'s cost from a timed run of `rows` rows (after a first one, to warm it), so
+        admission starts from this machine's costs, not from a guess."""
+        run()
+        started = time.perf_counter()
+        run()
+        self.seconds_per_row[op] = (time.perf_counter() - started) / rows
 
     def learn_refused_share(self, share: float) -> None:
         """One guided request's share of refused first candidates, into its moving average."""

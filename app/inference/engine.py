@@ -36,6 +36,7 @@ from models.digit_guide import DigitGuide
 from models.prior_arrays import MixturePrior, RandomSource, StandardNormal
 
 log = logging.getLogger("app.engine")
+CALIBRATION_ROWS = 32  # rows per timed batch at start-up: about what a slice holds on a CPU
 
 __all__ = ["Engine", "LoadedModel", "check_digits", "sample_prior_name"]
 
@@ -124,6 +125,7 @@ class Engine:
         s = self.settings
         self.guide = await asyncio.to_thread(load_digit_guide, s)
         loaded = await asyncio.to_thread(self._load, s.checkpoint)
+        await asyncio.to_thread(self._calibrate, loaded)
         self._install(loaded)
         self.scheduler.start()
         for batcher in (self.encoder, self.decoder, self.reconstructor):
@@ -170,6 +172,18 @@ class Engine:
             threads=inference_threads(s.torch_threads),
             cuda_graphs=s.cuda_graphs,
         )
+
+    def _calibrate(self, m: LoadedModel) -> None:
+        """Times each operation on a batch, before the first request is admitted."""
+        rows = min(self.settings.max_batch_size, CALIBRATION_ROWS)
+        z = np.zeros((rows, m.latent_dim), np.float32)
+        x = m.runner.decode(z)
+        gate, guide = self.admission, self.guide
+        gate.calibrate("decode", lambda: m.runner.decode(z), rows)
+        gate.calibrate("encode", lambda: m.runner.encode(x), rows)
+        gate.calibrate("reconstruct", lambda: m.runner.reconstruct(x), rows)
+        if guide is not None:
+            gate.calibrate("classify", lambda: guide.probabilities(x), rows)
 
     def _install(self, loaded: LoadedModel) -> None:
         self._current = loaded

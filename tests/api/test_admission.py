@@ -9,7 +9,7 @@ import time
 import pytest
 
 from app.errors import Overloaded
-from app.inference.admission import DecodeGate, InferenceGate
+from app.inference.admission import HEAVY, DecodeGate, InferenceGate
 
 
 def test_decodes_never_exceed_the_thread_count_or_the_pixel_budget():
@@ -80,25 +80,25 @@ def test_a_request_that_gives_up_frees_its_place_and_its_budget():
     assert gate._running == 0 and gate._pixels_running == 0
 
 
-def test_inference_gate_refuses_work_that_would_wait_past_the_timeout():
-    gate = InferenceGate()
-    gate.seconds_per_row["decode"] = 0.001  # 256 rows: 0.256 s
+def test_inference_gate_refuses_heavy_work_that_would_not_finish_in_half_the_time_left():
+    gate = InferenceGate(slice_s=0.025, light_queue_s=0.06, max_rows=64)
+    gate.seconds_per_row["decode"] = 0.001  # 256 rows: 0.256 s, a heavy job
 
     admitted, refused = [], 0
     for _ in range(10):
         try:
-            admitted.append(gate.reserve("decode", 256, time_left_s=1.0))
+            admitted.append(gate.book(HEAVY, gate.cost(256, "decode"), time_left_s=2.0))
         except Overloaded as exc:
             assert exc.retry_after >= 1
             refused += 1
-    for cost in admitted:
-        gate.release(cost)
-    assert (len(admitted), refused) == (3, 7)  # 3 x 0.256 s fit in 1 s; the 4th would wait too long
+    for booking in admitted:
+        booking.close()
+    assert (len(admitted), refused) == (3, 7)  # 3 x 0.256 s fit in 1 s; the 4th would not
     assert gate.pending_s == 0
 
 
 def test_inference_gate_learns_seconds_per_row_from_the_batches():
-    gate = InferenceGate()
+    gate = InferenceGate(slice_s=0.025, light_queue_s=0.06, max_rows=64)
     timed = gate.timed("encode", lambda key, batch: time.sleep(0.01 * len(batch)) or batch)
     for _ in range(20):
         timed(None, [0] * 4)
