@@ -56,7 +56,7 @@ class Settings(BaseSettings):
         "decoded; 0: never",
     )
     slice_ms: float = Field(
-        25.0,
+        40.0,
         gt=0,
         le=10_000,
         description="inference work per turn of the inference thread (a batch, or a slice of a "

@@ -15,6 +15,7 @@ from pydantic import ValidationError
 
 from app import tracing
 from app.config import Settings, configuration_error
+from app.http import shedding
 from app.http.auth import api_key_scheme
 from app.http.body_limit import BodyLimitMiddleware
 from app.http.context import RequestContextMiddleware
@@ -110,11 +111,10 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         max_upload_bytes=settings.max_upload_bytes,
         protocol_max_bytes=oip.MAX_BODY_BYTES,
     )
+    shed = shedder(app.state.engine, app.state.decode_gate, settings.request_timeout_s)
+    shedding.install(shed)  # for vae-serve's edge, which refuses before the app sees a request
     app.add_middleware(
-        RequestGuardMiddleware,
-        settings=settings,
-        lifecycle=app.state.lifecycle,
-        shed=shedder(app.state.engine, app.state.decode_gate, settings.request_timeout_s),
+        RequestGuardMiddleware, settings=settings, lifecycle=app.state.lifecycle, shed=shed
     )
     if settings.cors_origins:
         app.add_middleware(

@@ -16,17 +16,16 @@ and inside CORS (so preflights stay open):
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Callable
 
 from fastapi import Request
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from app import deadline
 from app.config import Settings
-from app.errors import Overloaded
 from app.http.auth import UNAUTHORIZED, authorized, bearer_value
 from app.http.error_bodies import error_response, speaks_protocol
 from app.http.lifecycle import Lifecycle
+from app.http.shedding import Check
 
 # Health, readiness (also the Open Inference Protocol's) and metrics: for probes and scrapers.
 OPEN_PATHS = frozenset({"/healthz", "/readyz", "/metrics", "/v2/health/live", "/v2/health/ready"})
@@ -38,7 +37,7 @@ class RequestGuardMiddleware:
         app: ASGIApp,
         settings: Settings,
         lifecycle: Lifecycle,
-        shed: Callable[[Scope], Overloaded | None] = lambda scope: None,
+        shed: Check | None = None,
     ) -> None:
         self.app = app
         self.shed = shed
@@ -61,8 +60,8 @@ class RequestGuardMiddleware:
             refusal = error_response(503, "server is shutting down", headers, protocol=protocol)
             await refusal(scope, receive, send)
             return
-        overloaded = self.shed(scope)
-        if overloaded is not None:
+        overloaded = self.shed and self.shed(scope["method"], scope["path"], scope["headers"])
+        if overloaded:
             headers = {"Retry-After": str(overloaded.retry_after)}
             await error_response(503, overloaded.detail, headers, protocol=protocol)(
                 scope, receive, send

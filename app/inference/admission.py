@@ -245,12 +245,10 @@ class InferenceGate:
             )
         return Booking(self.booked_s, lane, seconds)
 
-    def full(self, time_left_s: float) -> bool:
-        """Whether even the smallest job would be refused in both lanes (so a request can be
-        refused from its headers, before its body is read)."""
-        light = min(self.light_queue_s, time_left_s - self.slice_s)
-        heavy = HEAVY_SHARE_OF_TIME_LEFT * time_left_s
-        return self.booked_s[LIGHT] >= light and self.booked_s[HEAVY] >= heavy
+    def light_full(self, time_left_s: float) -> bool:
+        """Whether light work is refused whatever its size (so a request can be refused from
+        its head, before its body is read)."""
+        return self.booked_s[LIGHT] >= min(self.light_queue_s, time_left_s - self.slice_s)
 
     def learn(self, op: str, rows: int, seconds: float) -> None:
         """One measured run of `op` over `rows` rows, into its moving average."""

@@ -1,18 +1,14 @@
 """Which requests are refused from their headers alone, before their body is read.
 
 Under a flood, a refusal that first reads and parses a body (an upload of megabytes, a tensor)
-costs the event loop what the admitted work needs. When every inference lane is full, or image
-decoding could not start before the request's deadline, nothing in the body could change the
-answer: 503 with `Retry-After` at once.
+costs the event loop what the admitted work needs. When light work fills the inference queue, or
+image decoding could not start before the request's deadline, 503 with `Retry-After` at once.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
-
-from starlette.types import Scope
-
 from app.errors import Overloaded
+from app.http.shedding import Check
 from app.inference.admission import DecodeGate, retry_after
 from app.inference.engine import Engine
 
@@ -20,21 +16,21 @@ INFERENCE_POSTS = frozenset(
     {"/sample", "/decode", "/interpolate", "/interpolate/upload", "/reconstruct", "/encode"}
 )
 
-Shedder = Callable[[Scope], Overloaded | None]
 
+def shedder(engine: Engine, decode_gate: DecodeGate, timeout_s: float) -> Check:
+    """The check for the edge and the guard: an `Overloaded` to answer, or None to go on.
 
-def shedder(engine: Engine, decode_gate: DecodeGate, timeout_s: float) -> Shedder:
-    """The guard's check (`app.http.guard`): an `Overloaded` to answer, or None to go on."""
+    A full light lane refuses every inference request, heavy ones included: the thread is then
+    saturated with light work, and telling a heavy request so costs far less than reading it."""
 
-    def refusal(scope: Scope) -> Overloaded | None:
-        path = scope["path"]
-        if scope["method"] != "POST" or not (
+    def refusal(method: str, path: str, headers: list[tuple[bytes, bytes]]) -> Overloaded | None:
+        if method != "POST" or not (
             path in INFERENCE_POSTS or (path.startswith("/v2/models/") and path.endswith("/infer"))
         ):
             return None
-        if engine.admission.full(timeout_s):
-            return Overloaded("every inference queue is full, retry shortly")
-        if _is_multipart(scope):
+        if engine.admission.light_full(timeout_s):
+            return Overloaded("the inference queue is full, retry shortly")
+        if _is_multipart(headers):
             wait = decode_gate.expected_wait_s()
             if wait >= timeout_s:
                 return Overloaded(
@@ -46,8 +42,8 @@ def shedder(engine: Engine, decode_gate: DecodeGate, timeout_s: float) -> Shedde
     return refusal
 
 
-def _is_multipart(scope: Scope) -> bool:
-    for name, value in scope["headers"]:
+def _is_multipart(headers: list[tuple[bytes, bytes]]) -> bool:
+    for name, value in headers:
         if name == b"content-type":
             return value[:19].lower() == b"multipart/form-data"
     return False

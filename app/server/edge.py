@@ -15,7 +15,10 @@ those limits by extending uvicorn's protocol (each override calls uvicorn's own 
   connection is busy with a request does the new one get 503 with `Retry-After`;
 - more than `max_connections_per_address` from one client address (0: no such limit): the same,
   within that address;
-- idle keep-alive connections close after `keep_alive_s` (uvicorn's own timer).
+- idle keep-alive connections close after `keep_alive_s` (uvicorn's own timer);
+- a request the app's overload check (`app.http.shedding`) refuses from its head: 503 with
+  `Retry-After` written here, its body skipped, the connection kept alive, no task started: under
+  a flood of clients that send again at once, that is what keeps refusals cheap.
 
 The body's size is FastAPI's `max_body_size` (one check, in the app). uvicorn's protocol is not a
 public API: `pyproject.toml` pins uvicorn's minor version and `tests/api/test_http_edge.py` checks
@@ -35,6 +38,7 @@ from typing import Any, ClassVar
 from uvicorn.protocols.http.httptools_impl import STATUS_LINE, HttpToolsProtocol
 
 from app.config import MAX_URL_BYTES, Settings, get_settings
+from app.http import shedding
 from app.http.error_bodies import error_body, speaks_protocol
 
 log = logging.getLogger("app.edge")
@@ -121,6 +125,7 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
         self._body_bytes_seen = 0
         self._refusal: tuple[int, str] | None = None
         self._refused = False
+        self._shedding = False  # this request was refused from its head: skip its body
         self._address = ""
         self.url = b""
 
@@ -240,17 +245,54 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
         if self._head_timer is not None:
             self._head_timer.cancel()
             self._head_timer = None
+        if self._refuse_overloaded():
+            return
         super().on_headers_complete()
 
     def on_body(self, body: bytes) -> None:
         self._body_bytes += len(body)
-        super().on_body(body)
+        if not self._shedding:
+            super().on_body(body)
 
     def on_message_complete(self) -> None:
         if self._body_timer is not None:
             self._body_timer.cancel()
             self._body_timer = None
+        if self._shedding:  # answered already: the connection waits for its next request
+            self._shedding = False
+            self.on_response_complete()
+            return
         super().on_message_complete()
+
+    def _refuse_overloaded(self) -> bool:
+        """Answers 503 from the head when the app's overload check says so (only with no other
+        request of this connection in progress, so answers stay in order)."""
+        check = shedding.installed()
+        if check is None or self.pipeline or (self.cycle and not self.cycle.response_complete):
+            return False
+        path = self.url.split(b"?", 1)[0].decode("latin-1")
+        method = self.parser.get_method().decode("ascii")
+        overloaded = check(method, path, self.scope["headers"])
+        if overloaded is None:
+            return False
+        shedding.REFUSED_FROM_HEAD.inc()
+        keep_alive = self.parser.get_http_version() != "1.0" and self.parser.should_keep_alive()
+        self.transport.write(
+            _error_bytes(
+                503,
+                overloaded.detail,
+                self.server_state.default_headers,
+                overloaded.retry_after,
+                speaks_protocol(path),
+                keep_alive=keep_alive,
+            )
+        )
+        if not keep_alive:
+            self._refused = True
+            self.transport.close()
+            return True
+        self._shedding = True
+        return True
 
     def on_response_complete(self) -> None:
         """Answered: with nothing pipelined behind it, the connection waits for a request again."""
@@ -332,6 +374,7 @@ def _error_bytes(
     default_headers: list[tuple[bytes, bytes]],
     retry_after: int | None,
     protocol: bool = False,
+    keep_alive: bool = False,
 ) -> bytes:
     body = json.dumps(error_body(status, detail, protocol=protocol)).encode()
     head = [STATUS_LINE[status]]
@@ -342,7 +385,7 @@ def _error_bytes(
     head += [
         b"content-type: application/json\r\n",
         b"content-length: %d\r\n" % len(body),
-        b"connection: close\r\n\r\n",
+        b"\r\n" if keep_alive else b"connection: close\r\n\r\n",
         body,
     ]
     return b"".join(head)

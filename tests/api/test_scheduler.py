@@ -211,7 +211,7 @@ def test_light_work_is_refused_past_its_queue_and_heavy_past_half_the_time_left(
     heavy = [gate.book(HEAVY, 2.0, time_left_s=10), gate.book(HEAVY, 2.0, time_left_s=10)]
     with pytest.raises(Overloaded):
         gate.book(HEAVY, 2.0, time_left_s=10)  # 6 s would not fit in half of 10 s
-    assert not gate.full(10)
+    assert gate.light_full(10)  # any light job would be refused now
     for booking in light + heavy:
         booking.close()
         booking.close()  # twice is once

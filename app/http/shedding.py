@@ -1,0 +1,34 @@
+"""The overload check the HTTP edge runs on a request's head, before a task or a body exists.
+
+Under a flood of clients that send again the moment they are refused, each refusal must cost
+next to nothing, or refusing starves the admitted work of the event loop. The app that owns the
+queues installs its check here (`app.main`); the edge (`app.server.edge`) answers 503 straight
+from the protocol when it says so. One `vae-serve` worker serves one app, so one check suffices.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+from prometheus_client import Counter
+
+from app.errors import Overloaded
+
+REFUSED_FROM_HEAD = Counter(
+    "vae_requests_refused_from_head_total",
+    "Requests answered 503 by the edge from their head (overload), before the app saw them",
+)
+
+# (method, path, headers) -> the refusal, or None to go on
+Check = Callable[[str, str, list[tuple[bytes, bytes]]], Overloaded | None]
+
+_installed: Check | None = None
+
+
+def install(check: Check | None) -> None:
+    global _installed
+    _installed = check
+
+
+def installed() -> Check | None:
+    return _installed
