@@ -38,7 +38,8 @@ DESCRIPTION = """A convolutional VAE trained on MNIST, served over HTTP.
 
 Image responses are PNG by default; `?format=json` or `Accept: application/json` gives JSON with
 base64 PNGs and the numbers behind them. When `VAE_API_KEY` is set, every route except
-`/healthz`, `/readyz`, `/metrics` and `/v2/health/*` needs `Authorization: Bearer <key>`.
+`/healthz`, `/readyz`, `/metrics`, `/v2/health/*` and `/admin/*` needs
+`Authorization: Bearer <key>`; `/admin/*` takes `Authorization: Bearer <VAE_ADMIN_TOKEN>` instead.
 The `/v2` routes speak the Open Inference Protocol (KServe v2, as Triton and `tritonclient`).
 
 Uploads (and a decoded `?image=`) may be at most {max_upload_bytes} bytes
