@@ -29,6 +29,7 @@ from app.inference.admission import DecodeGate
 from app.inference.engine import Engine
 from app.routes import admin, examples, generate, images, oip, ops
 from app.routes.fast_sample import FastSample
+from app.routes.openapi import guard_errors
 from app.routes.shedding import shedder
 from app.routes.static_pages import StaticPages
 from models.checkpoint_errors import CheckpointError
@@ -40,7 +41,8 @@ DESCRIPTION = """A convolutional VAE trained on MNIST, served over HTTP.
 
 Image responses are PNG by default; `?format=json` or `Accept: application/json` gives JSON with
 base64 PNGs and the numbers behind them. When `VAE_API_KEY` is set, every route except
-`/healthz`, `/readyz`, `/metrics` and `/v2/health/*` needs `Authorization: Bearer <key>`.
+`/healthz`, `/readyz`, `/metrics`, `/v2/health/*` and `/admin/*` needs
+`Authorization: Bearer <key>`; `/admin/*` takes `Authorization: Bearer <VAE_ADMIN_TOKEN>` instead.
 The `/v2` routes speak the Open Inference Protocol (KServe v2, as Triton and `tritonclient`).
 
 Uploads (and a decoded `?image=`) may be at most {max_upload_bytes} bytes
@@ -91,13 +93,24 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.state.decode_gate = DecodeGate(settings.decode_concurrency, settings.decode_pixel_budget)
     app.state.engine.batch_uploads_with(app.state.decode_gate)
 
+    # OpenAPI declares what the guard asks of each router: the API key only when one is set (the
+    # admin routes declare their own token), and the 401, 503 and 504 it may answer there.
+    key = settings.api_key is not None
+    api_key = [Security(api_key_scheme)] if key else []
     app.include_router(ops.router)
     app.include_router(oip.health_router)
-    guarded = [Security(api_key_scheme), Depends(start_deadline)]
-    for module in (generate, images, examples, oip):
-        app.include_router(module.router, dependencies=guarded)
+    app.include_router(
+        ops.model_router, dependencies=api_key, responses=guard_errors(api_key=key, deadline=False)
+    )
+    timed = [*api_key, Depends(start_deadline)]
+    for module in (generate, images, examples):
+        responses = guard_errors(api_key=key, deadline=True)
+        app.include_router(module.router, dependencies=timed, responses=responses)
+    protocol_errors = guard_errors(api_key=key, deadline=True, protocol=True)
+    app.include_router(oip.router, dependencies=timed, responses=protocol_errors)
     if settings.admin_token is not None:
-        app.include_router(admin.router)
+        admin_errors = guard_errors(api_key=False, deadline=False)
+        app.include_router(admin.router, responses=admin_errors)
     install_error_handlers(app)
 
     # The pipeline every request passes, innermost first (each `add_middleware` wraps the rest):

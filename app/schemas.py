@@ -14,6 +14,22 @@ LATENT_BOUND = 1000.0
 Latent = Annotated[float, Field(allow_inf_nan=False, ge=-LATENT_BOUND, le=LATENT_BOUND)]
 LatentVector = Annotated[list[Latent], Field(min_length=1, max_length=MAX_LATENT_DIM)]
 B64Png = Annotated[str, Field(description="a PNG file, base64-encoded")]
+JsonSchema = dict[str, Any]
+
+
+def _given(name: str) -> JsonSchema:
+    """The JSON schema of "`name` is there and not null", what `is not None` means to a model."""
+    return {"required": [name], "properties": {name: {"not": {"type": "null"}}}}
+
+
+def exactly_one_of(*names: str) -> JsonSchema:
+    """A model validator's "give exactly one of", in the model's JSON schema (so in OpenAPI)."""
+    return {"oneOf": [_given(name) for name in names]}
+
+
+def at_most_one_of(*names: str) -> JsonSchema:
+    """A model validator's "give at most one of", in the model's JSON schema."""
+    return {"not": {"allOf": [_given(name) for name in names]}}
 
 
 class _Strict(BaseModel):
@@ -36,7 +52,8 @@ class SampleRequest(_Strict):
                 {"n": 8, "seed": 42, "digit": 7},
                 {"digits": [2, 0, 2, 6], "seed": 1},
                 {"n": 16, "seed": 42, "prior": "standard"},
-            ]
+            ],
+            **at_most_one_of("digit", "digits"),
         },
     )
 
@@ -110,7 +127,10 @@ class DecodeRequest(_Strict):
 
     model_config = ConfigDict(
         extra="forbid",
-        json_schema_extra={"examples": [{"z": [0.0] * 32}, {"zs": [[0.0] * 32, [0.5] * 32]}]},
+        json_schema_extra={
+            "examples": [{"z": [0.0] * 32}, {"zs": [[0.0] * 32, [0.5] * 32]}],
+            **exactly_one_of("z", "zs"),
+        },
     )
 
     z: LatentVector | None = None
@@ -133,6 +153,8 @@ class DecodeResponse(BaseModel):
 
 class Endpoint(_Strict):
     """One end of an interpolation: a latent vector or a bundled example id."""
+
+    model_config = ConfigDict(extra="forbid", json_schema_extra=exactly_one_of("z", "example"))
 
     z: LatentVector | None = None
     example: str | None = Field(None, max_length=64, examples=["3-0"])

@@ -2,6 +2,7 @@
 
 Every error body is `{"detail": ...}`; a 500 adds the request id and says nothing more, because
 an exception's text may hold paths, data or internals. The log line with that id has the rest.
+Every 503 says when to come back (`Retry-After`, 1 s unless the refusal knows better).
 Under `/v2/` (the Open Inference Protocol) the same errors read `{"error": "..."}`, the shape that
 protocol's clients parse.
 """
@@ -33,6 +34,8 @@ def error_response(
 
     `protocol`: the Open Inference Protocol's `{"error": "<text>"}` instead.
     """
+    if status == 503:
+        headers = {"Retry-After": "1", **(headers or {})}
     return JSONResponse(error_body(status, detail, protocol=protocol), status, headers=headers)
 
 

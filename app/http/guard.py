@@ -5,6 +5,8 @@ and inside CORS (so preflights stay open):
 
 - With `VAE_API_KEY` set, every path but `OPEN_PATHS` needs `Authorization: Bearer <key>`, the
   docs, the web page and unknown paths included (a 401 says nothing about which routes exist).
+  With `VAE_ADMIN_TOKEN` set, `/admin/...` needs that token instead, never the API key
+  (`app.http.auth.required_key`): both travel in the same header.
 - While the service drains (`app.http.lifecycle`), new work gets 503 with `Retry-After` and
   `Connection: close`; health, readiness and metrics still answer.
 - Work that would be refused whatever its body says (`shed`, `app.routes.shedding`) gets 503 with
@@ -22,7 +24,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from app import deadline
 from app.config import Settings
-from app.http.auth import UNAUTHORIZED, authorized, bearer_value
+from app.http.auth import authorized, bearer_value, required_key
 from app.http.error_bodies import error_response, speaks_protocol
 from app.http.lifecycle import Lifecycle
 from app.http.shedding import Check
@@ -42,6 +44,7 @@ class RequestGuardMiddleware:
         self.app = app
         self.shed = shed
         self.api_key = bearer_value(settings.api_key)
+        self.admin_token = bearer_value(settings.admin_token)
         self.lifecycle = lifecycle
         self.timeout_s = settings.request_timeout_s
 
@@ -50,9 +53,10 @@ class RequestGuardMiddleware:
             await self.app(scope, receive, send)
             return
         protocol = speaks_protocol(scope["path"])  # /v2 errors read {"error": ...}
-        if self.api_key is not None and not authorized(scope, self.api_key):
+        key, unauthorized = required_key(scope["path"], self.api_key, self.admin_token)
+        if key is not None and not authorized(scope, key):
             headers = {"WWW-Authenticate": "Bearer"}
-            refusal = error_response(401, UNAUTHORIZED, headers, protocol=protocol)
+            refusal = error_response(401, unauthorized, headers, protocol=protocol)
             await refusal(scope, receive, send)
             return
         if self.lifecycle.draining:

@@ -9,7 +9,7 @@ from fastapi import APIRouter, Body, Depends
 from app.http.auth import require_admin
 from app.routes.checkpoint_paths import checkpoint_root, resolve_checkpoint, shown_in_directory
 from app.routes.deps import EngineDep, SettingsDep
-from app.routes.openapi import ERRORS
+from app.routes.openapi import error, errors
 from app.routes.ops import model_info
 from app.schemas import ModelResponse, ReloadRequest
 
@@ -18,10 +18,12 @@ router = APIRouter(
     tags=["admin"],
     dependencies=[Depends(require_admin)],
     responses={
-        401: ERRORS[401],
-        403: {"description": "outside the checkpoint directory"},
-        404: {"description": "no such file in the checkpoint directory"},
-        409: {"description": "checkpoint refused; old model serving"},
+        **error(401, "admin token missing or wrong"),
+        **error(403, "outside the checkpoint directory"),
+        **error(404, "no such file in the checkpoint directory"),
+        **error(409, "checkpoint refused; the old model keeps serving"),
+        **error(413, "checkpoint file over 1 GiB, or body over the limit"),
+        **errors(400, 422),
     },
 )
 

@@ -5,11 +5,11 @@ from __future__ import annotations
 from fastapi import APIRouter, Response
 
 from app.routes.deps import ExamplesDep
-from app.routes.openapi import ERRORS, PNG_RESPONSE
+from app.routes.openapi import PNG_RESPONSE, error, errors
 from app.routes.responses import png_response
 from app.schemas import Example, ExamplesResponse
 
-router = APIRouter(tags=["examples"], responses=ERRORS)
+router = APIRouter(tags=["examples"])
 
 
 @router.get("/examples", response_model=ExamplesResponse)
@@ -21,7 +21,9 @@ async def list_examples(examples: ExamplesDep) -> ExamplesResponse:
 
 
 @router.get(
-    "/examples/{example_id}.png", response_class=Response, responses={200: PNG_RESPONSE[200]}
+    "/examples/{example_id}.png",
+    response_class=Response,
+    responses={**PNG_RESPONSE, **error(404), **errors(422)},
 )
 async def example_png(example_id: str, examples: ExamplesDep) -> Response:
     """The 28x28 original, as stored."""

@@ -23,7 +23,7 @@ from app.routes.deps import (
     SettingsDep,
     to_model_input,
 )
-from app.routes.openapi import ERRORS, PNG_RESPONSE
+from app.routes.openapi import PNG_RESPONSE, error, errors, png_alternative
 from app.routes.responses import decode_response, interpolation_response, sample_response
 from app.schemas import (
     MAX_STEPS,
@@ -36,10 +36,28 @@ from app.schemas import (
     SampleResponse,
 )
 
-router = APIRouter(tags=["generate"], responses=ERRORS)
+router = APIRouter(tags=["generate"])
+
+JSON_BODY_ERRORS = errors(400, 413, 422)
+SAMPLE_HEADERS = {
+    "X-Seed": {
+        "description": "the seed drawn with",
+        "schema": {"type": "integer"},
+        "required": True,
+    },
+    "X-Prior": {
+        "description": "the prior drawn from",
+        "schema": {"type": "string"},
+        "required": True,
+    },
+}
 
 
-@router.post("/sample", response_model=SampleResponse, responses=PNG_RESPONSE)
+@router.post(
+    "/sample",
+    response_model=SampleResponse,
+    responses={**png_alternative(SAMPLE_HEADERS), **JSON_BODY_ERRORS},
+)
 async def sample(body: SampleRequest, engine: EngineDep, m: ModelDep, as_json: JsonDep) -> Response:
     """Draws `n` digits from the checkpoint's prior (`"prior": "standard"`: N(0, I)), or the
     digits asked for with `digit` / `digits`. PNG: one grid. The seed is echoed in `X-Seed`."""
@@ -58,14 +76,20 @@ async def draw_sample(
     return sample_response(seed, body.temperature, z, images, as_json, prior, digits)
 
 
-@router.post("/decode", response_model=DecodeResponse, responses=PNG_RESPONSE)
+@router.post(
+    "/decode", response_model=DecodeResponse, responses={**PNG_RESPONSE, **JSON_BODY_ERRORS}
+)
 async def decode(body: DecodeRequest, engine: EngineDep, m: ModelDep, as_json: JsonDep) -> Response:
     """Latent(s) -> image(s). One `z` gives one 32x32 PNG, `zs` a grid."""
     images = await engine.decode(m, _latents(body.latents, m))
     return decode_response(images, one_latent=body.z is not None, as_json=as_json)
 
 
-@router.post("/interpolate", response_model=InterpolateResponse, responses=PNG_RESPONSE)
+@router.post(
+    "/interpolate",
+    response_model=InterpolateResponse,
+    responses={**PNG_RESPONSE, **JSON_BODY_ERRORS, **error(404)},
+)
 async def interpolate(
     body: InterpolateRequest,
     engine: EngineDep,
@@ -79,7 +103,11 @@ async def interpolate(
     return interpolation_response(z, images, as_json)
 
 
-@router.post("/interpolate/upload", response_model=InterpolateResponse, responses=PNG_RESPONSE)
+@router.post(
+    "/interpolate/upload",
+    response_model=InterpolateResponse,
+    responses={**PNG_RESPONSE, **errors(400, 413, 415, 422)},
+)
 async def interpolate_uploads(
     start: Annotated[UploadFile, File(description=f"first image: {UPLOAD_DESCRIPTION}")],
     end: Annotated[UploadFile, File(description=f"last image: {UPLOAD_DESCRIPTION}")],

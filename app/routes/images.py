@@ -23,14 +23,20 @@ from app.routes.deps import (
     UploadedImage,
     to_model_input,
 )
-from app.routes.openapi import ERRORS, PNG_RESPONSE
+from app.routes.openapi import PNG_RESPONSE, error, errors
 from app.routes.responses import latent_response, reconstruction_response
 from app.schemas import LatentResponse, ReconstructResponse
 
-router = APIRouter(tags=["images"], responses=ERRORS)
+router = APIRouter(tags=["images"])
+
+UPLOAD_ERRORS = errors(400, 413, 415, 422)
 
 
-@router.post("/reconstruct", response_model=ReconstructResponse, responses=PNG_RESPONSE)
+@router.post(
+    "/reconstruct",
+    response_model=ReconstructResponse,
+    responses={**PNG_RESPONSE, **UPLOAD_ERRORS},
+)
 async def reconstruct(
     x: UploadedImage, engine: EngineDep, m: ModelDep, as_json: JsonDep
 ) -> Response:
@@ -39,7 +45,9 @@ async def reconstruct(
     return reconstruction_response(x, mu, logvar, recon, neg_elbo, as_json)
 
 
-@router.get("/encode", response_model=LatentResponse)
+@router.get(
+    "/encode", response_model=LatentResponse, responses={**errors(413, 415, 422), **error(404)}
+)
 async def encode_query(
     engine: EngineDep,
     m: ModelDep,
@@ -70,7 +78,7 @@ async def encode_query(
     return await _encode(engine, m, x)
 
 
-@router.post("/encode", response_model=LatentResponse)
+@router.post("/encode", response_model=LatentResponse, responses=UPLOAD_ERRORS)
 async def encode_upload(x: UploadedImage, engine: EngineDep, m: ModelDep) -> Response:
     """The posterior q(z|x) of an uploaded image."""
     return await _encode(engine, m, x)

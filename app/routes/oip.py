@@ -29,12 +29,14 @@ from app.routes.deps import EngineDep, ModelDep
 from app.routes.oip_codec import (
     BINARY_EXTENSION,
     HEADER_LENGTH,
+    INFER_REQUEST_SCHEMA,
     TensorSpec,
     encode_infer_response,
     max_json_body_bytes,
     parse_infer_request,
     select_outputs,
 )
+from app.routes.openapi import OpenApiResponses, errors
 from app.schemas import MAX_SAMPLES
 
 PREFIX = PROTOCOL_PREFIX  # the error shape follows the prefix
@@ -51,6 +53,35 @@ Run = Callable[[Engine, LoadedModel, dict[str, np.ndarray]], Awaitable[dict[str,
 
 health_router = APIRouter(prefix=PREFIX, tags=["open inference protocol"])
 router = APIRouter(prefix=PREFIX, tags=["open inference protocol"])
+
+MODEL_ERRORS = errors(404, 422, protocol=True)  # 422: a parameter that does not validate
+NO_BODY: OpenApiResponses = {200: {"description": "yes (no body)", "content": {}}}
+INFER_RESPONSES: OpenApiResponses = {
+    200: {
+        "description": "the outputs: JSON, or with the binary extension a JSON header "
+        f"({HEADER_LENGTH} bytes long) followed by the raw tensors",
+        "content": {
+            "application/json": {"schema": {"type": "object"}},
+            "application/octet-stream": {"schema": {"type": "string", "format": "binary"}},
+        },
+    },
+    **errors(400, 404, 413, 422, protocol=True),
+}
+INFER_BODY = {
+    "requestBody": {
+        "required": True,
+        "content": {
+            "application/json": {"schema": INFER_REQUEST_SCHEMA},
+            "application/octet-stream": {
+                "schema": {
+                    "type": "string",
+                    "format": "binary",
+                    "description": f"the JSON request ({HEADER_LENGTH} bytes), then the tensors",
+                }
+            },
+        },
+    }
+}
 
 
 @dataclass(frozen=True)
@@ -117,13 +148,17 @@ def find_model(m: LoadedModel, name: str, version: str | None = None) -> Protoco
     return model
 
 
-@health_router.get("/health/live", status_code=200, response_class=Response)
+@health_router.get("/health/live", response_class=Response, responses=NO_BODY)
 async def server_live() -> Response:
     """200 while the process answers (the protocol's liveness; no body)."""
     return Response(status_code=200)
 
 
-@health_router.get("/health/ready", status_code=200, response_class=Response)
+@health_router.get(
+    "/health/ready",
+    response_class=Response,
+    responses={**NO_BODY, 503: {"description": "not ready (no body)", "content": {}}},
+)
 async def server_ready(engine: EngineDep, request: Request) -> Response:
     """200 once the model is loaded and warmed, 503 before and while draining, as `/readyz`."""
     ready = engine.ready and not request.app.state.lifecycle.draining
@@ -145,23 +180,37 @@ async def repository_index(m: ModelDep) -> list[dict]:
     ]
 
 
-@router.get("/models/{name}")
-@router.get("/models/{name}/versions/{version}")
+@router.get("/models/{name}", responses=MODEL_ERRORS)
+@router.get("/models/{name}/versions/{version}", responses=MODEL_ERRORS)
 async def model_metadata(m: ModelDep, name: str, version: str | None = None) -> dict:
     """Inputs and outputs with their datatypes and shapes (-1: any batch size)."""
     return find_model(m, name, version).metadata()
 
 
-@router.get("/models/{name}/ready", response_class=Response)
-@router.get("/models/{name}/versions/{version}/ready", response_class=Response)
+@router.get("/models/{name}/ready", response_class=Response, responses={**NO_BODY, **MODEL_ERRORS})
+@router.get(
+    "/models/{name}/versions/{version}/ready",
+    response_class=Response,
+    responses={**NO_BODY, **MODEL_ERRORS},
+)
 async def model_ready(m: ModelDep, name: str, version: str | None = None) -> Response:
     """200 when the model is loaded (it always is once the server is ready); 404 if unknown."""
     find_model(m, name, version)
     return Response(status_code=200)
 
 
-@router.post("/models/{name}/infer", response_class=Response)
-@router.post("/models/{name}/versions/{version}/infer", response_class=Response)
+@router.post(
+    "/models/{name}/infer",
+    response_class=Response,
+    responses=INFER_RESPONSES,
+    openapi_extra=INFER_BODY,
+)
+@router.post(
+    "/models/{name}/versions/{version}/infer",
+    response_class=Response,
+    responses=INFER_RESPONSES,
+    openapi_extra=INFER_BODY,
+)
 async def infer(
     request: Request,
     engine: EngineDep,

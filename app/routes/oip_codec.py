@@ -44,6 +44,49 @@ VALUE_BOUND = LATENT_BOUND
 NUMBER_TYPES = frozenset({int, float})  # bool is a subclass of int, not the same type
 RESPONSE_CHUNK_VALUES = 8192  # json.dumps holds the GIL: write long tensors a slice at a time
 
+_FLAG = {"type": "boolean"}
+# An infer request's JSON as the OpenAPI document shows it; `parse_infer_request` decides.
+INFER_REQUEST_SCHEMA: dict[str, Any] = {
+    "type": "object",
+    "required": ["inputs"],
+    "properties": {
+        "id": {"type": "string"},
+        "parameters": {"type": "object", "properties": {"binary_data_output": _FLAG}},
+        "inputs": {
+            "type": "array",
+            "minItems": 1,
+            "items": {
+                "type": "object",
+                "required": ["name", "datatype", "shape"],
+                "properties": {
+                    "name": {"type": "string"},
+                    "datatype": {"enum": list(NUMPY_DTYPES)},
+                    "shape": {"type": "array", "items": {"type": "integer", "minimum": 0}},
+                    "data": {
+                        "type": "array",
+                        "description": "the numbers, row-major: flat, or nested as the shape",
+                    },
+                    "parameters": {
+                        "type": "object",
+                        "properties": {"binary_data_size": {"type": "integer", "minimum": 0}},
+                    },
+                },
+            },
+        },
+        "outputs": {
+            "type": "array",
+            "items": {
+                "type": "object",
+                "required": ["name"],
+                "properties": {
+                    "name": {"type": "string"},
+                    "parameters": {"type": "object", "properties": {"binary_data": _FLAG}},
+                },
+            },
+        },
+    },
+}
+
 
 @dataclass(frozen=True)
 class TensorSpec:

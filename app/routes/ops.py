@@ -1,4 +1,7 @@
-"""Operations: liveness, readiness, what is being served, and Prometheus metrics."""
+"""Operations: liveness, readiness, what is being served, and Prometheus metrics.
+
+`router` is open to probes and scrapers; `model_router` (`/model`) is guarded like the API.
+"""
 
 from __future__ import annotations
 
@@ -6,11 +9,10 @@ import dataclasses
 import platform
 
 import fastapi
-from fastapi import APIRouter, Request, Response, Security
+from fastapi import APIRouter, Request, Response
 from fastapi.responses import JSONResponse
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
-from app.http.auth import api_key_scheme
 from app.inference.engine import Engine
 from app.inference.served import LoadedModel
 from app.routes.deps import EngineDep, ModelDep
@@ -18,6 +20,7 @@ from app.schemas import ArtifactResponse, BackendResponse, ModelResponse, Status
 from models.prior_arrays import describe as describe_prior
 
 router = APIRouter(tags=["operations"])
+model_router = APIRouter(tags=["operations"])
 
 _ALIVE = b'{"status":"ok"}'
 
@@ -57,7 +60,7 @@ async def prometheus_metrics() -> Response:
     return Response(generate_latest(), media_type=CONTENT_TYPE_LATEST)
 
 
-@router.get("/model", response_model=ModelResponse, dependencies=[Security(api_key_scheme)])
+@model_router.get("/model", response_model=ModelResponse)
 async def model_info(m: ModelDep, engine: EngineDep) -> ModelResponse:
     """The checkpoint being served: its identity, training metrics and where it runs."""
     meta = m.metadata

@@ -1,4 +1,5 @@
-"""VAE_API_KEY: every route but health, readiness and metrics needs `Authorization: Bearer`."""
+"""VAE_API_KEY: every route but health, readiness and metrics needs `Authorization: Bearer`;
+with VAE_ADMIN_TOKEN too, `/admin/...` needs the admin token in that header instead."""
 
 from __future__ import annotations
 
@@ -13,6 +14,9 @@ from fastapi.testclient import TestClient
 from app.main import create_app
 
 KEY = "s3cret-key"
+ADMIN = "adm1n-token"
+AS_CLIENT = {"Authorization": f"Bearer {KEY}"}
+AS_ADMIN = {"Authorization": f"Bearer {ADMIN}"}
 REPO = Path(__file__).resolve().parents[2]
 
 
@@ -38,6 +42,47 @@ def test_routes_need_the_key(guarded, method, path, kwargs):
     assert getattr(guarded, method)(path, headers=wrong, **kwargs).status_code == 401
     right = {"Authorization": f"Bearer {KEY}"}
     assert getattr(guarded, method)(path, headers=right, **kwargs).status_code == 200
+
+
+@pytest.fixture(scope="module")
+def both(make_settings):
+    """Both secrets set, as docker-compose.yml allows (issue 26, point 6)."""
+    with TestClient(create_app(make_settings(api_key=KEY, admin_token=ADMIN))) as client:
+        yield client
+
+
+def test_with_both_set_the_admin_token_reloads(both):
+    """Both read `Authorization`, so the API key's check used to refuse every admin call."""
+    response = both.post("/admin/reload", headers=AS_ADMIN)
+    assert response.status_code == 200, response.text
+
+
+@pytest.mark.parametrize("headers", [AS_CLIENT, {}, {"Authorization": "Bearer nope"}])
+def test_with_both_set_the_admin_routes_refuse_anything_but_the_admin_token(both, headers):
+    for path in ("/admin/reload", "/admin/no-such-route"):  # nothing told about which exist
+        response = both.post(path, headers=headers)
+        assert response.status_code == 401
+        assert response.headers["www-authenticate"] == "Bearer"
+        assert "admin token" in response.json()["detail"]
+
+
+@pytest.mark.parametrize(
+    "method, path, kwargs",
+    [("post", "/sample", {"json": {"n": 1}}), ("get", "/model", {}), ("get", "/v2", {})],
+)
+def test_with_both_set_the_admin_token_opens_nothing_else(both, method, path, kwargs):
+    refused = getattr(both, method)(path, headers=AS_ADMIN, **kwargs)
+    assert refused.status_code == 401
+    assert getattr(both, method)(path, headers=AS_CLIENT, **kwargs).status_code == 200
+
+
+def test_a_draining_server_refuses_admin_calls_too(make_settings):
+    """Skipping the API key under /admin skips nothing else the guard does."""
+    with TestClient(create_app(make_settings(api_key=KEY, admin_token=ADMIN))) as client:
+        client.app.state.lifecycle.begin_drain()
+        response = client.post("/admin/reload", headers=AS_ADMIN)
+    assert response.status_code == 503
+    assert response.headers["retry-after"] == "1"
 
 
 @pytest.mark.parametrize("path", ["/healthz", "/readyz", "/metrics"])
