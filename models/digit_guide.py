@@ -23,14 +23,14 @@ same procedure;
 from __future__ import annotations
 
 import os
-from collections.abc import Callable
+from collections.abc import Callable, Generator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from models.prior_arrays import MixturePrior, RandomSource
+from models.prior_arrays import MixturePrior, RandomSource, run_to_end
 
 DEFAULT_CANDIDATES = 8
 Classify = Callable[[np.ndarray], np.ndarray]  # images [N, 1, 32, 32] -> probabilities [N, 10]
@@ -89,8 +89,20 @@ def draw_candidates(
     temperature: float = 1.0,
 ) -> np.ndarray:
     """[n, candidates, D] latents: row i holds image i's candidates, all drawn for digits[i]."""
+    return run_to_end(draw_candidates_in_steps(prior, digits, candidates, rng, temperature))
+
+
+def draw_candidates_in_steps(
+    prior: MixturePrior,
+    digits: np.ndarray | list[int],
+    candidates: int,
+    rng: RandomSource,
+    temperature: float = 1.0,
+) -> Generator[None, None, np.ndarray]:
+    """`draw_candidates` in steps (`MixturePrior.sample_digits_in_steps`)."""
     digits = np.asarray(digits, dtype=np.int64).reshape(-1)
-    z = prior.sample_digits(np.repeat(digits, candidates), rng, temperature)
+    steps = prior.sample_digits_in_steps(np.repeat(digits, candidates), rng, temperature)
+    z = yield from steps
     return z.reshape(len(digits), candidates, -1)
 
 

@@ -24,6 +24,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from app import deadline
 from app.config import Settings
+from app.http import shedding
 from app.http.auth import authorized, bearer_value, required_key
 from app.http.error_bodies import error_response, speaks_protocol
 from app.http.lifecycle import Lifecycle
@@ -75,7 +76,10 @@ class RequestGuardMiddleware:
 
         async def send_tracking(message: Message) -> None:
             nonlocal started
-            started = started or message["type"] == "http.response.start"
+            if message["type"] == "http.response.start":
+                started = True
+                if message["status"] == 503:
+                    _note_retry_after(scope, message)
             await send(message)
 
         try:
@@ -95,6 +99,13 @@ class RequestGuardMiddleware:
             detail = "server shut down before this request completed; retry"
             refusal = error_response(503, detail, {"Connection": "close"}, protocol=protocol)
             await refusal(scope, receive, send)
+
+
+def _note_retry_after(scope: Scope, start: Message) -> None:
+    """Tells the edge how long this connection was asked to wait (`shedding.RETRY_AFTER_KEY`)."""
+    for name, value in start.get("headers", ()):
+        if name.lower() == b"retry-after" and value.isdigit():
+            scope[shedding.RETRY_AFTER_KEY] = int(value)
 
 
 async def start_deadline(request: Request) -> None:

@@ -3,7 +3,9 @@
 Under a flood of clients that send again the moment they are refused, each refusal must cost
 next to nothing, or refusing starves the admitted work of the event loop. The app that owns the
 queues installs its check here (`app.main`); the edge (`app.server.edge`) answers 503 straight
-from the protocol when it says so. One `vae-serve` worker serves one app, so one check suffices.
+from the protocol when it says so, and, until its `Retry-After` has passed, to a connection that
+asks again for what it was just refused. One `vae-serve` worker serves one app, so one check
+suffices.
 """
 
 from __future__ import annotations
@@ -18,6 +20,10 @@ REFUSED_FROM_HEAD = Counter(
     "vae_requests_refused_from_head_total",
     "Requests answered 503 by the edge from their head (overload), before the app saw them",
 )
+
+# Set in a request's scope by the guard when it answers 503 with `Retry-After` (seconds): the edge
+# then refuses that path on that connection from the head until then.
+RETRY_AFTER_KEY = "vae.retry_after"
 
 # (method, path, headers) -> the refusal, or None to go on
 Check = Callable[[str, str, list[tuple[bytes, bytes]]], Overloaded | None]

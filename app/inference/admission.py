@@ -21,6 +21,8 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import math
+import os
+import threading
 import time
 from collections import deque
 from collections.abc import Callable
@@ -35,6 +37,11 @@ T = TypeVar("T")
 
 # Estimates until the first measurements replace them (docs/benchmarks.md has the real ones).
 PRIOR_DECODE_S_PER_PIXEL = 4e-7
+LIGHT, HEAVY = "light", "heavy"
+# Heavy work is admitted while all of it would finish within this share of the request's time
+# left: the rest is headroom for the light turns between its slices, the response and variance.
+HEAVY_SHARE_OF_TIME_LEFT = 0.5
+DECODE_NICENESS = 10  # decode threads' `nice` above the rest of the process
 IDLE_TRIM_DELAY_S = 0.5  # after the last large decode, time for its request to finish
 PRIOR_INFERENCE_S_PER_ROW = 2e-3
 EWMA_WEIGHT = 0.2
@@ -51,13 +58,23 @@ class _Waiter:
     queued: bool = True  # still in `_waiters`: `_wake` may drop it before its request sees it
 
 
+def _lower_priority() -> None:
+    """A decode thread yields the core to the event loop and the inference thread (Linux
+    schedules threads one by one), so a flood of large uploads does not slow the light requests
+    that would otherwise wait for a turn of the loop."""
+    with contextlib.suppress(OSError, AttributeError):
+        os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), DECODE_NICENESS)
+
+
 class DecodeGate:
     """Bounded, budgeted, deadline-aware image decoding (see the module doc)."""
 
     def __init__(self, concurrency: int, pixel_budget: int) -> None:
         self.concurrency = concurrency
         self.pixel_budget = pixel_budget
-        self._executor = ThreadPoolExecutor(concurrency, thread_name_prefix="decode")
+        self._executor = ThreadPoolExecutor(
+            concurrency, thread_name_prefix="decode", initializer=_lower_priority
+        )
         self._running = 0
         self._pixels_running = 0
         self._waiters: deque[_Waiter] = deque()
@@ -79,7 +96,9 @@ class DecodeGate:
         """Runs `fn` on a decode thread once `pixels` fit, or raises `Overloaded` (503)."""
         pixels = min(max(1, pixels), self.pixel_budget)
         wait = self.expected_wait_s() if (self._running or self._waiters) else 0.0
-        if wait + pixels * self.seconds_per_pixel > time_left_s:
+        own = pixels * self.seconds_per_pixel
+        limit = HEAVY_SHARE_OF_TIME_LEFT * time_left_s  # the rest: inference, answer, variance
+        if (wait and wait + own > limit) or own > time_left_s:
             raise Overloaded(
                 f"image decoding is busy (about {wait:.1f} s of work ahead), retry shortly",
                 retry_after=retry_after(wait),
@@ -171,12 +190,6 @@ class DecodeGate:
         self._executor.shutdown(wait=False, cancel_futures=True)
 
 
-LIGHT, HEAVY = "light", "heavy"
-# Heavy work is admitted while all of it would finish within this share of the request's time
-# left: the rest is headroom for the light turns between its slices, the response and variance.
-HEAVY_SHARE_OF_TIME_LEFT = 0.5
-
-
 class Booking:
     """The estimated seconds of inference one request's work holds in its lane, given back as the
     inference thread finishes (or skips) its rows: never while the work still runs."""
@@ -212,6 +225,7 @@ class InferenceGate:
         self.seconds_per_row: dict[str, float] = {}
         self.booked_s: dict[str, float] = {LIGHT: 0.0, HEAVY: 0.0}
         self.refused_share = 0.0  # of chosen digits' first candidates, by the guide
+        self.typical_light_s = 0.0  # a light job's booking, on average (for `light_full`)
 
     @property
     def pending_s(self) -> float:
@@ -243,12 +257,15 @@ class InferenceGate:
                 f"the {lane} inference queue holds about {ahead:.2f} s of work, retry shortly",
                 retry_after=retry_after(ahead + seconds - limit),
             )
+        if lane == LIGHT:
+            self.typical_light_s += EWMA_WEIGHT * (seconds - self.typical_light_s)
         return Booking(self.booked_s, lane, seconds)
 
     def light_full(self, time_left_s: float) -> bool:
-        """Whether light work is refused whatever its size (so a request can be refused from
-        its head, before its body is read)."""
-        return self.booked_s[LIGHT] >= min(self.light_queue_s, time_left_s - self.slice_s)
+        """Whether a light job of the usual size would be refused now (so a request can be
+        refused from its head, before its body is read and parsed for nothing)."""
+        limit = min(self.light_queue_s, time_left_s - self.slice_s)
+        return self.booked_s[LIGHT] > 0 and self.booked_s[LIGHT] + self.typical_light_s > limit
 
     def learn(self, op: str, rows: int, seconds: float) -> None:
         """One measured run of `op` over `rows` rows, into its moving average."""

@@ -24,7 +24,7 @@ from app import deadline, tracing
 from app.config import Settings
 from app.errors import CheckpointRejected, InvalidInput, NotReady
 from app.inference import metrics
-from app.inference.admission import LIGHT, DecodeGate, InferenceGate
+from app.inference.admission import LIGHT, Booking, DecodeGate, InferenceGate
 from app.inference.batching import MicroBatcher, Output
 from app.inference.loading import load_digit_guide, load_model
 from app.inference.scheduler import InferenceScheduler
@@ -33,7 +33,7 @@ from app.inference.sliced import GuidedDigits, RowsInSlices
 from app.inference.threads import inference_threads, lone_rows_now
 from models.checkpoint_errors import CheckpointError
 from models.digit_guide import DigitGuide
-from models.prior_arrays import MixturePrior, RandomSource, StandardNormal
+from models.prior_arrays import MixturePrior, StandardNormal
 
 log = logging.getLogger("app.engine")
 CALIBRATION_ROWS = 32  # rows per timed batch at start-up: about what a slice holds on a CPU
@@ -197,17 +197,27 @@ class Engine:
             loaded.backend.name,
         )
 
-    async def _submit(self, batcher: MicroBatcher, m: LoadedModel, rows: np.ndarray) -> Output:
-        """Books the rows with admission control (503 at once if they would wait too long), then
-        runs them: in a batch when they fit one slice, else in slices in the heavy lane."""
+    async def _submit(
+        self,
+        batcher: MicroBatcher,
+        m: LoadedModel,
+        rows: np.ndarray,
+        booking: Booking | None = None,
+    ) -> Output:
+        """Runs the rows, booked with admission control first (503 at once if they would wait
+        too long) unless `booking` already holds them: in a batch when they fit one slice, else
+        in slices in the heavy lane."""
         op, n = batcher.name, rows.shape[0]
-        gate = self.admission
-        lane = gate.lane(n, op)
-        booking = gate.book(lane, gate.cost(n, op), self._time_left())
-        if lane == LIGHT:
+        booking = booking or self._book(op, n)
+        if booking.lane == LIGHT:
             return await batcher.submit(m, rows, booking)
         run = getattr(m.runner, op)
+        gate = self.admission
         return await self.scheduler.run_heavy(RowsInSlices(op, run, rows, gate, booking))
+
+    def _book(self, op: str, rows: int) -> Booking:
+        gate = self.admission
+        return gate.book(gate.lane(rows, op), gate.cost(rows, op), self._time_left())
 
     def _time_left(self) -> float:
         return deadline.time_left_s(self.settings.request_timeout_s)
@@ -237,15 +247,19 @@ class Engine:
         matter which batch (or device) decodes them, and with or without torch (`m.random`).
         `prior` is "checkpoint" (the checkpoint's own) or "standard" (N(0, I)); `digits` (one
         per image) draws those digits instead."""
-        random = m.random(seed)
         if digits is not None:
-            return await self._chosen_digits(m, digits, random, temperature)
-        chosen = m.prior if prior == "checkpoint" else StandardNormal(m.latent_dim)
-        z = chosen.sample(n, random, temperature)
-        return z, await self.decode(m, z)
+            return await self._chosen_digits(m, digits, seed, temperature)
+        booking = self._book("decode", n)  # before any work: a refusal costs nothing more
+        try:
+            chosen = m.prior if prior == "checkpoint" else StandardNormal(m.latent_dim)
+            z = chosen.sample(n, m.random(seed), temperature)
+        except BaseException:
+            booking.close()
+            raise
+        return z, await self._submit(self.decoder, m, z, booking)  # type: ignore[return-value]
 
     async def _chosen_digits(
-        self, m: LoadedModel, digits: list[int], random: RandomSource, temperature: float
+        self, m: LoadedModel, digits: list[int], seed: int, temperature: float
     ) -> tuple[np.ndarray, np.ndarray]:
         """`models.digit_guide.guided_digits` in slices (`GuidedDigits`): booked up front
         (`GuidedDigits.rows_to_book`), so it is admitted whole or refused at once, never
@@ -253,15 +267,20 @@ class Engine:
         assert isinstance(m.prior, MixturePrior)  # check_digits ran first
         guide, prior = self.guide, m.prior
         if guide is None:
-            z = prior.sample_digits(digits, random, temperature)
+            z = prior.sample_digits(digits, m.random(seed), temperature)
             return z, await self.decode(m, z)
         gate = self.admission
         rows = GuidedDigits.rows_to_book(len(digits), guide, gate)
         lane = gate.lane(rows, *GuidedDigits.OPS)
         booking = gate.book(lane, gate.cost(rows, *GuidedDigits.OPS), self._time_left())
-        job = GuidedDigits(
-            prior, digits, random, temperature, m.runner.decode, guide, gate, booking
-        )
+        try:
+            random = m.random(seed)  # after booking: a refusal costs nothing more
+            job = GuidedDigits(
+                prior, digits, random, temperature, m.runner.decode, guide, gate, booking
+            )
+        except BaseException:
+            booking.close()
+            raise
         return await self.scheduler.run_heavy(job)
 
     async def interpolate(

@@ -18,7 +18,7 @@ from app.inference.batching import Output, concat
 from models.digit_guide import (
     DigitGuide,
     choose,
-    draw_candidates,
+    draw_candidates_in_steps,
     first_candidates,
     refused,
     retry_latents,
@@ -80,10 +80,12 @@ class GuidedDigits:
         gate: InferenceGate,
         booking: Booking,
     ) -> None:
-        self._draw = lambda d: draw_candidates(prior, d, guide.candidates, random, temperature)
+        self.digits = np.asarray(digits, dtype=np.int64).reshape(-1)
+        self._drawing = draw_candidates_in_steps(
+            prior, self.digits, guide.candidates, random, temperature
+        )
         self._decode, self._guide = decode, guide
         self._gate, self._booking = gate, booking
-        self.digits = np.asarray(digits, dtype=np.int64).reshape(-1)
         self._step = gate.slice_rows(*self.OPS)
         self._z: np.ndarray | None = None
         self._queue: np.ndarray | None = None  # the latents of the phase in progress
@@ -104,9 +106,13 @@ class GuidedDigits:
         return digits + int(np.ceil(digits * (guide.candidates - 1) * share))
 
     def step(self) -> bool:
-        if self._z is None:  # drawn on the inference thread, not on the event loop
-            self._z = self._draw(self.digits)
-            self._queue = first_candidates(self._z)
+        if self._z is None:  # drawn on the inference thread, a scoring step at a time
+            try:
+                next(self._drawing)
+            except StopIteration as drawn:
+                self._z = drawn.value
+                self._queue = first_candidates(drawn.value)
+            return False
         assert self._queue is not None
         chunk = self._queue[self._done : self._done + self._step]
         started = time.perf_counter()

@@ -24,7 +24,12 @@ from app.routes.deps import (
     to_model_input,
 )
 from app.routes.openapi import PNG_RESPONSE, error, errors, png_alternative
-from app.routes.responses import decode_response, interpolation_response, sample_response
+from app.routes.responses import (
+    decode_response,
+    encoded,
+    interpolation_response,
+    sample_response,
+)
 from app.schemas import (
     MAX_STEPS,
     DecodeRequest,
@@ -73,7 +78,9 @@ async def draw_sample(
     seed = body.seed if body.seed is not None else secrets.randbits(63)
     z, images = await engine.sample(m, body.n, seed, body.temperature, body.prior, digits)
     prior = sample_prior_name(m, body.prior, digits)
-    return sample_response(seed, body.temperature, z, images, as_json, prior, digits)
+    return await encoded(
+        len(images), sample_response, seed, body.temperature, z, images, as_json, prior, digits
+    )
 
 
 @router.post(
@@ -82,7 +89,7 @@ async def draw_sample(
 async def decode(body: DecodeRequest, engine: EngineDep, m: ModelDep, as_json: JsonDep) -> Response:
     """Latent(s) -> image(s). One `z` gives one 32x32 PNG, `zs` a grid."""
     images = await engine.decode(m, _latents(body.latents, m))
-    return decode_response(images, one_latent=body.z is not None, as_json=as_json)
+    return await encoded(len(images), decode_response, images, body.z is not None, as_json)
 
 
 @router.post(
@@ -100,7 +107,7 @@ async def interpolate(
     """A strip from `start` to `end`, each a latent `z` or a bundled `example` id."""
     start, end = [await _endpoint_latent(e, engine, m, examples) for e in (body.start, body.end)]
     z, images = await engine.interpolate(m, start, end, body.steps)
-    return interpolation_response(z, images, as_json)
+    return await encoded(len(images), interpolation_response, z, images, as_json)
 
 
 @router.post(
@@ -124,7 +131,7 @@ async def interpolate_uploads(
     x = np.concatenate([await to_model_input(d, settings, preprocess, gate) for d in uploads])
     mu, _ = await engine.encode(m, x)
     z, images = await engine.interpolate(m, mu[0], mu[1], steps)
-    return interpolation_response(z, images, as_json)
+    return await encoded(len(images), interpolation_response, z, images, as_json)
 
 
 async def _endpoint_latent(

@@ -16,9 +16,11 @@ those limits by extending uvicorn's protocol (each override calls uvicorn's own 
 - more than `max_connections_per_address` from one client address (0: no such limit): the same,
   within that address;
 - idle keep-alive connections close after `keep_alive_s` (uvicorn's own timer);
-- a request the app's overload check (`app.http.shedding`) refuses from its head: 503 with
-  `Retry-After` written here, its body skipped, the connection kept alive, no task started: under
-  a flood of clients that send again at once, that is what keeps refusals cheap.
+- a request the app's overload check (`app.http.shedding`) refuses from its head, or that asks
+  again on the same connection before the `Retry-After` it was given: 503 with `Retry-After`
+  written here (after a pause of up to `RETRY_PAUSE_S` for the second kind), its body skipped,
+  the connection kept alive, no task started: under a flood of clients that send again at once,
+  that is what keeps refusals cheap.
 
 The body's size is FastAPI's `max_body_size` (one check, in the app). uvicorn's protocol is not a
 public API: `pyproject.toml` pins uvicorn's minor version and `tests/api/test_http_edge.py` checks
@@ -31,6 +33,7 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import math
 import time
 from dataclasses import dataclass
 from typing import Any, ClassVar
@@ -38,10 +41,12 @@ from typing import Any, ClassVar
 from uvicorn.protocols.http.httptools_impl import STATUS_LINE, HttpToolsProtocol
 
 from app.config import MAX_URL_BYTES, Settings, get_settings
+from app.errors import Overloaded
 from app.http import shedding
 from app.http.error_bodies import error_body, speaks_protocol
 
 log = logging.getLogger("app.edge")
+RETRY_PAUSE_S = 0.25  # the longest a refusal waits for a client that ignored its Retry-After
 
 
 @dataclass(frozen=True)
@@ -126,6 +131,9 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
         self._refusal: tuple[int, str] | None = None
         self._refused = False
         self._shedding = False  # this request was refused from its head: skip its body
+        self._told_to_wait: dict[str, float] = {}  # path -> until when it was refused (503)
+        self._shed_read = self._shed_sent = False
+        self._shed_timer: asyncio.TimerHandle | None = None
         self._address = ""
         self.url = b""
 
@@ -258,44 +266,73 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
         if self._body_timer is not None:
             self._body_timer.cancel()
             self._body_timer = None
-        if self._shedding:  # answered already: the connection waits for its next request
-            self._shedding = False
-            self.on_response_complete()
+        if self._shedding:  # refused from its head: done once its answer is sent too
+            self._shed_read = True
+            self._end_shed()
             return
         super().on_message_complete()
 
     def _refuse_overloaded(self) -> bool:
         """Answers 503 from the head when the app's overload check says so (only with no other
-        request of this connection in progress, so answers stay in order)."""
+        request of this connection in progress, so answers stay in order). A connection that asks
+        again for a path before the `Retry-After` it was given gets its 503 after a pause of up
+        to `RETRY_PAUSE_S`: a client that retries in a tight loop cannot starve admitted work."""
         check = shedding.installed()
         if check is None or self.pipeline or (self.cycle and not self.cycle.response_complete):
             return False
         path = self.url.split(b"?", 1)[0].decode("latin-1")
-        method = self.parser.get_method().decode("ascii")
-        overloaded = check(method, path, self.scope["headers"])
+        pause = 0.0
+        until = self._told_to_wait.get(path)
+        if until is not None and (left := until - time.monotonic()) > 0:
+            overloaded = Overloaded("asked again before Retry-After", retry_after=math.ceil(left))
+            pause = min(left, RETRY_PAUSE_S)
+        else:
+            method = self.parser.get_method().decode("ascii")
+            overloaded = check(method, path, self.scope["headers"])
         if overloaded is None:
             return False
         shedding.REFUSED_FROM_HEAD.inc()
+        self._told_to_wait[path] = time.monotonic() + overloaded.retry_after
         keep_alive = self.parser.get_http_version() != "1.0" and self.parser.should_keep_alive()
-        self.transport.write(
-            _error_bytes(
-                503,
-                overloaded.detail,
-                self.server_state.default_headers,
-                overloaded.retry_after,
-                speaks_protocol(path),
-                keep_alive=keep_alive,
-            )
+        reply = _error_bytes(
+            503,
+            overloaded.detail,
+            self.server_state.default_headers,
+            overloaded.retry_after,
+            speaks_protocol(path),
+            keep_alive=keep_alive,
         )
+        self._shedding, self._shed_read, self._shed_sent = True, False, False
+        if pause > 0:
+            self._shed_timer = self.loop.call_later(pause, self._send_shed, reply, keep_alive)
+        else:
+            self._send_shed(reply, keep_alive)
+        return True
+
+    def _send_shed(self, reply: bytes, keep_alive: bool) -> None:
+        self._shed_timer = None
+        if self.transport.is_closing():
+            return
+        self.transport.write(reply)
         if not keep_alive:
             self._refused = True
             self.transport.close()
-            return True
-        self._shedding = True
-        return True
+            return
+        self._shed_sent = True
+        self._end_shed()
+
+    def _end_shed(self) -> None:
+        """Once the refused request is read and its answer sent, the connection waits again."""
+        if self._shedding and self._shed_read and self._shed_sent:
+            self._shedding = False
+            self.on_response_complete()
 
     def on_response_complete(self) -> None:
         """Answered: with nothing pipelined behind it, the connection waits for a request again."""
+        cycle = self.cycle
+        wait = cycle.scope.pop(shedding.RETRY_AFTER_KEY, None) if cycle is not None else None
+        if wait:  # refused by the app: the same path on this connection waits that long
+            self._told_to_wait[cycle.scope["path"]] = time.monotonic() + wait
         idle = not self.pipeline
         super().on_response_complete()
         if idle and not self.transport.is_closing():
@@ -327,10 +364,10 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
         self._refuse(408, f"request body stalled for {self._limits.body_timeout_s:g} s")
 
     def _cancel_timers(self) -> None:
-        for timer in (self._head_timer, self._body_timer):
+        for timer in (self._head_timer, self._body_timer, self._shed_timer):
             if timer is not None:
                 timer.cancel()
-        self._head_timer = self._body_timer = None
+        self._head_timer = self._body_timer = self._shed_timer = None
 
     # Refusals
 
