@@ -7,16 +7,19 @@ prefix, so a reload shows up as a new version. Inference goes through `Engine.de
 share batches. Errors are `{"error": "..."}` as the protocol says (`app.http.error_bodies`).
 
 An infer request's body is read under the request deadline and refused (413) as soon as it is
-larger than a full batch of that model could need; parsing it and writing the response run on a
-worker thread, inside the deadline, so a large or hostile body never blocks the event loop.
+larger than a full batch of that model could need; parsing it and writing the response run on
+one worker thread, inside the deadline, so a large or hostile body never blocks the event loop.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextvars
+import functools
 from collections.abc import Awaitable, Callable
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
-from typing import Annotated
+from typing import Annotated, Any, TypeVar
 
 import numpy as np
 from fastapi import APIRouter, Header, Request, Response
@@ -38,6 +41,8 @@ from app.routes.oip_codec import (
 )
 from app.routes.openapi import OpenApiResponses, errors
 from app.schemas import MAX_SAMPLES
+
+T = TypeVar("T")
 
 PREFIX = PROTOCOL_PREFIX  # the error shape follows the prefix
 SERVER_NAME = "mnist-vae"
@@ -225,7 +230,7 @@ async def infer(
     if encoding != "identity":
         raise BadInferenceRequest(f"Content-Encoding {encoding!r} is not supported; send plain")
     body = await _read_body(request, max_json_body_bytes(model.inputs, MAX_SAMPLES))
-    parsed = await asyncio.to_thread(
+    parsed = await _on_codec_thread(
         parse_infer_request, body, header_length, model.inputs, MAX_SAMPLES
     )
     del body
@@ -233,10 +238,23 @@ async def infer(
     tensors = {k: np.array(v, dtype=np.float32, copy=True) for k, v in parsed.inputs.items()}
     results = await model.run(engine, m, tensors)
     chosen = [(spec, binary, results[spec.name]) for spec, binary in outputs]
-    answer, headers = await asyncio.to_thread(
+    answer, headers = await _on_codec_thread(
         encode_infer_response, model.name, model.version, parsed.id, chosen
     )
     return Response(answer, headers=headers)
+
+
+# One thread for every /v2 body's JSON: `json` holds the GIL while it works, and several threads
+# doing so at once would keep the event loop (and every light request) from it for long stretches.
+_CODEC = ThreadPoolExecutor(1, thread_name_prefix="oip-codec")
+
+
+async def _on_codec_thread(fn: Callable[..., T], *args: Any) -> T:
+    """`fn(*args)` on the codec thread, in this request's context (its deadline, its span)."""
+    context = contextvars.copy_context()
+    return await asyncio.get_running_loop().run_in_executor(
+        _CODEC, functools.partial(context.run, fn, *args)
+    )
 
 
 async def _read_body(request: Request, limit: int) -> bytes:
