@@ -248,10 +248,7 @@ class InferenceGate:
         """Books `seconds` of work in `lane`, or raises `Overloaded` (503) when it would wait
         too long; the first job in an empty lane is always admitted."""
         ahead = self.booked_s[lane]
-        if lane == LIGHT:
-            limit = min(self.light_queue_s, time_left_s - self.slice_s)
-        else:
-            limit = HEAVY_SHARE_OF_TIME_LEFT * time_left_s
+        limit = self._limit(lane, time_left_s)
         if ahead > 0 and ahead + seconds > limit:
             raise Overloaded(
                 f"the {lane} inference queue holds about {ahead:.2f} s of work, retry shortly",
@@ -264,8 +261,14 @@ class InferenceGate:
     def light_full(self, time_left_s: float) -> bool:
         """Whether a light job of the usual size would be refused now (so a request can be
         refused from its head, before its body is read and parsed for nothing)."""
-        limit = min(self.light_queue_s, time_left_s - self.slice_s)
-        return self.booked_s[LIGHT] > 0 and self.booked_s[LIGHT] + self.typical_light_s > limit
+        booked = self.booked_s[LIGHT]
+        return booked > 0 and booked + self.typical_light_s > self._limit(LIGHT, time_left_s)
+
+    def _limit(self, lane: str, time_left_s: float) -> float:
+        """How much work `lane` may hold with a new job in it."""
+        if lane == LIGHT:
+            return min(self.light_queue_s, time_left_s - self.slice_s)
+        return HEAVY_SHARE_OF_TIME_LEFT * time_left_s
 
     def learn(self, op: str, rows: int, seconds: float) -> None:
         """One measured run of `op` over `rows` rows, into its moving average."""

@@ -251,10 +251,3 @@ class MicroBatcher(Generic[K]):
         for job, part in zip(jobs, parts, strict=True):
             if not job.future.done():
                 job.future.set_result(part)
-
-
-def concat(parts: list[Output]) -> Output:
-    """A split job's outputs, back in one piece in the order of its rows."""
-    if isinstance(parts[0], tuple):
-        return tuple(np.concatenate(column) for column in zip(*parts, strict=True))
-    return np.concatenate(parts)  # type: ignore[arg-type]

@@ -14,7 +14,7 @@ from typing import Any
 import numpy as np
 
 from app.inference.admission import Booking, InferenceGate
-from app.inference.batching import Output, concat
+from app.inference.batching import Output
 from models.digit_guide import (
     DigitGuide,
     choose,
@@ -56,7 +56,7 @@ class RowsInSlices:
         self._booking.keep(self._gate.cost(len(self._rows) - self._done, self.op))
 
     def result(self) -> Output:
-        return self._parts[0] if len(self._parts) == 1 else concat(self._parts)
+        return _joined(self._parts)
 
     def close(self) -> None:
         self._booking.close()
@@ -159,5 +159,10 @@ class GuidedDigits:
         self._booking.close()
 
 
-def _joined(parts: list[Any]) -> np.ndarray:
-    return parts[0] if len(parts) == 1 else np.concatenate(parts)
+def _joined(parts: list[Any]) -> Any:
+    """Slices' outputs (arrays, or tuples of arrays) back in one piece, in the order of the rows."""
+    if len(parts) == 1:
+        return parts[0]
+    if isinstance(parts[0], tuple):
+        return tuple(np.concatenate(column) for column in zip(*parts, strict=True))
+    return np.concatenate(parts)
