@@ -17,20 +17,31 @@ HOST = "127.0.0.1"
 Record = Callable[[float, float, int], None]
 
 
+async def read_response(reader: asyncio.StreamReader) -> tuple[int, int]:
+    """One response, read whole (by Content-Length): its status and its `Retry-After` (0: none)."""
+    status_line = await reader.readline()
+    if not status_line:
+        raise ConnectionError("the server closed the connection")
+    length = retry_after = 0
+    while (line := await reader.readline()) not in (b"\r\n", b""):
+        lower = line.lower()
+        if lower.startswith(b"content-length:"):
+            length = int(line[15:])
+        elif lower.startswith(b"retry-after:"):
+            retry_after = int(line[12:])
+    await reader.readexactly(length)
+    return int(status_line.split()[1]), retry_after
+
+
 async def replay(request: bytes, port: int, stop_at: float, record: Record) -> None:
     """Sends `request` again and again on one connection until `stop_at`, reading each response
-    whole (by Content-Length) before the next; far cheaper per request than an HTTP library."""
+    whole before the next; far cheaper per request than an HTTP library."""
     reader, writer = await asyncio.open_connection(HOST, port)
     try:
         while (start := time.perf_counter()) < stop_at:
             writer.write(request)
-            status_line = await reader.readline()
-            length = 0
-            while (line := await reader.readline()) not in (b"\r\n", b""):
-                if line[:15].lower() == b"content-length:":
-                    length = int(line[15:])
-            await reader.readexactly(length)
-            record(start, time.perf_counter() - start, int(status_line.split()[1]))
+            status, _ = await read_response(reader)
+            record(start, time.perf_counter() - start, status)
     finally:
         writer.close()
 

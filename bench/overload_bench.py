@@ -31,7 +31,7 @@ from collections import Counter
 from pathlib import Path
 
 import numpy as np
-from http_client import HOST
+from http_client import HOST, read_response
 from PIL import Image, ImageFilter
 from serve_bench import Server
 
@@ -86,23 +86,6 @@ def requests() -> dict[str, bytes]:
     }
 
 
-async def _exchange(reader, writer, request: bytes) -> tuple[int, int]:
-    """One request on a kept-alive connection: (status, Retry-After or 0)."""
-    writer.write(request)
-    status_line = await reader.readline()
-    if not status_line:
-        raise ConnectionError("closed")
-    length = retry = 0
-    while (line := await reader.readline()) not in (b"\r\n", b""):
-        lower = line.lower()
-        if lower.startswith(b"content-length:"):
-            length = int(line[15:])
-        elif lower.startswith(b"retry-after:"):
-            retry = int(line[12:])
-    await reader.readexactly(length)
-    return int(status_line.split()[1]), retry
-
-
 async def _client(port, request, stop_at, mode, statuses, latencies, every_s=0.0) -> None:
     """Sends `request` until `stop_at`: on 503 `mode` "wait" sleeps `Retry-After`, "at-once"
     sends again. `every_s`: the watcher's pause between requests."""
@@ -112,7 +95,8 @@ async def _client(port, request, stop_at, mode, statuses, latencies, every_s=0.0
             if writer is None:
                 reader, writer = await asyncio.open_connection(HOST, port)
             started = time.perf_counter()
-            status, retry = await _exchange(reader, writer, request)
+            writer.write(request)
+            status, retry = await read_response(reader)
         except (ConnectionError, OSError, asyncio.IncompleteReadError):
             statuses["connection error"] += 1
             writer = None

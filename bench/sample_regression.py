@@ -11,36 +11,11 @@ so drift on a shared machine falls on both.
 from __future__ import annotations
 
 import argparse
-import os
-import subprocess
-import sys
-import time
 from pathlib import Path
 
-from http_client import HOST, answers_200
-from serve_bench import free_port, run_load_process
+from serve_bench import Server, run_load_process
 
 REPO = Path(__file__).resolve().parent.parent
-
-
-def serve(tree: Path, cpus: str) -> tuple[subprocess.Popen, int]:
-    port = free_port()
-    env = {
-        **os.environ,
-        "PYTHONPATH": str(tree),
-        "VAE_CHECKPOINT": str(tree / "models" / "mnist-vae.pt"),
-        "VAE_LOG_LEVEL": "warning",
-        "VAE_DEVICE": "cpu",
-    }
-    cli = [sys.executable, "-m", "app.server.cli", "--host", HOST, "--port", str(port)]
-    process = subprocess.Popen(
-        ["taskset", "-c", cpus, *cli], cwd=tree, env=env, stdout=subprocess.DEVNULL
-    )
-    while not answers_200(port, "/readyz"):
-        if process.poll() is not None:
-            raise SystemExit(f"the server from {tree} did not start")
-        time.sleep(0.2)
-    return process, port
 
 
 def main() -> int:
@@ -54,10 +29,11 @@ def main() -> int:
     ok: dict[tuple[str, int], list[float]] = {}
     for _ in range(args.rounds):
         for name, tree in trees.items():
-            process, port = serve(tree, args.server_cpus)
+            checkpoint = tree / "models" / "mnist-vae.pt"
+            server = Server(checkpoint, 64, "cpu", cpus=args.server_cpus, tree=tree)
             try:
                 for clients in (1, 64):
-                    r = run_load_process("sample", port, clients, args.duration)
+                    r = run_load_process("sample", server.port, clients, args.duration)
                     rate = (r["requests"] - r["errors"]) / args.duration
                     ok.setdefault((name, clients), []).append(rate)
                     print(
@@ -66,8 +42,7 @@ def main() -> int:
                         flush=True,
                     )
             finally:
-                process.terminate()
-                process.wait()
+                server.stop()
     for clients in (1, 64):
         ratio = sum(ok[("after", clients)]) / sum(ok[("before", clients)])
         print(f"c={clients}: after/before = {ratio:.3f}")

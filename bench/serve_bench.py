@@ -134,11 +134,14 @@ class Server:
         device: str,
         env: dict[str, str] | None = None,
         cpus: str | None = None,
+        tree: Path = REPO,
     ) -> None:
-        """`env`: more `VAE_*` settings; `cpus`: the cores to pin it to (`taskset -c`)."""
+        """`env`: more `VAE_*` settings; `cpus`: the cores to pin it to (`taskset -c`); `tree`:
+        the checkout whose code it runs (another one: a baseline to compare with)."""
         self.port = free_port()
         env = {
             **os.environ,
+            **({"PYTHONPATH": str(tree)} if tree != REPO else {}),
             "VAE_CHECKPOINT": str(checkpoint),
             "VAE_DEVICE": device,
             "VAE_MAX_BATCH_SIZE": str(max_batch_size),
@@ -158,7 +161,7 @@ class Server:
                 "--port",
                 str(self.port),
             ],
-            cwd=REPO,
+            cwd=tree,
             env=env,
             stdout=subprocess.DEVNULL,
             stderr=subprocess.PIPE,
