@@ -7,8 +7,9 @@ prefix, so a reload shows up as a new version. Inference goes through `Engine.de
 share batches. Errors are `{"error": "..."}` as the protocol says (`app.http.error_bodies`).
 
 An infer request's body is read under the request deadline and refused (413) as soon as it is
-larger than a full batch of that model could need; parsing it and writing the response run on
-one worker thread, inside the deadline, so a large or hostile body never blocks the event loop.
+larger than a full batch of that model could need. Small bodies and answers are parsed and
+written on the event loop (cheaper than a thread hop); big ones on one worker thread, inside the
+deadline, so a large or hostile body never holds the event loop for long.
 """
 
 from __future__ import annotations
@@ -33,9 +34,12 @@ from app.routes.oip_codec import (
     BINARY_EXTENSION,
     HEADER_LENGTH,
     INFER_REQUEST_SCHEMA,
+    INLINE_BODY_BYTES,
+    INLINE_OUTPUT_VALUES,
     TensorSpec,
     encode_infer_response,
     max_json_body_bytes,
+    output_values,
     parse_infer_request,
     select_outputs,
 )
@@ -230,27 +234,30 @@ async def infer(
     if encoding != "identity":
         raise BadInferenceRequest(f"Content-Encoding {encoding!r} is not supported; send plain")
     body = await _read_body(request, max_json_body_bytes(model.inputs, MAX_SAMPLES))
-    parsed = await _on_codec_thread(
-        parse_infer_request, body, header_length, model.inputs, MAX_SAMPLES
-    )
-    del body
+    parse = (parse_infer_request, body, header_length, model.inputs, MAX_SAMPLES)
+    parsed = await _codec(len(body) <= INLINE_BODY_BYTES, *parse)
+    del body, parse
     outputs = select_outputs(parsed, model.outputs)
     tensors = {k: np.array(v, dtype=np.float32, copy=True) for k, v in parsed.inputs.items()}
     results = await model.run(engine, m, tensors)
     chosen = [(spec, binary, results[spec.name]) for spec, binary in outputs]
-    answer, headers = await _on_codec_thread(
-        encode_infer_response, model.name, model.version, parsed.id, chosen
+    inline = output_values(chosen) <= INLINE_OUTPUT_VALUES
+    answer, headers = await _codec(
+        inline, encode_infer_response, model.name, model.version, parsed.id, chosen
     )
     return Response(answer, headers=headers)
 
 
-# One thread for every /v2 body's JSON: `json` holds the GIL while it works, and several threads
-# doing so at once would keep the event loop (and every light request) from it for long stretches.
+# One thread for the big /v2 bodies' JSON: the codec holds the GIL while it works, and several
+# threads doing so at once would keep the event loop (and every light request) from it for long.
 _CODEC = ThreadPoolExecutor(1, thread_name_prefix="oip-codec")
 
 
-async def _on_codec_thread(fn: Callable[..., T], *args: Any) -> T:
-    """`fn(*args)` on the codec thread, in this request's context (its deadline, its span)."""
+async def _codec(inline: bool, fn: Callable[..., T], *args: Any) -> T:
+    """`fn(*args)` here when it is cheaper than a thread hop, else on the codec thread, in this
+    request's context (its deadline, its span)."""
+    if inline:
+        return fn(*args)
     context = contextvars.copy_context()
     return await asyncio.get_running_loop().run_in_executor(
         _CODEC, functools.partial(context.run, fn, *args)
