@@ -92,6 +92,11 @@ class DecodeGate:
         ahead = self._pixels_running + self._pixels_waiting
         return ahead * self.seconds_per_pixel / self.concurrency
 
+    def full(self, time_left_s: float) -> bool:
+        """Whether `run` would refuse any upload arriving now, whatever its size: the work ahead
+        alone takes the share of `time_left_s` that decoding may have."""
+        return self.busy and self.expected_wait_s() >= HEAVY_SHARE_OF_TIME_LEFT * time_left_s
+
     async def run(self, pixels: int, fn: Callable[[], T], time_left_s: float) -> T:
         """Runs `fn` on a decode thread once `pixels` fit, or raises `Overloaded` (503)."""
         pixels = min(max(1, pixels), self.pixel_budget)

@@ -2,7 +2,7 @@
 
 Under a flood, a refusal that first reads and parses a body (an upload of megabytes, a tensor)
 costs the event loop what the admitted work needs. When light work fills the inference queue, or
-image decoding could not start before the request's deadline, 503 with `Retry-After` at once.
+image decoding could not finish in time for the rest of the request's work, 503 with `Retry-After` at once.
 """
 
 from __future__ import annotations
@@ -30,13 +30,12 @@ def shedder(engine: Engine, decode_gate: DecodeGate, timeout_s: float) -> Check:
             return None
         if engine.admission.light_full(timeout_s):
             return Overloaded("the inference queue is full, retry shortly")
-        if _is_multipart(headers):
+        if _is_multipart(headers) and decode_gate.full(timeout_s):
             wait = decode_gate.expected_wait_s()
-            if wait >= timeout_s:
-                return Overloaded(
-                    f"image decoding is busy (about {wait:.1f} s of work ahead), retry shortly",
-                    retry_after=retry_after(wait - timeout_s),
-                )
+            return Overloaded(
+                f"image decoding is busy (about {wait:.1f} s of work ahead), retry shortly",
+                retry_after=retry_after(wait),
+            )
         return None
 
     return refusal

@@ -5,11 +5,13 @@ from __future__ import annotations
 import asyncio
 import threading
 import time
+from types import SimpleNamespace
 
 import pytest
 
 from app.errors import Overloaded
 from app.inference.admission import HEAVY, DecodeGate, InferenceGate
+from app.routes.shedding import shedder
 
 
 def test_decodes_never_exceed_the_thread_count_or_the_pixel_budget():
@@ -188,3 +190,34 @@ def test_the_decode_gate_says_when_uploads_are_on_their_way():
 
     asyncio.run(run())
     assert seen == [True, False]
+
+
+def test_uploads_are_refused_from_their_headers_once_decoding_would_be_refused_anyway():
+    """The edge's rule for multipart bodies is the gate's own: past half the time left of work
+    ahead, an upload is refused before a byte of it is read (before, the edge waited for the
+    whole timeout of work, and read bodies the gate then refused or that timed out)."""
+    gate = DecodeGate(concurrency=1, pixel_budget=100_000)
+    gate.seconds_per_pixel = 1e-4  # 10,000 pixels: 1 s
+    engine = SimpleNamespace(admission=InferenceGate(0.04, 0.06, 64))
+    refusal = shedder(engine, gate, timeout_s=4.0)
+    upload = [(b"content-type", b"multipart/form-data; boundary=x")]
+    verdicts: list[bool] = []
+
+    async def main() -> None:
+        release = threading.Event()
+        first = asyncio.ensure_future(gate.run(10_000, release.wait, time_left_s=10))
+        await asyncio.sleep(0.05)
+        verdicts.append(refusal("POST", "/reconstruct", upload) is None)  # 1 s ahead: < 2 s
+        second = asyncio.ensure_future(gate.run(15_000, lambda: None, time_left_s=10))
+        await asyncio.sleep(0.05)
+        refused = refusal("POST", "/reconstruct", upload)  # 2.5 s ahead: >= half of 4 s
+        verdicts.append(refused is not None and refused.retry_after >= 3)
+        verdicts.append(
+            refusal("POST", "/sample", [(b"content-type", b"application/json")]) is None
+        )
+        release.set()
+        await asyncio.gather(first, second)
+        verdicts.append(refusal("POST", "/reconstruct", upload) is None)  # idle again
+
+    asyncio.run(main())
+    assert verdicts == [True, True, True, True]
