@@ -20,10 +20,10 @@ import functools
 from collections.abc import Awaitable, Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
-from typing import Annotated, Any, TypeVar
+from typing import Any, TypeVar
 
 import numpy as np
-from fastapi import APIRouter, Header, Request, Response
+from fastapi import APIRouter, Request, Response
 
 from app.errors import BadInferenceRequest, NotFound, PayloadTooLarge
 from app.http.error_bodies import PROTOCOL_PREFIX
@@ -77,6 +77,15 @@ INFER_RESPONSES: OpenApiResponses = {
     **errors(400, 404, 413, 422, protocol=True),
 }
 INFER_BODY = {
+    "parameters": [
+        {
+            "name": HEADER_LENGTH,
+            "in": "header",
+            "required": False,
+            "description": "with the binary tensor extension: the length of the JSON part",
+            "schema": {"type": "string"},
+        }
+    ],
     "requestBody": {
         "required": True,
         "content": {
@@ -89,7 +98,7 @@ INFER_BODY = {
                 }
             },
         },
-    }
+    },
 }
 
 
@@ -221,15 +230,16 @@ async def model_ready(m: ModelDep, name: str, version: str | None = None) -> Res
     openapi_extra=INFER_BODY,
 )
 async def infer(
-    request: Request,
-    engine: EngineDep,
-    m: ModelDep,
-    name: str,
-    version: str | None = None,
-    header_length: Annotated[str | None, Header(alias=HEADER_LENGTH)] = None,
+    request: Request, engine: EngineDep, name: str, version: str | None = None
 ) -> Response:
-    """Runs a batch through the model: JSON tensors, or JSON + binary tensors (`tritonclient`)."""
+    """Runs a batch through the model: JSON tensors, or JSON + binary tensors (`tritonclient`).
+
+    Its one dependency besides the router's is the engine: each one costs the hot path more than
+    parsing a small body, so the model and the header are read here (`INFER_BODY` documents it).
+    """
+    m = engine.current  # pinned for the whole request, as `ModelDep` does
     model = find_model(m, name, version)
+    header_length = request.headers.get(HEADER_LENGTH)
     encoding = request.headers.get("content-encoding", "identity").lower()
     if encoding != "identity":
         raise BadInferenceRequest(f"Content-Encoding {encoding!r} is not supported; send plain")
