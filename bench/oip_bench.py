@@ -320,7 +320,8 @@ def measure(port: int, pid: int, script: Path, c: int, duration: float, cpu: int
     load = subprocess.Popen(
         [*base, f"-d{duration:g}s", url, "--", *bounds], stdout=subprocess.PIPE, text=True
     )
-    cpu_s = -cpu_at(pid, window[0]) + cpu_at(pid, window[1])
+    first = cpu_at(pid, window[0])
+    cpu_s = cpu_at(pid, window[1]) - first
     out = load.communicate()[0]
     if load.returncode:
         raise subprocess.CalledProcessError(load.returncode, load.args, out)
