@@ -108,6 +108,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         app.include_router(module.router, dependencies=timed, responses=responses)
     protocol_errors = guard_errors(api_key=key, deadline=True, protocol=True)
     app.include_router(oip.router, dependencies=timed, responses=protocol_errors)
+    app.include_router(oip.infer_router, dependencies=api_key, responses=protocol_errors)
     if settings.admin_token is not None:
         admin_errors = guard_errors(api_key=False, deadline=False)
         app.include_router(admin.router, responses=admin_errors)

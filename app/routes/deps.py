@@ -22,12 +22,20 @@ from app.inference.served import LoadedModel
 from app.routes.responses import asks_for_json
 
 
-async def get_settings(request: Request) -> Settings:
+def settings_of(request: Request) -> Settings:
     return request.app.state.settings
 
 
-async def get_engine(request: Request) -> Engine:
+def engine_of(request: Request) -> Engine:
     return request.app.state.engine
+
+
+async def get_settings(request: Request) -> Settings:
+    return settings_of(request)
+
+
+async def get_engine(request: Request) -> Engine:
+    return engine_of(request)
 
 
 async def get_examples(request: Request) -> ExampleStore:

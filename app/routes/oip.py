@@ -25,11 +25,13 @@ from typing import Any, TypeVar
 import numpy as np
 from fastapi import APIRouter, Request, Response
 
+from app import deadline
 from app.errors import BadInferenceRequest, NotFound, PayloadTooLarge
 from app.http.error_bodies import PROTOCOL_PREFIX
 from app.inference.engine import Engine
 from app.inference.served import LoadedModel
-from app.routes.deps import EngineDep, ModelDep
+from app.routes.deps import EngineDep, ModelDep, engine_of, settings_of
+from app.routes.direct import DirectRoute
 from app.routes.oip_codec import (
     BINARY_EXTENSION,
     HEADER_LENGTH,
@@ -61,7 +63,11 @@ MAX_BODY_BYTES = max_json_body_bytes([IMAGE_INPUT], MAX_SAMPLES)
 Run = Callable[[Engine, LoadedModel, dict[str, np.ndarray]], Awaitable[dict[str, np.ndarray]]]
 
 health_router = APIRouter(prefix=PREFIX, tags=["open inference protocol"])
+# Inference is the hot path: its routes skip FastAPI's per-request machinery.
+infer_router = APIRouter(prefix=PREFIX, tags=["open inference protocol"], route_class=DirectRoute)
 router = APIRouter(prefix=PREFIX, tags=["open inference protocol"])
+# Inference is the hot path: its routes skip FastAPI's per-request machinery.
+infer_router = APIRouter(prefix=PREFIX, tags=["open inference protocol"], route_class=DirectRoute)
 
 MODEL_ERRORS = errors(404, 422, protocol=True)  # 422: a parameter that does not validate
 NO_BODY: OpenApiResponses = {200: {"description": "yes (no body)", "content": {}}}
@@ -217,26 +223,25 @@ async def model_ready(m: ModelDep, name: str, version: str | None = None) -> Res
     return Response(status_code=200)
 
 
-@router.post(
+@infer_router.post(
     "/models/{name}/infer",
     response_class=Response,
     responses=INFER_RESPONSES,
     openapi_extra=INFER_BODY,
 )
-@router.post(
+@infer_router.post(
     "/models/{name}/versions/{version}/infer",
     response_class=Response,
     responses=INFER_RESPONSES,
     openapi_extra=INFER_BODY,
 )
-async def infer(
-    request: Request, engine: EngineDep, name: str, version: str | None = None
-) -> Response:
+async def infer(request: Request, name: str, version: str | None = None) -> Response:
     """Runs a batch through the model: JSON tensors, or JSON + binary tensors (`tritonclient`).
 
-    Its one dependency besides the router's is the engine: each one costs the hot path more than
-    parsing a small body, so the model and the header are read here (`INFER_BODY` documents it).
-    """
+    A direct route (`app.routes.direct`): it starts its deadline, and reads the engine and the
+    binary header itself (`INFER_BODY` documents the header)."""
+    deadline.start(request.scope, settings_of(request).request_timeout_s)
+    engine = engine_of(request)
     m = engine.current  # pinned for the whole request, as `ModelDep` does
     model = find_model(m, name, version)
     header_length = request.headers.get(HEADER_LENGTH)

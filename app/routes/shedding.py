@@ -2,7 +2,8 @@
 
 Under a flood, a refusal that first reads and parses a body (an upload of megabytes, a tensor)
 costs the event loop what the admitted work needs. When light work fills the inference queue, or
-image decoding could not finish in time for the rest of the request's work, 503 with `Retry-After` at once.
+image decoding could not leave time for the rest of the request's work, 503 with `Retry-After`
+at once.
 """
 
 from __future__ import annotations
