@@ -1,0 +1,64 @@
+"""`DirectRoute` (app/routes/direct.py): the hot routes' endpoint called with the request and its
+path parameters, still matched, documented and error-handled like every route."""
+
+from __future__ import annotations
+
+import pytest
+from fastapi import APIRouter, Depends, FastAPI, Request, Response
+from fastapi.testclient import TestClient
+
+from app.errors import NotFound
+from app.http.error_bodies import install_error_handlers
+from app.routes.direct import DirectRoute
+
+
+def _app(calls: list[str]) -> FastAPI:
+    def dependency() -> None:
+        calls.append("dependency")
+
+    router = APIRouter(prefix="/v2", route_class=DirectRoute)
+
+    @router.post("/models/{name}/infer")
+    @router.post("/models/{name}/versions/{version}/infer")
+    async def infer(request: Request, name: str, version: str | None = None) -> Response:
+        if name == "missing":
+            raise NotFound(f"unknown model {name!r}")
+        calls.append(f"{name}:{version}:{await request.body()!r}")
+        return Response(b"ok")
+
+    app = FastAPI()
+    app.include_router(router, dependencies=[Depends(dependency)])
+    install_error_handlers(app)
+    return app
+
+
+def test_the_endpoint_gets_the_request_and_the_path_parameters_and_no_dependency_runs():
+    calls: list[str] = []
+    client = TestClient(_app(calls))
+    assert client.post("/v2/models/a/infer", content=b"x").text == "ok"
+    assert client.post("/v2/models/a/versions/7/infer", content=b"y").text == "ok"
+    assert calls == ["a:None:b'x'", "a:7:b'y'"]
+
+
+def test_its_errors_and_wrong_methods_are_answered_by_the_apps_handlers():
+    client = TestClient(_app([]))
+    missing = client.post("/v2/models/missing/infer")
+    assert missing.status_code == 404 and missing.json() == {"error": "unknown model 'missing'"}
+    wrong_method = client.get("/v2/models/a/infer")
+    assert wrong_method.status_code == 405 and "error" in wrong_method.json()
+
+
+def test_it_is_documented_like_any_route():
+    paths = _app([]).openapi()["paths"]
+    parameters = paths["/v2/models/{name}/versions/{version}/infer"]["post"]["parameters"]
+    assert {p["name"] for p in parameters} == {"name", "version"}
+
+
+def test_an_endpoint_that_would_need_fastapi_to_fill_a_parameter_is_refused_at_start():
+    router = APIRouter(route_class=DirectRoute)
+
+    async def needs_a_query(request: Request, limit: int) -> Response:
+        return Response()
+
+    with pytest.raises(TypeError, match="takes `request`"):
+        router.add_api_route("/items/{name}", needs_a_query, methods=["GET"])
