@@ -45,6 +45,8 @@ DECODE_NICENESS = 10  # decode threads' `nice` above the rest of the process
 IDLE_TRIM_DELAY_S = 0.5  # after the last large decode, time for its request to finish
 PRIOR_INFERENCE_S_PER_ROW = 2e-3
 EWMA_WEIGHT = 0.2
+STRETCH_SAMPLE_MIN_S = 0.01  # light work booked ahead of a job for its wait to be a sample
+MAX_LIGHT_STRETCH = 8.0
 
 
 def retry_after(wait_s: float) -> int:
@@ -199,13 +201,29 @@ class Booking:
     """The estimated seconds of inference one request's work holds in its lane, given back as the
     inference thread finishes (or skips) its rows: never while the work still runs."""
 
-    __slots__ = ("_booked", "lane", "seconds")
+    __slots__ = ("_ahead", "_booked", "_learn", "_started", "lane", "seconds")
 
-    def __init__(self, booked: dict[str, float], lane: str, seconds: float) -> None:
+    def __init__(
+        self,
+        booked: dict[str, float],
+        lane: str,
+        seconds: float,
+        learn: Callable[[float, float], None] | None = None,
+    ) -> None:
         self._booked = booked
         self.lane = lane
         self.seconds = seconds
+        self._ahead = booked[lane] + seconds  # the work to be done before this job is
+        self._learn = learn
+        self._started = time.perf_counter()
         booked[lane] += seconds
+
+    def finish(self) -> None:
+        """The thread has run this job: how long it took, against the work booked ahead of it,
+        goes to `learn`; then the booking is given back."""
+        if self._learn is not None and self.seconds > 0:
+            self._learn(time.perf_counter() - self._started, self._ahead)
+        self.close()
 
     def keep(self, seconds: float) -> None:
         """Keeps at most `seconds` booked (what the work left could still take)."""
@@ -231,6 +249,10 @@ class InferenceGate:
         self.booked_s: dict[str, float] = {LIGHT: 0.0, HEAVY: 0.0}
         self.refused_share = 0.0  # of chosen digits' first candidates, by the guide
         self.typical_light_s = 0.0  # a light job's booking, on average (for `light_full`)
+        # Seconds a light job takes to get through its lane per second of work booked there: more
+        # than 1 where the event loop shares the inference thread's core (its work on each
+        # request is not booked), learned from the jobs themselves.
+        self.light_stretch = 1.0
 
     @property
     def pending_s(self) -> float:
@@ -254,20 +276,33 @@ class InferenceGate:
         too long; the first job in an empty lane is always admitted."""
         ahead = self.booked_s[lane]
         limit = self._limit(lane, time_left_s)
-        if ahead > 0 and ahead + seconds > limit:
+        if ahead > 0 and self._wait_s(lane, ahead + seconds) > limit:
             raise Overloaded(
                 f"the {lane} inference queue holds about {ahead:.2f} s of work, retry shortly",
-                retry_after=retry_after(ahead + seconds - limit),
+                retry_after=retry_after(self._wait_s(lane, ahead + seconds) - limit),
             )
         if lane == LIGHT:
             self.typical_light_s += EWMA_WEIGHT * (seconds - self.typical_light_s)
+            return Booking(self.booked_s, lane, seconds, self._learn_stretch)
         return Booking(self.booked_s, lane, seconds)
 
     def light_full(self, time_left_s: float) -> bool:
         """Whether a light job of the usual size would be refused now (so a request can be
         refused from its head, before its body is read and parsed for nothing)."""
         booked = self.booked_s[LIGHT]
-        return booked > 0 and booked + self.typical_light_s > self._limit(LIGHT, time_left_s)
+        wait = self._wait_s(LIGHT, booked + self.typical_light_s)
+        return booked > 0 and wait > self._limit(LIGHT, time_left_s)
+
+    def _wait_s(self, lane: str, booked_s: float) -> float:
+        """How long `booked_s` of work in `lane` takes to get through it, as far as learned."""
+        return booked_s * self.light_stretch if lane == LIGHT else booked_s
+
+    def _learn_stretch(self, took_s: float, booked_ahead_s: float) -> None:
+        """One light job's time through its lane over the work booked ahead of it (its own
+        included), into `light_stretch`; a nearly empty lane's fixed latencies say nothing."""
+        if booked_ahead_s >= STRETCH_SAMPLE_MIN_S:
+            sample = min(max(took_s / booked_ahead_s, 1.0), MAX_LIGHT_STRETCH)
+            self.light_stretch += EWMA_WEIGHT * (sample - self.light_stretch)
 
     def _limit(self, lane: str, time_left_s: float) -> float:
         """How much work `lane` may hold with a new job in it."""

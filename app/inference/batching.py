@@ -238,7 +238,8 @@ class MicroBatcher(Generic[K]):
         finally:
             for job in jobs:
                 job.running = False
-                job.release_if_waiting()
+                if job.booking is not None:
+                    job.booking.finish()
         if len(jobs) == 1:
             parts: list[Output] = [out]
         else:
