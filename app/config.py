@@ -66,8 +66,9 @@ class Settings(BaseSettings):
         60.0,
         gt=0,
         le=60_000,
-        description="light requests (one slice or less) are refused with 503 past this much "
-        "light work booked, so they never wait long",
+        description="light requests (one slice or less) are refused with 503 once they would "
+        "wait longer than this in their lane (booked work, stretched as learned), so they never "
+        "wait long",
     )
     queue_size: int = Field(2048, ge=1, description="queued requests before answering 503")
     request_timeout_s: float = Field(10.0, gt=0, description="per request, queue wait included")
