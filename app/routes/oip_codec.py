@@ -41,10 +41,10 @@ JSON_OVERHEAD_BYTES = 64 * 1024  # names, shapes, parameters, id
 # Inputs and outputs are bounded as /decode bounds latents: past it the network only overflows.
 VALUE_BOUND = LATENT_BOUND
 NUMBER_TYPES = frozenset({int, float})  # bool is a subclass of int, not the same type
-# Work small enough to do on the event loop rather than pay a thread hop (about 0.1 ms on one
-# core): a body of this many bytes parses in about 0.3 ms, and this many output values are
-# written in about 0.75 ms. `docs/benchmarks.md` ("Open Inference Protocol codec") has the numbers.
-INLINE_BODY_BYTES = 256 * 1024
+# Work small enough to do on the event loop rather than pay a thread hop (about 0.13 ms on one
+# core, and the GIL handed back and forth): a body this long is read and checked in about 0.6 ms,
+# and this many output values are written in about 0.8 ms (`bench/oip_codec_bench.py`).
+INLINE_BODY_BYTES = 64 * 1024
 INLINE_OUTPUT_VALUES = 16 * 1024
 
 _FLAG = {"type": "boolean"}
