@@ -22,7 +22,7 @@ those limits by extending uvicorn's protocol (each override calls uvicorn's own 
   the connection kept alive, no task started: under a flood of clients that send again at once,
   that is what keeps refusals cheap.
 
-The body's size is FastAPI's `max_body_size` (one check, in the app). uvicorn's protocol is not a
+The body's size is checked once, in the app (`app/http/body_limit.py`). uvicorn's protocol is not a
 public API: `pyproject.toml` pins uvicorn's minor version and `tests/api/test_http_edge.py` checks
 the internals used here. Every refusal is a JSON body `{"detail": ...}` with `Connection: close`
 (`{"error": ...}` for a `/v2` URL, the Open Inference Protocol's shape).
