@@ -199,9 +199,8 @@ def _finish(run: _Running, timed_out: bool) -> Outcome:
         try:
             outcome.result = json.loads(step.json_out.read_text())
         except ValueError as exc:
-            outcome.reason = (outcome.reason + f"; unreadable {step.json_out.name}: {exc}").lstrip(
-                "; "
-            )
+            note = f"unreadable {step.json_out.name}: {exc}"
+            outcome.reason = f"{outcome.reason}; {note}" if outcome.reason else note
     return outcome
 
 
@@ -211,10 +210,11 @@ def run_phase(
     on_done: Callable[[Outcome], None] = lambda o: None,
     logs: Path | None = None,
 ) -> list[Outcome]:
-    """The steps side by side, each a subprocess in a process group of its own, stopped with the
-    group at its limit or when the budget runs out; `on_done` sees each outcome as it comes.
-    Each step's output goes to a file (`logs/STEP.log`, or a temporary one): never a pipe, which a
-    server left behind could hold open."""
+    """The steps side by side, each a subprocess in a process group of its own (in this session,
+    so that whatever ends the command's session ends them too), stopped with the group at its
+    limit or when the budget runs out, or when this process is stopped; `on_done` sees each
+    outcome as it comes. Each step's output goes to a file (`logs/STEP.log`, or a temporary one):
+    never a pipe, which a server left behind could hold open."""
     outcomes: dict[str, Outcome] = {}
     running: list[_Running] = []
     for step in steps:
@@ -238,21 +238,33 @@ def run_phase(
                 stdin=subprocess.DEVNULL,
                 stdout=log,
                 stderr=subprocess.STDOUT,
-                start_new_session=True,
+                process_group=0,
             )
             running.append(_Running(step, process, log, time.monotonic(), limit))
             continue
         on_done(outcomes[step.name])
-    while running:
-        time.sleep(0.1)
-        for run in list(running):
-            over = time.monotonic() - run.started > run.limit
-            if run.process.poll() is None and not over:
-                continue
-            running.remove(run)
-            outcomes[run.step.name] = _finish(run, timed_out=run.process.poll() is None)
-            on_done(outcomes[run.step.name])
+    try:
+        while running:
+            time.sleep(0.1)
+            for run in list(running):
+                over = time.monotonic() - run.started > run.limit
+                if run.process.poll() is None and not over:
+                    continue
+                running.remove(run)
+                outcomes[run.step.name] = _finish(run, timed_out=run.process.poll() is None)
+                on_done(outcomes[run.step.name])
+    finally:  # stopped (SIGTERM, Ctrl-C): no step outlives this process
+        for run in running:
+            stop_group(run.process.pid, grace_s=2.0)
     return [outcomes[step.name] for step in steps]
+
+
+class Stopped(Exception):
+    """SIGTERM: the command was told to stop (a device command past its limit, say)."""
+
+
+def _stopped(signum: int, _frame: object) -> None:
+    raise Stopped(signum)
 
 
 def run_step(step: Step, seconds_left: float) -> Outcome:
@@ -283,11 +295,13 @@ def check_phases(work: Path, sizes: Sizes) -> list[list[Step]]:
     peers = [py, "bench/peers_bench.py", "--device", device, "--baseline", ""]
     peers += ["--rows", "naive", "litserve", "ray", "--duration", str(sizes.peers_s)]
     steps = [
-        Step(  # --noconftest: tests/conftest.py needs the whole test stack
+        Step(  # --noconftest: tests/conftest.py needs the whole test stack; and none of the
+            # plugins that python3's image happens to hold (a third of the step's start-up)
             "cuda-tests",
             [py, "-m", "pytest", "-q", "-p", "no:cacheprovider", "--noconftest", "tests/gpu"],
             85,
             needs=("pytest",),
+            env={"PYTEST_DISABLE_PLUGIN_AUTOLOAD": "1"},
         ),
         Step(
             "graphs-vs-eager",
@@ -688,8 +702,16 @@ def main(argv: list[str] | None = None) -> int:
         report["seconds"] = round(time.monotonic() - started, 1)
         write_report(out, report)
 
-    for phase in phases_of(args.command, work, sizes, trained):
-        run_phase(phase, args.budget - (time.monotonic() - started), done, logs=work)
+    signal.signal(signal.SIGTERM, _stopped)
+    try:
+        for phase in phases_of(args.command, work, sizes, trained):
+            run_phase(phase, args.budget - (time.monotonic() - started), done, logs=work)
+    except (Stopped, KeyboardInterrupt):
+        report["stopped"] = "by a signal, before every step had run"
+        report["seconds"] = round(time.monotonic() - started, 1)
+        write_report(out, report)
+        print("gpu-check: stopped; the steps that ended are in the report", file=sys.stderr)
+        return 130
     if args.command == "train":
         choose_recipe(out, work, report)
     report["seconds"] = round(time.monotonic() - started, 1)

@@ -25,6 +25,7 @@ import importlib.metadata
 import json
 import os
 import re
+import resource
 import shutil
 import subprocess
 import sys
@@ -169,6 +170,11 @@ def step_problems(report: dict) -> list[str]:
     return problems
 
 
+def _children_cpu_s() -> float:
+    usage = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return usage.ru_utime + usage.ru_stime
+
+
 def run_command(name: str, tree: Path, bin_dir: Path, root: Path, limit_s: float) -> dict:
     """One device command, as the device tool runs it: bash in the tree's root, $OUT empty."""
     out = root / "out" / name
@@ -186,7 +192,7 @@ def run_command(name: str, tree: Path, bin_dir: Path, root: Path, limit_s: float
         PYTHONDONTWRITEBYTECODE="1",
         **{gpu_check.REHEARSE_ENV: "1"},
     )
-    started = time.monotonic()
+    started, cpu = time.monotonic(), _children_cpu_s()
     process = subprocess.Popen(
         ["bash", "-c", command],
         cwd=tree,
@@ -203,6 +209,7 @@ def run_command(name: str, tree: Path, bin_dir: Path, root: Path, limit_s: float
         output, _ = process.communicate()
         code = None
     seconds = round(time.monotonic() - started, 1)
+    cpu = round(_children_cpu_s() - cpu, 1)
     report_path = out / f"gpu-{name}.json"
     report = json.loads(report_path.read_text()) if report_path.is_file() else {}
     problems = []
@@ -224,6 +231,7 @@ def run_command(name: str, tree: Path, bin_dir: Path, root: Path, limit_s: float
         "command": gpu_check.DEVICE_COMMANDS[name],
         "exit_code": code,
         "seconds": seconds,
+        "cpu_s": cpu,
         "setup_s": setup_s,
         "steps": {
             s["name"]: f"{s['status']} {s['reason']}".strip() for s in report.get("steps", [])
@@ -266,6 +274,7 @@ def main(argv: list[str] | None = None) -> int:
             result["problems"] += [f"{name}: {problem}" for problem in ran["problems"]]
             print(
                 f"gpu-rehearsal: {name}: exit {ran['exit_code']} in {ran['seconds']:.0f} s "
+                f"({ran['cpu_s']:.0f} CPU s) "
                 f"(at full size at most {plan[name]:.0f} s); "
                 + ", ".join(f"{k}: {v}" for k, v in ran["steps"].items()),
                 flush=True,

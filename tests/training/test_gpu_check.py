@@ -122,3 +122,17 @@ def test_each_device_command_is_planned_within_8_minutes_at_full_size():
     assert set(plan) == set(gpu_check.COMMANDS)
     assert all(seconds <= gpu_check.COMMAND_S for seconds in plan.values()), plan
     assert gpu_check.COMMAND_S <= 8 * 60
+
+
+def test_a_stopped_command_stops_the_steps_still_running(tmp_path):
+    """SIGTERM (here: the exception it raises, from the callback) while a phase runs: no step,
+    and nothing a step started, outlives it."""
+    quick = Step("quick", [sys.executable, "-c", "import time; time.sleep(2)"], 30)
+    slow = Step("slow", [sys.executable, "-c", SPAWN + "; time.sleep(60)"], 30)
+
+    def stop(outcome):
+        raise gpu_check.Stopped(15)
+
+    with pytest.raises(gpu_check.Stopped):
+        gpu_check.run_phase([quick, slow], 100, on_done=stop, logs=tmp_path)
+    assert _wait_dead(int((tmp_path / "slow.log").read_text().split()[0]))
