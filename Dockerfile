@@ -29,8 +29,9 @@ RUN python3 -m venv /opt/venv \
  && mkdir -p /srv/checkpoints /srv/data /srv/runs \
  && chown vae:vae /srv /srv/checkpoints /srv/data /srv/runs
 
-# The dependency list is read from pyproject.toml by one script, so it cannot drift.
-COPY scripts/docker/requirements.py pyproject.toml /opt/build/
+# The dependency list is read from pyproject.toml by one script, so it cannot drift; torch is pinned
+# by constraints.txt (torch 2.14.1, its CUDA 13.0 build: the GPU image needs NVIDIA driver >= 580).
+COPY scripts/docker/requirements.py scripts/docker/constraints.txt pyproject.toml /opt/build/
 
 WORKDIR /srv
 EXPOSE 8000
@@ -44,7 +45,8 @@ CMD exec vae-serve --host 0.0.0.0 --port "$PORT"
 FROM runtime AS gpu
 ENV VAE_CHECKPOINT=/srv/checkpoints/mnist-vae.pt \
     VAE_DIGIT_GUIDE=/srv/guide/mnist-digit-guide.pt
-RUN python /opt/build/requirements.py /opt/build/pyproject.toml --extra otel
+RUN python /opt/build/requirements.py /opt/build/pyproject.toml --extra otel \
+      --constraint /opt/build/constraints.txt
 # Then the code, installed as a regular package (no editable install, no sources at run time).
 COPY pyproject.toml README.md /src/
 COPY models/*.py /src/models/
@@ -71,7 +73,7 @@ FROM runtime AS cpu
 ENV VAE_CHECKPOINT=/srv/checkpoints/mnist-vae/manifest.json \
     VAE_DIGIT_GUIDE=/srv/checkpoints/mnist-vae/digit-guide.onnx
 RUN python /opt/build/requirements.py /opt/build/pyproject.toml \
-      --extra otel --without torch torchvision onnx
+      --extra otel --without torch torchvision onnx --constraint /opt/build/constraints.txt
 COPY pyproject.toml README.md /src/
 COPY models/*.py /src/models/
 COPY app /src/app

@@ -14,8 +14,9 @@ is written to `OUT/config.toml` and into every checkpoint (`training/run_config.
 Ctrl-C or SIGTERM finishes the current step and saves `OUT/checkpoint.pt` as it stands: metadata
 `epoch` counts the finished epochs and `step` the steps already taken in the next one (its
 metrics are left empty: no epoch ended, so nothing was evaluated). `--resume` then carries on
-from that very step, with the same batches, so the run ends with the weights it would have had
-without the interruption.
+from that very step, with the same batches and the same generators (the CPU's, the data's, and on
+CUDA the device's), so the run ends with the weights it would have had without the interruption:
+bit for bit on the CPU, and on CUDA with `--deterministic` (tests/gpu/test_cuda_training.py).
 
 Multi-GPU: `torchrun --nproc_per_node=N -m training ...` runs DistributedDataParallel (NCCL on
 CUDA, gloo on the CPU); rank 0 evaluates and writes files.
@@ -674,10 +675,40 @@ def _train_state(run: Run, epochs_done: int, step: int, sums: list[float]) -> di
         "epoch_sums": sums,
         "optimizer": run.optimizer.state_dict(),
         "scheduler": run.scheduler.state_dict(),
-        "torch_rng": torch.get_rng_state(),
-        "data_rng": run.batches.generator.get_state().cpu(),
+        **_rng_states(run),
         "history": run.history,
     }
+
+
+def _rng_states(run: Run) -> dict[str, Any]:
+    """The generators a resumed run must carry on from: torch's CPU one, the data's (batch order
+    and binarization), and on CUDA the training device's, which the forward pass draws its noise
+    from."""
+    states = {
+        "torch_rng": torch.get_rng_state(),
+        "data_rng": run.batches.generator.get_state().cpu(),
+    }
+    if run.cuda:
+        states["cuda_rng"] = torch.cuda.get_rng_state(run.device)
+    return states
+
+
+def _restore_rng_states(run: Run, state: dict[str, Any]) -> None:
+    """What `_rng_states` saved. A checkpoint without the CUDA generator (saved on the CPU, or
+    before issue 28) resumes on CUDA with the generator as seeded: it trains on, but draws other
+    noise than the uninterrupted run would have."""
+    torch.set_rng_state(state["torch_rng"])
+    run.batches.generator.set_state(state["data_rng"])
+    if not run.cuda:
+        return
+    if "cuda_rng" in state:
+        torch.cuda.set_rng_state(state["cuda_rng"], run.device)
+    elif run.ddp.is_main:
+        log.warning(
+            "%s holds no CUDA generator state: this resumed run is not bit-identical to an "
+            "uninterrupted one",
+            run.ckpt_path,
+        )
 
 
 def _load_resume(path: Path) -> dict[str, Any]:
@@ -698,8 +729,7 @@ def _restore_train_state(run: Run, state: dict[str, Any]) -> None:
     # The schedule object came back with the old run's length: plan it for this run's epochs.
     run.schedule.total_steps = max(1, run.epochs * len(run.batches))
     run.schedule.constant = run.args.lr_schedule == "constant"
-    torch.set_rng_state(state["torch_rng"])
-    run.batches.generator.set_state(state["data_rng"])
+    _restore_rng_states(run, state)
     run.history = state.get("history", [])
     run.start_epoch = int(state["epoch"])
     run.start_step = int(state.get("step", 0))

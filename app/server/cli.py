@@ -16,6 +16,12 @@ from app.config import Settings, configuration_error
 from app.inference.loading import check_digit_guide, check_servable
 from app.server.shutdown import serve
 from models.checkpoint_errors import CheckpointError
+from models.device_errors import CudaUnavailable
+
+CPU_INSTEAD = (
+    "to serve on the CPU instead: VAE_DEVICE=cpu "
+    "(with compose: docker compose -f docker-compose.cpu.yml up -d)"
+)
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -40,6 +46,9 @@ def main(argv: list[str] | None = None) -> int:
         check_servable(settings.checkpoint, settings.device, settings.backend)
         check_digit_guide(settings)
         tracing.check()
+    except CudaUnavailable as exc:  # e.g. compose's VAE_DEVICE=cuda on a host whose driver is old
+        print(f"vae-serve: cannot serve: {exc}; {CPU_INSTEAD}", file=sys.stderr)
+        return 2
     except (CheckpointError, RuntimeError) as exc:  # TracingConfigError is a RuntimeError
         print(f"vae-serve: cannot serve: {exc}", file=sys.stderr)
         return 2

@@ -1,6 +1,6 @@
 """Installs the images' dependencies into /opt/venv, read from pyproject.toml so that the list has
 one home and cannot drift: the GPU image's with `--extra otel`, the CPU image's also `--without
-torch torchvision onnx`.
+torch torchvision onnx`. `--constraint constraints.txt` pins torch (and so its CUDA build).
 
 uv installs them (parallel downloads and unpacking, bytecode compiled on every core: half pip's
 time), run from a throwaway venv so that uv is in no image layer. The CPU image downloads its own
@@ -36,7 +36,7 @@ def requirements(pyproject: Path, extras: list[str], without: list[str]) -> list
     return [dep for dep in wanted if canonicalize_name(Requirement(dep).name) not in dropped]
 
 
-def install(deps: list[str], python: str) -> None:
+def install(deps: list[str], python: str, constraints: Path | None = None) -> None:
     work = Path(tempfile.mkdtemp(prefix="uv-"))
     try:
         subprocess.run([sys.executable, "-m", "venv", work / "venv"], check=True)
@@ -45,6 +45,7 @@ def install(deps: list[str], python: str) -> None:
         if "PIP_CERT" in env:
             env["SSL_CERT_FILE"] = env["PIP_CERT"]
         command = [work / "venv/bin/uv", "pip", "install", "--python", python, "--compile-bytecode"]
+        command += ["--constraint", str(constraints)] if constraints else []
         subprocess.run([*command, *deps], check=True, env=env)
     finally:
         shutil.rmtree(work, ignore_errors=True)
@@ -56,9 +57,12 @@ def main() -> int:
     parser.add_argument("--extra", nargs="*", default=[], help="optional-dependency groups to add")
     parser.add_argument("--without", nargs="*", default=[], help="distributions to leave out")
     parser.add_argument("--python", default="/opt/venv/bin/python", help="the target interpreter")
+    parser.add_argument(
+        "--constraint", type=Path, default=None, help="pins (constraints.txt: the images' torch)"
+    )
     args = parser.parse_args()
     deps = requirements(args.pyproject, args.extra, args.without)
-    install(deps, args.python)
+    install(deps, args.python, args.constraint)
     return 0
 
 
