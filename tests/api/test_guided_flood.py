@@ -16,7 +16,7 @@ import httpx
 from live_server import REPO, LiveServer
 
 CLIENTS = 32
-FLOOD_S = 25
+FLOOD_S = 15
 
 
 def test_a_flood_of_guided_digits_gets_200s_and_503s_only_and_bounded_memory():
