@@ -20,6 +20,8 @@ from collections import deque
 from datetime import UTC, datetime
 from typing import Any, TextIO
 
+import orjson
+
 from app.http.request_id import current_request_id
 
 FLUSH_S = 0.05
@@ -39,7 +41,10 @@ def log_entry(created: float, level: str, logger: str, msg: str, **fields: Any) 
     if request_id:
         entry["request_id"] = request_id
     entry.update(fields)
-    return json.dumps(entry, default=str)
+    try:  # orjson: a fifth of `json`'s time on the hot path's access line
+        return orjson.dumps(entry, default=str).decode()
+    except orjson.JSONEncodeError:  # what orjson does not write (an integer past 64 bits)
+        return json.dumps(entry, default=str)
 
 
 class JsonFormatter(logging.Formatter):
