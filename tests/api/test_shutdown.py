@@ -110,7 +110,8 @@ def test_every_answered_request_has_its_access_line_after_sigterm(tiny_checkpoin
         assert server.process.wait(timeout=GRACE_S + 10) == 0
         assert answers == [503] * 5
         time.sleep(0.5)  # the log reader reaches the end of stderr
-        access = [json.loads(line) for line in server.log if '"logger": "app.access"' in line]
+        lines = [json.loads(line) for line in server.log if line.startswith("{")]
+        access = [entry for entry in lines if entry.get("logger") == "app.access"]
         logged = {entry["request_id"]: entry["status"] for entry in access}
         assert {rid: logged.get(rid) for rid in served} == dict.fromkeys(served, 200)
         assert {rid: logged.get(rid) for rid in cancelled} == dict.fromkeys(cancelled, 503)
