@@ -31,6 +31,7 @@ import hashlib
 import json
 import math
 from dataclasses import dataclass, field
+from functools import cached_property
 from typing import Any, BinaryIO
 
 import numpy as np
@@ -96,27 +97,56 @@ class Typicality:
         return int(self.reference.shape[0])
 
     def terms(self, mu: np.ndarray, logvar: np.ndarray) -> np.ndarray:
-        """The three terms [N, 3] (higher: less digit-like) of posteriors mu, logvar [N, D]."""
+        """The three terms [N, 3] (higher: less digit-like) of posteriors mu, logvar [N, D].
+
+        The prior's two mixtures share one matrix product (both are over mu), the posterior
+        mixture takes another: a lone upload costs a few dozen NumPy calls, not hundreds."""
         mu = np.asarray(mu, np.float64)
-        logvar = np.asarray(logvar, np.float64)
-        if len(mu) == 0:
+        n = len(mu)
+        if n == 0:
             return np.zeros((0, len(TERMS)))
+        both = np.concatenate([mu, np.asarray(logvar, np.float64)], axis=1)
+        on_mu, joint = self._on_mu, self._joint
+        log_joint = on_mu.log_joint(mu)
+        split = self._prior_components
+        out = np.empty((n, len(TERMS)))
+        out[:, 0] = -_logsumexp(log_joint[:, :split])
+        out[:, 1] = -_logsumexp(joint.log_joint(both))
+        classes = log_joint[:, split:]
+        weights = np.exp(classes - classes.max(axis=1, keepdims=True))
+        assert self._class_labels is not None
+        out[:, 2] = 1.0 - (weights @ self._class_labels).max(axis=1) / weights.sum(axis=1)
+        if not np.isfinite(out).all():  # a NaN from a broken input is as far from a digit as any
+            out = np.nan_to_num(out, nan=np.inf, posinf=np.inf, neginf=-np.inf)
+        return out
+
+    @cached_property
+    def _on_mu(self) -> _Density:
+        """The prior's mixture and its class mixture, side by side (both are over mu)."""
         assert self.prior.classes is not None
-        prior_density = -self.prior.mixture.log_prob(mu)
-        posterior_density = -self.joint.log_prob(np.concatenate([mu, logvar], axis=1))
-        confidence = np.exp(self.prior.classes.class_log_posterior(mu).max(axis=1))
-        out = np.stack([prior_density, posterior_density, 1.0 - confidence], axis=1)
-        return np.nan_to_num(out, nan=np.inf, posinf=np.inf, neginf=-np.inf)
+        return _Density.side_by_side(_Density(self.prior.mixture), _Density(self.prior.classes))
+
+    @cached_property
+    def _prior_components(self) -> int:
+        return self.prior.mixture.n_components
+
+    @cached_property
+    def _class_labels(self) -> np.ndarray:
+        assert self.prior.classes is not None and self.prior.classes.labels is not None
+        return np.eye(10)[self.prior.classes.labels]  # [K, 10] one-hot
+
+    @cached_property
+    def _joint(self) -> _Density:
+        return _Density(self.joint)
 
     def statistic(self, terms: np.ndarray) -> np.ndarray:
         """Fisher's -sum(log p_i) [N] of terms [N, 3], each p_i the share of calibration digits
         scoring at least as high on term i (plus one, so that it is never 0)."""
         n = self.calibration_size
-        total = np.zeros(len(terms))
-        for i in range(len(TERMS)):
-            at_least = n - np.searchsorted(self.term_references[i], terms[:, i], side="left")
-            total -= np.log((at_least + 1.0) / (n + 1.0))
-        return total
+        below = np.stack(
+            [np.searchsorted(self.term_references[i], terms[:, i]) for i in range(len(TERMS))]
+        )
+        return -np.log((n + 1.0 - below) / (n + 1.0)).sum(axis=0)
 
     def typicality_of(self, statistic: np.ndarray) -> np.ndarray:
         """The share of calibration digits whose statistic is larger (less digit-like)."""
@@ -189,6 +219,57 @@ class Typicality:
             raise TypicalityError(f"malformed calibration: {exc}") from None
         info = data.get("info") or {}
         return cls(prior, mixture, term_references, reference, dict(info))
+
+
+class _Density:
+    """Gaussian mixture components' log densities as one matrix product: the whitening
+    A_k (z - m_k) of every component k (A_k the inverse Cholesky factor) is
+    z @ [A_1^T ... A_K^T] - [m_1 A_1^T ... m_K A_K^T]. The same numbers as
+    `prior_arrays.Mixture.component_log_prob` (within float64 rounding), at a fraction of the
+    cost per upload: one BLAS call instead of one per component (issue 30's 5 % budget)."""
+
+    def __init__(self, mixture: Mixture | None, parts: tuple | None = None) -> None:
+        if parts is not None:
+            self.dim, self.components, self.project, self.shift, self.offset = parts
+            return
+        assert mixture is not None
+        k, d = mixture.means.shape
+        tril = mixture.scale_tril.astype(np.float64)
+        inverse_t = np.linalg.inv(tril).transpose(0, 2, 1)  # [K, D, D]: A_k^T
+        self.dim, self.components = d, k
+        self.project = np.ascontiguousarray(inverse_t.transpose(1, 0, 2).reshape(d, k * d))
+        self.shift = np.einsum("kd,kde->ke", mixture.means.astype(np.float64), inverse_t).ravel()
+        half_log_det = np.log(np.diagonal(tril, axis1=1, axis2=2)).sum(-1)
+        with np.errstate(divide="ignore"):
+            log_weights = np.log(mixture.weights.astype(np.float64))
+        self.offset = log_weights - half_log_det - 0.5 * d * math.log(2 * math.pi)
+
+    @classmethod
+    def side_by_side(cls, first: _Density, second: _Density) -> _Density:
+        """Two mixtures over the same z, their components' columns one after the other."""
+        assert first.dim == second.dim
+        return cls(
+            None,
+            (
+                first.dim,
+                first.components + second.components,
+                np.ascontiguousarray(np.concatenate([first.project, second.project], axis=1)),
+                np.concatenate([first.shift, second.shift]),
+                np.concatenate([first.offset, second.offset]),
+            ),
+        )
+
+    def log_joint(self, z: np.ndarray) -> np.ndarray:
+        """log w_k + log N(z; m_k, L_k L_k^T), [N, K]."""
+        white = z @ self.project
+        white -= self.shift
+        np.square(white, out=white)
+        return self.offset - 0.5 * white.reshape(len(z), self.components, self.dim).sum(axis=2)
+
+
+def _logsumexp(a: np.ndarray) -> np.ndarray:
+    top = a.max(axis=1, keepdims=True)
+    return top[:, 0] + np.log(np.exp(a - top).sum(axis=1))
 
 
 def save_npz(typicality: Typicality, path: Any) -> None:
