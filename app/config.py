@@ -38,6 +38,15 @@ class Settings(BaseSettings):
     digit_candidates: int = Field(
         8, ge=1, le=64, description="latents a chosen digit may try before the best one is kept"
     )
+    digit_threshold: float = Field(
+        0.01,
+        ge=0,
+        le=1,
+        description="is_digit = typicality >= this; 0.01 flags 1 % of real held-out digits",
+    )
+    refuse_non_digits: bool = Field(
+        False, description="/reconstruct answers 422 (with the score) when is_digit is false"
+    )
 
     max_batch_size: int = Field(64, ge=1, le=4096, description="rows per forward pass")
     max_wait_ms: float = Field(

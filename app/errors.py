@@ -61,6 +61,15 @@ class InvalidInput(ServiceError, status=422):
     """Well-formed but unusable input, e.g. a latent of the wrong length."""
 
 
+class NotADigit(InvalidInput, status=422):
+    """`VAE_REFUSE_NON_DIGITS`: the upload's typicality is under `VAE_DIGIT_THRESHOLD`; the score
+    rides along in the message and in the `X-Typicality` and `X-Is-Digit` headers."""
+
+    def __init__(self, detail: str, headers: dict[str, str]) -> None:
+        super().__init__(detail)
+        self.headers = headers
+
+
 class InferenceFailed(ServiceError, status=500):
     """A forward pass raised; its callers get this, the batcher carries on, the log has why."""
 

@@ -106,10 +106,20 @@ class SampleResponse(BaseModel):
     latents: list[list[float]]
 
 
+TYPICALITY_DESCRIPTION = (
+    "how digit-like the image the model saw is, in [0, 1]: the fraction of real held-out MNIST "
+    "digits that look less digit-like by the same score (a typical digit is near 0.5; 0.01 is "
+    "less digit-like than 99 % of them). null: the checkpoint has no typicality calibration"
+)
+IS_DIGIT_DESCRIPTION = "typicality >= VAE_DIGIT_THRESHOLD (default 0.01); null without a score"
+
+
 class LatentResponse(BaseModel):
     latent_dim: int
     mu: list[float]
     logvar: list[float]
+    typicality: float | None = Field(None, description=TYPICALITY_DESCRIPTION)
+    is_digit: bool | None = Field(None, description=IS_DIGIT_DESCRIPTION)
 
 
 class ReconstructResponse(BaseModel):
@@ -120,6 +130,8 @@ class ReconstructResponse(BaseModel):
     neg_elbo: float = Field(
         description="-log p(x|z=mu) + KL(q(z|x) || p(z)) in nats over the 784 real pixels"
     )
+    typicality: float | None = Field(None, description=TYPICALITY_DESCRIPTION)
+    is_digit: bool | None = Field(None, description=IS_DIGIT_DESCRIPTION)
 
 
 class DecodeRequest(_Strict):
@@ -235,6 +247,11 @@ class ModelResponse(BaseModel):
     )
     prior: dict[str, Any] = Field(
         description="the prior /sample draws from by default: N(0, I) or a learned mixture"
+    )
+    typicality: dict[str, Any] | None = Field(
+        None,
+        description='the "is this a digit?" score\'s calibration and VAE_DIGIT_THRESHOLD; null '
+        "for a checkpoint calibrated before it existed (then uploads carry no score)",
     )
     metrics: dict[str, Any] = Field(description="the checkpoint's final evaluation")
     training: dict[str, Any] = Field(description="everything else the checkpoint records")

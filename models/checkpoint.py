@@ -9,11 +9,13 @@ Layout (format version 2)::
         "model_state": {...state_dict tensors...},
         "metadata": {preset, training args, epoch, metrics, dataset, sha256, versions, ...},
         "prior": {...},       # optional: a learned prior over z (`models.prior.MixturePrior`)
+        "typicality": {...},  # optional: the "is this a digit?" calibration (`models.typicality`)
         "train_state": {...}  # optional: optimizer and RNG state, only for --resume
     }
 
 Version 1 is version 2 without a prior; it still loads, and its prior is N(0, I), which is what
-it was trained with. A checkpoint without a `prior` entry also means N(0, I).
+it was trained with. A checkpoint without a `prior` entry also means N(0, I). One without a
+`typicality` entry (every checkpoint before issue 30) serves without the typicality score.
 
 Loading goes through `torch.load(weights_only=True)`, so a file that smuggles a pickled callable
 is refused instead of executed.
@@ -30,6 +32,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 
 from models.checkpoint_errors import CheckpointError
@@ -49,11 +52,14 @@ def save_checkpoint(
     metadata: dict[str, Any],
     train_state: dict[str, Any] | None = None,
     prior: MixturePrior | dict[str, Any] | None = None,
+    typicality: dict[str, Any] | None = None,
 ) -> Path:
     """Writes next to `path` first and renames, so a crash never leaves a half-written file.
 
     `prior` is a learned prior (or its stored dict, e.g. carried over from a checkpoint being
-    rewritten); without one the checkpoint's prior is N(0, I)."""
+    rewritten); without one the checkpoint's prior is N(0, I). `typicality` is a calibration's
+    `models.typicality.Typicality.to_dict()` (NumPy arrays become tensors); it is only valid with
+    the prior it was made with, so a rewrite with a new prior leaves it out."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     payload: dict[str, Any] = {
@@ -65,6 +71,8 @@ def save_checkpoint(
     }
     if prior is not None:
         payload["prior"] = prior.to_dict() if isinstance(prior, MixturePrior) else prior
+    if typicality is not None:
+        payload["typicality"] = _as_tensors(typicality)
     if train_state is not None:
         payload["train_state"] = train_state
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
@@ -127,6 +135,29 @@ def load_checkpoint_and_prior(
     model = model_from_payload(payload, source=str(path))
     prior = prior_from_payload(payload, model.latent_dim, source=str(path))
     return model.to(device).eval(), payload["metadata"], prior
+
+
+def load_checkpoint_parts(
+    path: str | os.PathLike, device: str | torch.device = "cpu"
+) -> tuple[ConvVAE, dict[str, Any], LatentPrior, dict[str, Any] | None]:
+    """`load_checkpoint_and_prior` plus the stored typicality calibration (tensors, as saved;
+    `models.typicality.Typicality.from_dict` reads it), or None for a checkpoint without one."""
+    payload = read_checkpoint(path)
+    model = model_from_payload(payload, source=str(path))
+    prior = prior_from_payload(payload, model.latent_dim, source=str(path))
+    typicality = payload.get("typicality")
+    if typicality is not None and not isinstance(typicality, dict):
+        raise CheckpointError(f"{path} has a malformed typicality section")
+    return model.to(device).eval(), payload["metadata"], prior, typicality
+
+
+def _as_tensors(value: Any) -> Any:
+    """NumPy arrays (at any depth of dicts) as CPU tensors: what weights-only loading accepts."""
+    if isinstance(value, dict):
+        return {k: _as_tensors(v) for k, v in value.items()}
+    if isinstance(value, np.ndarray):
+        return torch.from_numpy(np.ascontiguousarray(value))
+    return value
 
 
 def prior_from_payload(

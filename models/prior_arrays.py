@@ -127,15 +127,23 @@ class Mixture:
             offset = np.log(self.weights.astype(np.float64)) - half_log_det
         return inverse, offset
 
-    def class_log_posterior(self, z: np.ndarray) -> np.ndarray:
-        """log p(digit | z) from the labelled components, z [N, D] -> [N, 10]."""
-        if self.labels is None:
-            raise PriorFileError("this mixture's components carry no digit labels")
+    def component_log_prob(self, z: np.ndarray) -> np.ndarray:
+        """log weights[k] + log N(z; component k), z [N, D] -> [N, K], in float64."""
         inverse, offset = self._whitening
         diff = z.astype(np.float64)[:, None, :] - self.means.astype(np.float64)[None]  # [N, K, D]
         # [K, N, D] @ [K, D, D]: one BLAS matmul per component, 5x an einsum's loop
         white = np.matmul(diff.transpose(1, 0, 2), inverse.transpose(0, 2, 1)).transpose(1, 0, 2)
-        log_joint = -0.5 * (self.dim * LOG_2PI + (white**2).sum(-1)) + offset  # [N, K]
+        return -0.5 * (self.dim * LOG_2PI + (white**2).sum(-1)) + offset
+
+    def log_prob(self, z: np.ndarray) -> np.ndarray:
+        """log p(z), z [N, D] -> [N] (`models.prior.GaussianMixture.log_prob` in NumPy)."""
+        return _logsumexp(self.component_log_prob(z))
+
+    def class_log_posterior(self, z: np.ndarray) -> np.ndarray:
+        """log p(digit | z) from the labelled components, z [N, D] -> [N, 10]."""
+        if self.labels is None:
+            raise PriorFileError("this mixture's components carry no digit labels")
+        log_joint = self.component_log_prob(z)  # [N, K]
         out = np.full((len(z), NUM_CLASSES), -np.inf)
         for digit in range(NUM_CLASSES):
             mask = self.labels == digit

@@ -569,6 +569,7 @@ def main(argv: list[str] | None = None) -> int:
             meta,
             payload.get("train_state"),
             prior=payload.get("prior"),  # the rewrite keeps the learned prior
+            typicality=payload.get("typicality"),  # and the calibration made with it
         )
     return 0
 

@@ -6,6 +6,9 @@ digit, a mixture fitted to that digit's encodings lets the service draw a chosen
 `--classifier`, only digits whose reconstruction the classifier assigns confidently to their own
 label feed the per-digit mixtures, so ambiguous scrawls do not pull a 4's mixture towards 9s.
 
+A new prior drops the checkpoint's typicality calibration (`models.typicality`), which is only
+valid with the prior it was made with: run `vae-calibrate-typicality` after it.
+
 `--search` fits every combination asked for on all but `--holdout` training digits and prints the
 held-out log-likelihood of each (nats per latent, higher is better) without writing anything.
 """

@@ -18,7 +18,7 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException
 
-from app.errors import Overloaded, ServiceError, Unauthorized
+from app.errors import NotADigit, Overloaded, ServiceError, Unauthorized
 from app.http.request_id import current_request_id
 
 log = logging.getLogger("app")
@@ -92,6 +92,8 @@ def service_error_response(exc: ServiceError, *, protocol: bool = False) -> JSON
         headers = {"Retry-After": str(exc.retry_after)}
     elif isinstance(exc, Unauthorized):
         headers = {"WWW-Authenticate": "Bearer"}
+    elif isinstance(exc, NotADigit):
+        headers = exc.headers
     return error_response(exc.status_code, exc.detail, headers, protocol=protocol)
 
 

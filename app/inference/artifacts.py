@@ -22,7 +22,7 @@ from pathlib import Path
 
 from app.inference.backends.base import BackendInfo, Runner
 from app.inference.backends.onnx import OnnxRuntimeRunner
-from app.inference.export_arrays import read_check, read_prior
+from app.inference.export_arrays import read_check, read_prior, read_typicality
 from app.inference.export_graphs import load_graphs, verify_graphs
 from app.inference.export_manifest import (
     GRAPH_OPS,
@@ -35,6 +35,7 @@ from app.inference.served import ArtifactInfo, LoadedModel, file_identity, warm_
 from models.checkpoint_errors import CheckpointError
 from models.prior_arrays import Prior
 from models.torch_rng import TorchCompatibleGenerator
+from models.typicality import Typicality
 
 MANIFEST_NAME = "manifest.json"
 MAX_FILE_BYTES = 1 << 30  # as a reloaded checkpoint (app/routes/checkpoint_paths.py)
@@ -59,6 +60,7 @@ class VerifiedExport:
     prior: Prior
     runner: Runner
     error: float  # the largest error against the recorded eager outputs
+    typicality: Typicality | None = None
 
 
 def sha256_of(data: bytes) -> str:
@@ -105,6 +107,8 @@ def read_export(path: Path) -> Export:
     raw = read_capped(path, MAX_MANIFEST_BYTES, "manifest")
     manifest = parse_manifest(raw, path.name)
     files = {role: read_listed(path.parent, e, role) for role, e in manifest.files.items()}
+    if manifest.typicality is not None:
+        files["typicality"] = read_listed(path.parent, manifest.typicality, "typicality")
     return Export(path, manifest, sha256_of(raw), files)
 
 
@@ -124,7 +128,10 @@ def verify_export(path: Path, device: str, *, backend: str, threads: int) -> Ver
     graphs = {op: export.files[op] for op in GRAPH_OPS}
     runner = load_graphs(lambda g: _build_runner(backend, g, threads), graphs, names)
     error = verify_graphs(runner, cases, names)
-    return VerifiedExport(export, prior, runner, error)
+    typicality = None
+    if manifest.typicality is not None:
+        typicality = read_typicality(export.files["typicality"], manifest.typicality.file, prior)
+    return VerifiedExport(export, prior, runner, error, typicality)
 
 
 def load_export(
@@ -154,6 +161,7 @@ def load_export(
             "onnx-export", str(path), export.sha256, f"onnxruntime {onnxruntime.__version__}"
         ),
         random=TorchCompatibleGenerator,
+        typicality=verified.typicality,
     )
 
 

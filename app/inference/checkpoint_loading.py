@@ -9,9 +9,10 @@ import torch
 from app.inference.backends.eager import TorchRunner, torch_random
 from app.inference.backends.select import select_runner
 from app.inference.served import ArtifactInfo, LoadedModel, file_identity, warm_up
-from models.checkpoint import CheckpointError, file_sha256, load_checkpoint_and_prior
+from models.checkpoint import CheckpointError, file_sha256, load_checkpoint_parts
 from models.prior import as_arrays
 from models.runtime import resolve_device
+from models.typicality import Typicality, TypicalityError
 
 
 def load_checkpoint_model(
@@ -29,7 +30,13 @@ def load_checkpoint_model(
     torch.set_num_threads(threads)
     dev = resolve_device(device)
     before = file_identity(path)
-    model, metadata, prior = load_checkpoint_and_prior(path, device=dev)
+    model, metadata, prior, stored_typicality = load_checkpoint_parts(path, device=dev)
+    typicality = None
+    if stored_typicality is not None:
+        try:
+            typicality = Typicality.from_dict(stored_typicality, as_arrays(prior))
+        except TypicalityError as exc:
+            raise CheckpointError(f"{path}: its typicality calibration: {exc}") from None
     sha256 = file_sha256(path)
     if file_identity(path) != before:  # replaced meanwhile: the hash might not be these weights
         raise CheckpointError(f"{path} changed while it was being loaded; try again")
@@ -68,4 +75,5 @@ def load_checkpoint_model(
         artifact=ArtifactInfo("torch-checkpoint", str(path), sha256, f"torch {torch.__version__}"),
         random=torch_random,
         model=model,
+        typicality=typicality,
     )

@@ -15,8 +15,10 @@ import asyncio
 import dataclasses
 import logging
 import platform
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -83,7 +85,7 @@ class Engine:
 
         def batcher(op: str, lone_rows_now: bool = False) -> MicroBatcher:
             def run(m: LoadedModel, rows: np.ndarray) -> Output:
-                return getattr(m.runner, op)(rows)
+                return operation(m, op)(rows)
 
             return batcher_type(
                 op,
@@ -180,8 +182,9 @@ class Engine:
         x = m.runner.decode(z)
         gate, guide = self.admission, self.guide
         gate.calibrate("decode", lambda: m.runner.decode(z), rows)
-        gate.calibrate("encode", lambda: m.runner.encode(x), rows)
-        gate.calibrate("reconstruct", lambda: m.runner.reconstruct(x), rows)
+        encode, reconstruct = operation(m, "encode"), operation(m, "reconstruct")
+        gate.calibrate("encode", lambda: encode(x), rows)
+        gate.calibrate("reconstruct", lambda: reconstruct(x), rows)
         if guide is not None:
             gate.calibrate("classify", lambda: guide.probabilities(x), rows)
 
@@ -211,7 +214,7 @@ class Engine:
         booking = booking or self._book(op, n)
         if booking.lane == LIGHT:
             return await batcher.submit(m, rows, booking)
-        run = getattr(m.runner, op)
+        run = operation(m, op)
         gate = self.admission
         return await self.scheduler.run_heavy(RowsInSlices(op, run, rows, gate, booking))
 
@@ -224,7 +227,15 @@ class Engine:
 
     async def encode(self, m: LoadedModel, x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """x [N,1,32,32] -> (mu, logvar), each [N, latent_dim]."""
-        return await self._submit(self.encoder, m, x)  # type: ignore[return-value]
+        mu, logvar, *_ = await self._submit(self.encoder, m, x)
+        return mu, logvar
+
+    async def encode_scored(
+        self, m: LoadedModel, x: np.ndarray
+    ) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
+        """x -> (mu, logvar, typicality [N] or None where the model has no calibration)."""
+        mu, logvar, *score = await self._submit(self.encoder, m, x)
+        return mu, logvar, score[0] if score else None
 
     async def decode(self, m: LoadedModel, z: np.ndarray) -> np.ndarray:
         """z [N, latent_dim] -> images [N,1,32,32] in [0, 1]."""
@@ -232,7 +243,13 @@ class Engine:
 
     async def reconstruct(self, m: LoadedModel, x: np.ndarray) -> tuple[np.ndarray, ...]:
         """x -> (mu, logvar, reconstruction at the posterior mean, -ELBO at z=mu in nats)."""
-        return await self._submit(self.reconstructor, m, x)  # type: ignore[return-value]
+        out = await self._submit(self.reconstructor, m, x)
+        return tuple(out[:4])
+
+    async def reconstruct_scored(self, m: LoadedModel, x: np.ndarray) -> tuple[Any, ...]:
+        """`reconstruct`, then the typicality [N] (None where the model has no calibration)."""
+        out = await self._submit(self.reconstructor, m, x)
+        return (*out[:4], out[4] if len(out) > 4 else None)
 
     async def sample(
         self,
@@ -290,6 +307,25 @@ class Engine:
         in one batch: (latents [steps, latent_dim], images [steps, 1, 32, 32])."""
         z = _lerp(start[None].astype(np.float32), end[None].astype(np.float32), steps)
         return z, await self.decode(m, z)
+
+
+SCORED_OPS = ("encode", "reconstruct")
+
+
+def operation(m: LoadedModel, op: str) -> Callable[[np.ndarray], Output]:
+    """The runner's `op`; encode and reconstruct of a calibrated model append the typicality of
+    each row (`models.typicality`, NumPy on mu and logvar), on the inference thread with the
+    forward pass, so admission control's timings include it."""
+    run = getattr(m.runner, op)
+    typicality = m.typicality
+    if typicality is None or op not in SCORED_OPS:
+        return run
+
+    def scored(rows: np.ndarray) -> Output:
+        out = run(rows)
+        return (*out, typicality.score(rows, out[0], out[1]))
+
+    return scored
 
 
 def _batcher_type() -> type[MicroBatcher]:

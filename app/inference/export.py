@@ -3,7 +3,8 @@
 It writes, into one folder: the encode, decode and reconstruct ONNX graphs (a dynamic batch axis,
 one input named `input`), the checkpoint's prior as arrays (`prior.npz`), the recorded check
 (`check.npz`: fixed inputs with eager PyTorch's outputs, which the server reproduces at load),
-the digit guide as an ONNX graph, and `manifest.json`, which lists each with its sha256 and says
+the digit guide as an ONNX graph, the typicality calibration when the checkpoint has one
+(`typicality.npz`), and `manifest.json`, which lists each with its sha256 and says
 where the weights came from. The graphs are checked with ONNX Runtime against eager PyTorch
 before anything is written. `VAE_CHECKPOINT=OUT/manifest.json` serves the folder, with or without
 torch installed (the CPU image has none); the graphs also serve elsewhere (Triton, ONNX Runtime
@@ -33,13 +34,15 @@ from app.inference.backends.eager import TorchRunner
 from app.inference.backends.onnx import OnnxRuntimeRunner
 from app.inference.backends.onnx_export import GRAPHS, OPSET, export_onnx
 from app.inference.export_manifest import FORMAT_NAME, FORMAT_VERSION
-from models.checkpoint import CheckpointError, file_sha256, load_checkpoint_and_prior
+from models import typicality as typicality_arrays
+from models.checkpoint import CheckpointError, file_sha256, load_checkpoint_parts
 from models.classifier import GUIDE_PATH, ClassifierError, DigitClassifier, load_classifier
 from models.prior import as_arrays
 from models.prior_arrays import save_npz
 from models.progress import add_progress_flag, progress_bar
 
 GUIDE_FILE = "digit-guide.onnx"
+TYPICALITY_FILE = "typicality.npz"  # the "is this a digit?" calibration (models.typicality)
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -110,8 +113,11 @@ def _check_arrays(cases) -> dict[str, np.ndarray]:
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     try:
-        model, metadata, prior = load_checkpoint_and_prior(args.checkpoint)
-    except CheckpointError as exc:
+        model, metadata, prior, stored_typicality = load_checkpoint_parts(args.checkpoint)
+        typicality = None
+        if stored_typicality is not None:
+            typicality = typicality_arrays.Typicality.from_dict(stored_typicality, as_arrays(prior))
+    except (CheckpointError, typicality_arrays.TypicalityError) as exc:
         print(f"vae-export: {exc}", file=sys.stderr)
         return 2
     bar = progress_bar(total=3, desc="vae-export", unit="step", enabled=not args.no_progress)
@@ -129,6 +135,10 @@ def main(argv: list[str] | None = None) -> int:
     files = {f"{op}.onnx": graph for op, graph in graphs.items()}
     files["prior.npz"] = prior_buffer.getvalue()
     files["check.npz"] = _npz_bytes(_check_arrays(cases))
+    if typicality is not None:
+        typicality_buffer = io.BytesIO()
+        typicality_arrays.save_npz(typicality, typicality_buffer)
+        files[TYPICALITY_FILE] = typicality_buffer.getvalue()
     guide_entry = None
     if args.digit_guide:
         try:
@@ -162,6 +172,7 @@ def main(argv: list[str] | None = None) -> int:
         "prior": entry("prior.npz"),
         "check": {**entry("check.npz"), "max_error": error, "bound": FP32_BOUND},
         "digit_guide": guide_entry,
+        "typicality": entry(TYPICALITY_FILE) if typicality is not None else None,
         "exported_with": {"torch": str(torch.__version__), "onnx_opset": OPSET},
     }
     args.out.mkdir(parents=True, exist_ok=True)

@@ -14,6 +14,7 @@ import numpy as np
 
 from app.inference.backends.base import Case
 from app.inference.export_manifest import GRAPH_OPS, ExportError
+from models import typicality as typicality_arrays
 from models.prior_arrays import (
     NPZ_READ_ERRORS,
     Mixture,
@@ -74,6 +75,17 @@ def _check_mixture(mixture: Mixture, what: str, latent_dim: int) -> None:
     labels = mixture.labels
     if labels is not None and ((labels < 0) | (labels >= NUM_DIGITS)).any():
         raise ExportError(f"{what} labels must be digits 0..9")
+
+
+def read_typicality(data: bytes, name: str, prior: Prior) -> typicality_arrays.Typicality:
+    """The calibration in `data` (the file `name`), made with this export's `prior`."""
+    buffer = io.BytesIO(data)
+    buffer.name = name
+    try:
+        return typicality_arrays.load_npz(buffer, prior)
+    except typicality_arrays.TypicalityError as exc:
+        reason = str(exc)
+        raise ExportError(reason if reason.startswith(name) else f"{name}: {reason}") from None
 
 
 def read_check(data: bytes, name: str, latent_dim: int) -> list[Case]:

@@ -57,6 +57,7 @@ class Manifest:
     config: dict[str, Any]
     metadata: dict[str, Any]
     digit_guide: FileEntry | None
+    typicality: FileEntry | None = None  # the "is this a digit?" calibration; None: no score
 
 
 def parse_manifest(raw: bytes, name: str) -> Manifest:
@@ -116,6 +117,7 @@ def _fields(data: dict[str, Any], name: str) -> Manifest:
     files = {op: _entry(graphs.get(op), f"graphs.{op}", name) for op in GRAPH_OPS}
     files |= {role: _entry(data.get(role), role, name) for role in ("prior", "check")}
     guide = data.get("digit_guide")
+    typicality = data.get("typicality")
     source = data.get("source")
     if not isinstance(source, dict) or not _is_sha256(source.get("sha256")):
         raise ExportError(f"{name}: 'source' must give the checkpoint's sha256 (64 hex digits)")
@@ -126,6 +128,7 @@ def _fields(data: dict[str, Any], name: str) -> Manifest:
         config=_object(data.get("config"), "config", name),
         metadata=_metadata(data.get("metadata"), name),
         digit_guide=None if guide is None else _entry(guide, "digit_guide", name),
+        typicality=None if typicality is None else _entry(typicality, "typicality", name),
     )
 
 

@@ -17,6 +17,7 @@ import numpy as np
 
 from app.inference.backends.base import BackendInfo, Runner
 from models.prior_arrays import Prior, RandomSource
+from models.typicality import Typicality
 
 
 @dataclass(frozen=True)
@@ -46,6 +47,9 @@ class LoadedModel:
     artifact: ArtifactInfo
     random: Callable[[int], RandomSource]  # a seed's random numbers: torch's, or the same in NumPy
     model: Any = None  # the torch module behind a checkpoint's runner; None for an export
+    # "Is this a digit?" (`models.typicality`): None for a checkpoint or export calibrated before
+    # issue 30, which serves without the score
+    typicality: Typicality | None = None
     # How answers name the checkpoint: as the caller of a reload named it, never the server's
     # absolute path (None: `checkpoint` as configured).
     shown_as: str | None = None

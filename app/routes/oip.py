@@ -1,7 +1,8 @@
 """Open Inference Protocol (KServe v2 REST) routes, beside the service's own, on the same batchers.
 
 Two models come out of one checkpoint: `<dataset>-vae-decoder` (`z` -> `image`) and
-`<dataset>-vae-encoder` (`image` -> `mu`, `logvar`), both versioned by the checkpoint's sha256
+`<dataset>-vae-encoder` (`image` -> `mu`, `logvar`, and `typicality` where the checkpoint is
+calibrated for it), both versioned by the checkpoint's sha256
 prefix, so a reload shows up as a new version. Inference goes through `Engine.decode` and
 `Engine.encode`, the micro-batchers that `/decode` and `/encode` use, so requests of both APIs
 share batches. Errors are `{"error": "..."}` as the protocol says (`app.http.error_bodies`).
@@ -134,8 +135,10 @@ async def _decode(engine: Engine, m: LoadedModel, inputs: dict[str, np.ndarray])
 
 
 async def _encode(engine: Engine, m: LoadedModel, inputs: dict[str, np.ndarray]):
-    mu, logvar = await engine.encode(m, inputs["image"])
-    return {"mu": mu, "logvar": logvar}
+    mu, logvar, typicality = await engine.encode_scored(m, inputs["image"])
+    if typicality is None:
+        return {"mu": mu, "logvar": logvar}
+    return {"mu": mu, "logvar": logvar, "typicality": typicality.astype(np.float32)}
 
 
 def protocol_models(m: LoadedModel) -> dict[str, ProtocolModel]:
@@ -151,11 +154,13 @@ def protocol_models(m: LoadedModel) -> dict[str, ProtocolModel]:
         _decode,
         PLATFORMS.get(m.artifact.kind, "pytorch"),
     )
+    # `typicality` [N] (models.typicality) where the checkpoint is calibrated for it
+    scored = [TensorSpec("typicality", "FP32", (-1,))] if m.typicality is not None else []
     encoder = ProtocolModel(
         f"{dataset}-vae-encoder",
         version,
         [TensorSpec("image", "FP32", IMAGE_SHAPE)],
-        [TensorSpec("mu", "FP32", latent), TensorSpec("logvar", "FP32", latent)],
+        [TensorSpec("mu", "FP32", latent), TensorSpec("logvar", "FP32", latent), *scored],
         _encode,
         PLATFORMS.get(m.artifact.kind, "pytorch"),
     )

@@ -83,6 +83,9 @@ async def model_info(m: ModelDep, engine: EngineDep) -> ModelResponse:
             "inline_lone_batches": engine.lone_rows_now,
         },
         prior={**describe_prior(m.prior), "digit_guide": _guide(engine, m)},
+        typicality=(
+            None if m.typicality is None else m.typicality.describe(engine.settings.digit_threshold)
+        ),
         metrics=meta.get("metrics") or {},
         training={k: v for k, v in meta.items() if k not in ("metrics", "preset")},
         versions={

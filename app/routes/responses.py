@@ -12,7 +12,7 @@ import asyncio
 import base64
 import math
 from collections.abc import Callable
-from typing import Any
+from typing import Any, NamedTuple
 
 import numpy as np
 from fastapi import Response
@@ -27,6 +27,7 @@ from app.schemas import (
     ReconstructResponse,
     SampleResponse,
 )
+from models.typicality import header_value
 
 PNG = "image/png"
 JSON = "application/json"
@@ -126,6 +127,34 @@ def interpolation_response(z: np.ndarray, images: np.ndarray, as_json: bool) -> 
     return json_response(body)
 
 
+class Verdict(NamedTuple):
+    """One upload's "is this a digit?": its typicality and whether that passes the threshold;
+    both None for a model without a typicality calibration."""
+
+    typicality: float | None
+    is_digit: bool | None
+
+    def headers(self) -> Headers:
+        """`X-Typicality` and `X-Is-Digit` (none without a score)."""
+        if self.typicality is None:
+            return None
+        return {
+            "X-Typicality": header_value(self.typicality),
+            "X-Is-Digit": "true" if self.is_digit else "false",
+        }
+
+
+NO_VERDICT = Verdict(None, None)
+
+
+def verdict(typicality: np.ndarray | None, threshold: float) -> Verdict:
+    """The first row's verdict (uploads are one image)."""
+    if typicality is None:
+        return NO_VERDICT
+    value = float(typicality[0])
+    return Verdict(value, value >= threshold)
+
+
 @tracing.traced(ENCODE_SPAN)
 def reconstruction_response(
     x: np.ndarray,
@@ -134,22 +163,32 @@ def reconstruction_response(
     recon: np.ndarray,
     neg_elbo: np.ndarray,
     as_json: bool,
+    digit: Verdict = NO_VERDICT,
 ) -> Response:
-    """/reconstruct of one image: what the model saw beside its reconstruction, or the numbers."""
+    """/reconstruct of one image: what the model saw beside its reconstruction, or the numbers;
+    the typicality in `X-Typicality` and `X-Is-Digit` either way, when the model has one."""
     if not as_json:
-        return png_response(png.strip_png(np.concatenate([x, recon])))
+        return png_response(png.strip_png(np.concatenate([x, recon])), digit.headers())
     body = ReconstructResponse(
         input=base64_png(x[0]),
         reconstruction=base64_png(recon[0]),
         mu=mu[0].tolist(),
         logvar=logvar[0].tolist(),
         neg_elbo=float(neg_elbo[0]),
+        typicality=digit.typicality,
+        is_digit=digit.is_digit,
     )
-    return json_response(body)
+    return json_response(body, digit.headers())
 
 
 @tracing.traced(ENCODE_SPAN)
-def latent_response(mu: np.ndarray, logvar: np.ndarray) -> Response:
-    """/encode of one image: the posterior's mean and log-variance."""
-    body = LatentResponse(latent_dim=mu.shape[1], mu=mu[0].tolist(), logvar=logvar[0].tolist())
-    return json_response(body)
+def latent_response(mu: np.ndarray, logvar: np.ndarray, digit: Verdict = NO_VERDICT) -> Response:
+    """/encode of one image: the posterior's mean and log-variance, and its typicality."""
+    body = LatentResponse(
+        latent_dim=mu.shape[1],
+        mu=mu[0].tolist(),
+        logvar=logvar[0].tolist(),
+        typicality=digit.typicality,
+        is_digit=digit.is_digit,
+    )
+    return json_response(body, digit.headers())

@@ -190,6 +190,7 @@ function resetSeen() {
   hide($("input-img"));
   hide($("recon-img"));
   $("elbo").textContent = "";
+  $("not-digit").hidden = true;
   $("latent-chart").replaceChildren();
   $("use-a").disabled = $("use-b").disabled = true;
 }
@@ -209,6 +210,7 @@ async function reconstruct(blob, filename, what) {
     show($("input-img"), png(data.input), `The 32×32 input the model saw from ${what}`);
     show($("recon-img"), png(data.reconstruction), `The model's reconstruction of ${what}`);
     $("elbo").textContent = `−ELBO ${data.neg_elbo.toFixed(1)} nats (lower is a better fit)`;
+    showTypicality(data);
     drawLatents(data.mu, data.logvar);
     $("use-a").disabled = $("use-b").disabled = false;
     say("draw-msg", `Reconstructed ${what}.`);
@@ -217,6 +219,27 @@ async function reconstruct(blob, filename, what) {
     say("draw-msg", `Could not use ${what}: ${err.message}`, true);
   } finally {
     if (inflight === ctl) inflight = null;
+  }
+}
+
+// `typicality`: the share of real held-out digits that look less digit-like than this input
+// (null for a checkpoint without the score); `is_digit`: typicality >= VAE_DIGIT_THRESHOLD.
+function showTypicality(data) {
+  const note = $("not-digit");
+  if (data.typicality === null || data.typicality === undefined) {
+    note.hidden = true;
+    return;
+  }
+  const pct = (100 * data.typicality).toFixed(data.typicality < 0.01 ? 2 : 0);
+  $("elbo").textContent += ` · typicality ${data.typicality.toFixed(3)}`;
+  if (data.is_digit === false) {
+    note.textContent =
+      `This does not look like a digit (typicality ${data.typicality.toFixed(4)}: ` +
+      `only ${pct} % of real digits look less like one), so its reconstruction is the ` +
+      "nearest digit the model knows, not a copy.";
+    note.hidden = false;
+  } else {
+    note.hidden = true;
   }
 }
 

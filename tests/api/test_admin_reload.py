@@ -129,7 +129,7 @@ def test_a_checkpoint_replaced_while_loading_is_refused(
 
     path = tmp_path / "model.pt"
     shutil.copy(tiny_checkpoint, path)
-    real_load = engine.load_checkpoint_and_prior
+    real_load = engine.load_checkpoint_parts
 
     def load_then_replace(p, device="cpu"):
         loaded = real_load(p, device=device)
@@ -138,6 +138,6 @@ def test_a_checkpoint_replaced_while_loading_is_refused(
         staged.replace(path)  # what vae-train's atomic save does to a served file
         return loaded
 
-    monkeypatch.setattr(engine, "load_checkpoint_and_prior", load_then_replace)
+    monkeypatch.setattr(engine, "load_checkpoint_parts", load_then_replace)
     with pytest.raises(CheckpointError, match="changed while it was being loaded"):
         engine.load_checkpoint_model(path, "cpu")

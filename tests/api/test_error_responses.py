@@ -51,7 +51,7 @@ def test_a_failed_batch_and_an_unexpected_bug_answer_the_same_shape(
     async def bug(*args: object) -> None:
         raise KeyError(SECRET)  # not a service error: the middleware's last resort answers
 
-    monkeypatch.setattr(engine, "encode", bug)
+    monkeypatch.setattr(engine, "encode_scored", bug)  # what /encode calls
     unexpected = broken_decoder_client.get("/encode", params={"example": "7-0"})
     for response in (failed, unexpected):
         assert response.status_code == 500

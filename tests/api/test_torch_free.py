@@ -95,10 +95,10 @@ def test_the_export_lists_every_file_with_its_sha256(exported: Path) -> None:
 
     manifest = json.loads((exported / MANIFEST_NAME).read_text())
     entries = [*manifest["graphs"].values(), manifest["prior"], manifest["check"]]
-    entries.append(manifest["digit_guide"])
+    entries += [manifest["digit_guide"], manifest["typicality"]]
     assert {e["file"] for e in entries} == {
         "encode.onnx", "decode.onnx", "reconstruct.onnx", "prior.npz", "check.npz",
-        "digit-guide.onnx",
+        "digit-guide.onnx", "typicality.npz",
     }  # fmt: skip
     for entry in entries:
         assert (
@@ -165,6 +165,9 @@ def test_same_upload_same_encoding_and_reconstruction(
         want = full.post(route, files=files).json()
         for key in keys:
             assert np.abs(np.array(got[key]) - np.array(want[key])).max() <= BOUND
+        # the same calibration, scored by the same NumPy code on latents within 1e-4
+        assert abs(got["typicality"] - want["typicality"]) <= 2e-3
+        assert got["is_digit"] is want["is_digit"] is True
     got = httpx.get(f"{torch_free.url}/encode?example=3-1", timeout=30).json()
     want = full.get("/encode?example=3-1").json()
     assert np.abs(np.array(got["mu"]) - np.array(want["mu"])).max() <= BOUND
