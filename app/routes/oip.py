@@ -64,8 +64,6 @@ MAX_BODY_BYTES = max_json_body_bytes([IMAGE_INPUT], MAX_SAMPLES)
 Run = Callable[[Engine, LoadedModel, dict[str, np.ndarray]], Awaitable[dict[str, np.ndarray]]]
 
 health_router = APIRouter(prefix=PREFIX, tags=["open inference protocol"])
-# Inference is the hot path: its routes skip FastAPI's per-request machinery.
-infer_router = APIRouter(prefix=PREFIX, tags=["open inference protocol"], route_class=DirectRoute)
 router = APIRouter(prefix=PREFIX, tags=["open inference protocol"])
 # Inference is the hot path: its routes skip FastAPI's per-request machinery.
 infer_router = APIRouter(prefix=PREFIX, tags=["open inference protocol"], route_class=DirectRoute)
