@@ -53,7 +53,16 @@ from pathlib import Path
 import numpy as np
 from http_client import HOST
 from peers.onnx_decoder import INPUT, MODEL_NAME, OUTPUT, decode, decoder_session
-from peers_bench import REPO, Peer, Running, free_port, parse_wrk, service, wrk_script
+from peers_bench import (
+    REPO,
+    Peer,
+    Running,
+    free_port,
+    parse_wrk,
+    run_and_report,
+    service,
+    wrk_script,
+)
 
 INFER = f"/v2/models/{MODEL_NAME}/infer"
 READY = f"/v2/models/{MODEL_NAME}/ready"
@@ -605,16 +614,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = parse_args(argv)
-    if shutil.which("wrk") is None:
-        print("oip_bench: needs wrk (apt-get install -y wrk)", file=sys.stderr)
-        return 2
-    args.checkpoint = args.checkpoint.resolve()
-    results = run(args)
-    print(report(results))
-    if args.json:
-        args.json.write_text(json.dumps(results, indent=1) + "\n")
-    return 0
+    return run_and_report("oip_bench", parse_args(argv), run, report)
 
 
 if __name__ == "__main__":

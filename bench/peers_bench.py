@@ -32,6 +32,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -398,10 +399,15 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     return p.parse_args(argv)
 
 
-def main(argv: list[str] | None = None) -> int:
-    args = parse_args(argv)
+def run_and_report(
+    name: str,
+    args: argparse.Namespace,
+    run: Callable[[argparse.Namespace], dict],
+    report: Callable[[dict], str],
+) -> int:
+    """A wrk bench's whole run: wrk there, the table printed, the raw results kept (`--json`)."""
     if shutil.which("wrk") is None:
-        print("peers_bench: needs wrk (apt-get install -y wrk)", file=sys.stderr)
+        print(f"{name}: needs wrk (apt-get install -y wrk)", file=sys.stderr)
         return 2
     args.checkpoint = args.checkpoint.resolve()
     results = run(args)
@@ -409,6 +415,10 @@ def main(argv: list[str] | None = None) -> int:
     if args.json:
         args.json.write_text(json.dumps(results, indent=1) + "\n")
     return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    return run_and_report("peers_bench", parse_args(argv), run, report)
 
 
 if __name__ == "__main__":
