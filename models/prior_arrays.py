@@ -313,15 +313,22 @@ NPZ_READ_ERRORS = (
 )
 
 
+def read_npz(path: Path | BinaryIO, error: type[Exception]) -> tuple[dict, dict[str, np.ndarray]]:
+    """The JSON `rules` object and the arrays of a `.npz` written as `save_npz` writes (no
+    pickles); rules that are not an object raise `error`, a damaged file `NPZ_READ_ERRORS`."""
+    with np.load(path, allow_pickle=False) as data:
+        arrays = {k: data[k] for k in data.files}
+    rules = json.loads(str(arrays.pop("rules")))
+    if not isinstance(rules, dict):
+        raise error("its rules are not a JSON object")
+    return rules, arrays
+
+
 def load_npz(path: Path | BinaryIO) -> Prior:
     """Reads what `save_npz` wrote; no pickles (`allow_pickle=False`). Anything else, damaged
     or not a prior, raises `PriorFileError`."""
     try:
-        with np.load(path, allow_pickle=False) as data:
-            arrays = {k: data[k] for k in data.files}
-        rules = json.loads(str(arrays.pop("rules")))
-        if not isinstance(rules, dict):
-            raise PriorFileError("its rules are not a JSON object")
+        rules, arrays = read_npz(path, PriorFileError)
         if rules.get("kind") == "standard":
             return StandardNormal(int(rules["dim"]))
         if rules.get("kind") != "gaussian-mixture":

@@ -290,11 +290,7 @@ def load_npz(path: Any | BinaryIO, prior: Any) -> Typicality:
     """Reads what `save_npz` wrote (no pickles), bound to `prior`; anything damaged, or made
     with another prior, raises `TypicalityError`."""
     try:
-        with np.load(path, allow_pickle=False) as data:
-            arrays = {k: data[k] for k in data.files}
-        rules = json.loads(str(arrays.pop("rules")))
-        if not isinstance(rules, dict):
-            raise TypicalityError("its rules are not a JSON object")
+        rules, arrays = prior_arrays.read_npz(path, TypicalityError)
         for key, value in arrays.items():
             kinds = "iu" if key.endswith(".labels") else "f"
             if value.dtype.kind not in kinds:
