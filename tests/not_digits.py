@@ -346,12 +346,7 @@ PHOTO_SCENES: dict[str, Callable[[np.ndarray, int], bytes]] = {
     "shadow": lambda d, s: scenes.shadow_band(d, scenes.SIDES[s % 4], s),
     "page-edge": lambda d, s: scenes.page_edge(d, scenes.SIDES[s % 4], s),
     "ruled-page": scenes.ruled_page,
-    "note-on-desk": scenes.note_on_desk,
-    "boxed-digit": scenes.boxed_digit,
-    "underlined-digit": scenes.underlined_digit,
-    "faint-thin-ink": scenes.faint_thin_ink,
-    "card-on-cloth": scenes.textured_page,
-    "board-on-wall": scenes.board_on_wall,
+    **scenes.PAGE_SCENES,
 }
 
 

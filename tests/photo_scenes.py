@@ -379,3 +379,14 @@ def blank_note(seed: int = 0) -> bytes:
     """A note on a desk with nothing written on it: with no marks there is no page, and the
     note itself is taken for the digit."""
     return note_on_desk(np.zeros((28, 28), np.uint8), seed)
+
+
+# Issue 20's scenes: the paper is only part of the picture, or more than the digit is on it.
+PAGE_SCENES = {
+    "note-on-desk": note_on_desk,
+    "boxed-digit": boxed_digit,
+    "underlined-digit": underlined_digit,
+    "faint-thin-ink": faint_thin_ink,
+    "card-on-cloth": textured_page,
+    "board-on-wall": board_on_wall,
+}

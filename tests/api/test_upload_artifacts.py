@@ -50,14 +50,7 @@ SCENES = {
 # its own layout (the digit 120-220 px, anywhere, the paper or the marks turned by up to 12 or 6
 # degrees); before the page was found, boxes and underlines dropped and fine strokes widened,
 # 2, 11, 13, 9, 2 of these 20-photo sets and 1 of 10 boards were voted right (at 2adb00d).
-PAGE_SCENES = {
-    "note-on-desk": scenes.note_on_desk,
-    "boxed-digit": scenes.boxed_digit,
-    "underlined-digit": scenes.underlined_digit,
-    "faint-thin-ink": scenes.faint_thin_ink,
-    "card-on-cloth": scenes.textured_page,
-    "board-on-wall": scenes.board_on_wall,
-}
+PAGE_SCENES = scenes.PAGE_SCENES
 
 pytestmark = pytest.mark.skipif(
     not GOOD_CHECKPOINT.is_file(),
