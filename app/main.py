@@ -28,7 +28,6 @@ from app.images.examples import ExampleStore
 from app.inference.admission import DecodeGate
 from app.inference.engine import Engine
 from app.routes import admin, examples, generate, images, oip, ops
-from app.routes.fast_sample import FastSample
 from app.routes.openapi import guard_errors
 from app.routes.shedding import shedder
 from app.routes.static_pages import StaticPages
@@ -106,6 +105,9 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     for module in (generate, images, examples):
         responses = guard_errors(api_key=key, deadline=True)
         app.include_router(module.router, dependencies=timed, responses=responses)
+    # Direct routes (`app.routes.direct`) start their deadline themselves.
+    sample_errors = guard_errors(api_key=key, deadline=True)
+    app.include_router(generate.sample_router, dependencies=api_key, responses=sample_errors)
     protocol_errors = guard_errors(api_key=key, deadline=True, protocol=True)
     app.include_router(oip.router, dependencies=timed, responses=protocol_errors)
     app.include_router(oip.infer_router, dependencies=api_key, responses=protocol_errors)
@@ -115,10 +117,9 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     install_error_handlers(app)
 
     # The pipeline every request passes, innermost first (each `add_middleware` wraps the rest):
-    # the fast path for /sample, the body's size, the guard (API key, drain, deadline), CORS, a
-    # stalled body's 408 (only without vae-serve's edge), the server span (only with tracing on),
-    # the request context (id, metrics, access line, last-resort 500).
-    app.add_middleware(FastSample, fastapi_app=app)
+    # the body's size, the guard (API key, drain, deadline), CORS, a stalled body's 408 (only
+    # without vae-serve's edge), the server span (only with tracing on), the request context (id,
+    # metrics, access line, last-resort 500).
     app.add_middleware(
         BodyLimitMiddleware,
         max_bytes=settings.max_body_bytes,

@@ -1,8 +1,8 @@
 """The server span of every request, added by `create_app` only when tracing is on.
 
 Our own ASGI middleware rather than FastAPI's telemetry hook: it sits just inside the request
-context, so it has the request id, and it names the span after `scope["route"]`, which the lean
-`/sample` path sets as well as FastAPI's routing. FastAPI's hook stays off: it asks the providers
+context, so it has the request id, and it names the span after `scope["route"]`, which routing
+sets. FastAPI's hook stays off: it asks the providers
 whether it is on for every request and adds spans for dependency resolution we do not need.
 """
 

@@ -51,13 +51,13 @@ async def get_model(engine: Annotated[Engine, Depends(get_engine)]) -> LoadedMod
     return engine.current
 
 
-async def wants_json(
-    request: Request,
-    format: Annotated[
-        Literal["png", "json"] | None,
-        Query(description="`json` for base64 PNGs plus the numbers; default PNG (or Accept)"),
-    ] = None,
-) -> bool:
+FormatQuery = Annotated[
+    Literal["png", "json"] | None,
+    Query(description="`json` for base64 PNGs plus the numbers; default PNG (or Accept)"),
+]
+
+
+async def wants_json(request: Request, format: FormatQuery = None) -> bool:
     """`?format=` wins; otherwise `Accept: application/json` asks for JSON."""
     return asks_for_json(format, request.headers.get("accept", ""))
 

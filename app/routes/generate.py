@@ -6,8 +6,9 @@ import secrets
 from typing import Annotated
 
 import numpy as np
-from fastapi import APIRouter, File, Form, Response, UploadFile
+from fastapi import APIRouter, File, Form, Request, Response, UploadFile
 
+from app import deadline
 from app.errors import InvalidInput
 from app.images.examples import ExampleStore
 from app.images.upload import UPLOAD_DESCRIPTION, read_upload
@@ -17,14 +18,19 @@ from app.routes.deps import (
     DecodeGateDep,
     EngineDep,
     ExamplesDep,
+    FormatQuery,
     JsonDep,
     ModelDep,
     PreprocessQuery,
     SettingsDep,
+    engine_of,
+    settings_of,
     to_model_input,
 )
+from app.routes.direct import DirectRoute
 from app.routes.openapi import PNG_RESPONSE, error, errors, png_alternative
 from app.routes.responses import (
+    asks_for_json,
     decode_response,
     encoded,
     interpolation_response,
@@ -42,6 +48,8 @@ from app.schemas import (
 )
 
 router = APIRouter(tags=["generate"])
+# `/sample` is the hot path: it skips FastAPI's per-request machinery.
+sample_router = APIRouter(tags=["generate"], route_class=DirectRoute)
 
 JSON_BODY_ERRORS = errors(400, 413, 422)
 SAMPLE_HEADERS = {
@@ -58,21 +66,20 @@ SAMPLE_HEADERS = {
 }
 
 
-@router.post(
+@sample_router.post(
     "/sample",
     response_model=SampleResponse,
     responses={**png_alternative(SAMPLE_HEADERS), **JSON_BODY_ERRORS},
 )
-async def sample(body: SampleRequest, engine: EngineDep, m: ModelDep, as_json: JsonDep) -> Response:
+async def sample(request: Request, body: SampleRequest, format: FormatQuery = None) -> Response:
     """Draws `n` digits from the checkpoint's prior (`"prior": "standard"`: N(0, I)), or the
-    digits asked for with `digit` / `digits`. PNG: one grid. The seed is echoed in `X-Seed`."""
-    return await draw_sample(body, engine, m, as_json)
+    digits asked for with `digit` / `digits`. PNG: one grid. The seed is echoed in `X-Seed`.
 
-
-async def draw_sample(
-    body: SampleRequest, engine: Engine, m: LoadedModel, as_json: bool
-) -> Response:
-    """The whole of `/sample` once its body is valid (the fast path calls it too)."""
+    The hot route, so a direct route (`app.routes.direct`): it starts its own deadline."""
+    deadline.start(request.scope, settings_of(request).request_timeout_s)
+    engine = engine_of(request)
+    m = engine.current  # pinned for the whole request, as `ModelDep` does
+    as_json = asks_for_json(format, request.headers.get("accept", ""))
     digits = body.digit_list
     check_digits(m, body.prior, digits)
     seed = body.seed if body.seed is not None else secrets.randbits(63)

@@ -6,6 +6,7 @@ from __future__ import annotations
 import pytest
 from fastapi import APIRouter, Depends, FastAPI, Request, Response
 from fastapi.testclient import TestClient
+from pydantic import BaseModel, Field
 
 from app.errors import NotFound
 from app.http.error_bodies import install_error_handlers
@@ -52,6 +53,66 @@ def test_it_is_documented_like_any_route():
     paths = _app([]).openapi()["paths"]
     parameters = paths["/v2/models/{name}/versions/{version}/infer"]["post"]["parameters"]
     assert {p["name"] for p in parameters} == {"name", "version"}
+
+
+JSON = {"content-type": "application/json"}
+
+
+class Order(BaseModel):
+    n: int = Field(ge=1)
+
+
+def _ordering_app() -> FastAPI:
+    router = APIRouter(route_class=DirectRoute)
+
+    @router.post("/orders/{shop}")
+    async def order(
+        request: Request, shop: str, body: Order, limit: int = 10, note: str | None = None
+    ) -> Response:
+        return Response(f"{shop} {body.n} {limit} {note}")
+
+    app = FastAPI()
+    app.include_router(router)
+    install_error_handlers(app)
+    return app
+
+
+def test_the_json_body_and_the_query_parameters_are_filled_and_documented():
+    app = _ordering_app()
+    client = TestClient(app)
+    assert client.post("/orders/a", json={"n": 2}).text == "a 2 10 None"
+    assert client.post("/orders/a?limit=3&note=hi", json={"n": 2}).text == "a 2 3 hi"
+    operation = app.openapi()["paths"]["/orders/{shop}"]["post"]
+    assert {p["name"]: p["in"] for p in operation["parameters"]} == {
+        "shop": "path",
+        "limit": "query",
+        "note": "query",
+    }
+    body_schema = operation["requestBody"]["content"]["application/json"]["schema"]
+    assert body_schema == {"$ref": "#/components/schemas/Order"}
+
+
+@pytest.mark.parametrize(
+    ("url", "body", "headers", "loc"),
+    [
+        ("/orders/a", b'{"n": 0}', {"content-type": "application/json"}, ["body", "n"]),
+        ("/orders/a", b'{"n": ', {"content-type": "application/json"}, ["body"]),
+        ("/orders/a", b"", {"content-type": "application/json"}, ["body"]),
+        ("/orders/a", b'{"n": 1}', {"content-type": "text/plain"}, ["body"]),
+        (
+            "/orders/a?limit=x",
+            b'{"n": 1}',
+            {"content-type": "application/json"},
+            ["query", "limit"],
+        ),
+    ],
+    ids=["invalid field", "not JSON", "no body", "not said to be JSON", "invalid query"],
+)
+def test_invalid_input_is_fastapis_422(url, body, headers, loc):
+    response = TestClient(_ordering_app()).post(url, content=body, headers=headers)
+    assert response.status_code == 422
+    (error,) = response.json()["detail"]
+    assert error["loc"] == loc and error["msg"] and "input" not in error
 
 
 def test_an_endpoint_that_would_need_fastapi_to_fill_a_parameter_is_refused_at_start():

@@ -237,7 +237,7 @@ def test_a_batch_links_to_every_request_it_served(
     print("requests per forward pass:", sorted(sizes))
 
 
-def test_the_callers_traceparent_is_honoured_on_the_fast_sample_path(
+def test_the_callers_traceparent_is_honoured_on_sample(
     traced_server: LiveServer, receiver: OtlpReceiver
 ) -> None:
     trace_id, parent_id = secrets.token_hex(16), secrets.token_hex(8)

@@ -1,4 +1,5 @@
-"""`POST /sample` through its fast path answers exactly what the FastAPI route answers."""
+"""`POST /sample`, the hot route: a direct route (`app.routes.direct`) that every middleware, the
+guard and the error handlers wrap as they wrap every route."""
 
 from __future__ import annotations
 
@@ -14,39 +15,42 @@ from app.http.logs import ACCESS_LOG
 from app.main import create_app
 
 
-def test_the_fast_path_and_the_route_give_the_same_bytes(settings, serving):
+def test_the_format_query_and_accept_choose_the_same_answers(settings, serving):
     async def run():
         async with serving(settings) as client:
-            fast = await client.post("/sample", json={"n": 1, "seed": 5})
-            grid = await client.post("/sample", json={"n": 4, "seed": 5, "temperature": 0.7})
-            # `?format=png` is the same answer, but the query string sends it down the route
-            slow = await client.post("/sample?format=png", json={"n": 1, "seed": 5})
-            slow_grid = await client.post(
+            plain = await client.post("/sample", json={"n": 4, "seed": 5, "temperature": 0.7})
+            png = await client.post(
                 "/sample?format=png", json={"n": 4, "seed": 5, "temperature": 0.7}
             )
-            as_json = await client.post("/sample?format=json", json={"n": 1, "seed": 5})
-            return fast, grid, slow, slow_grid, as_json
+            by_query = await client.post("/sample?format=json", json={"n": 1, "seed": 5})
+            accept = {"Accept": "application/json"}
+            by_accept = await client.post("/sample", json={"n": 1, "seed": 5}, headers=accept)
+            bad = await client.post("/sample?format=xml", json={"n": 1})
+            return plain, png, by_query, by_accept, bad
 
-    fast, grid, slow, slow_grid, as_json = asyncio.run(run())
-    assert fast.status_code == slow.status_code == 200
-    assert fast.content == slow.content and grid.content == slow_grid.content
-    assert fast.headers["content-type"] == slow.headers["content-type"] == "image/png"
-    assert fast.headers["x-seed"] == slow.headers["x-seed"] == "5"
-    assert fast.headers["x-request-id"]
-    assert as_json.json()["seed"] == 5
+    plain, png, by_query, by_accept, bad = asyncio.run(run())
+    assert plain.status_code == png.status_code == 200
+    assert plain.content == png.content and plain.headers["content-type"] == "image/png"
+    assert plain.headers["x-seed"] == "5" and plain.headers["x-request-id"]
+    assert by_query.json() == by_accept.json() and by_query.json()["seed"] == 5
+    assert bad.status_code == 422
+    assert [e["loc"] for e in bad.json()["detail"]] == [["query", "format"]]
 
 
-def test_invalid_bodies_get_the_routes_own_422(settings, serving):
-    bodies = [b'{"n": 0}', b'{"n": 1, "extra": 1}', b"{not json", b'{"temperature": NaN}']
+def test_invalid_bodies_get_422_naming_the_body(settings, serving):
+    bodies = [b'{"n": 0}', b'{"n": 1, "extra": 1}', b"{not json", b'{"temperature": NaN}', b""]
 
     async def run():
         async with serving(settings) as client:
             headers = {"content-type": "application/json"}
-            return [await client.post("/sample", content=body, headers=headers) for body in bodies]
+            sent = [await client.post("/sample", content=body, headers=headers) for body in bodies]
+            as_text = {"content-type": "text/plain"}
+            return [*sent, await client.post("/sample", content=b'{"n": 1}', headers=as_text)]
 
     for response in asyncio.run(run()):
-        assert response.status_code == 422
-        assert isinstance(response.json()["detail"], list)
+        assert response.status_code == 422, response.text
+        detail = response.json()["detail"]
+        assert detail and all(e["loc"][0] == "body" and e["msg"] for e in detail)
 
 
 def test_service_errors_have_the_handlers_shape(make_settings, serving):
@@ -64,7 +68,7 @@ def test_service_errors_have_the_handlers_shape(make_settings, serving):
     assert refused[0].json() == {"detail": "decode queue is full, retry shortly"}
 
 
-def test_the_fast_path_is_counted_under_its_route(settings, serving):
+def test_it_is_counted_under_its_route(settings, serving):
     async def run():
         async with serving(settings) as client:
             await client.post("/sample", json={"n": 1, "seed": 1})
@@ -123,8 +127,8 @@ def test_access_log_sampling_keeps_every_error(tmp_path, access_logged):
     assert [line["status"] for line in lines] == [503]
 
 
-def test_with_a_key_the_fast_path_refuses_as_the_guard_does(make_settings):
-    key = "fast-path-key"
+def test_with_a_key_the_guard_refuses_it(make_settings):
+    key = "sample-key"
     with TestClient(create_app(make_settings(api_key=key))) as client:
         refused = client.post("/sample", json={"n": 1})
         wrong = client.post("/sample", json={"n": 1}, headers={"Authorization": "Bearer nope"})
