@@ -38,8 +38,7 @@ class BodyLimitMiddleware:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
-        protocol = speaks_protocol(scope["path"])
-        max_bytes = self.protocol_max_bytes if protocol else self.max_bytes
+        max_bytes = self.protocol_max_bytes if speaks_protocol(scope["path"]) else self.max_bytes
         length = _content_length(scope)
         if length is not None and length > max_bytes:
             await self._refuse(scope, receive, send)
@@ -70,9 +69,9 @@ class BodyLimitMiddleware:
         await self.app(scope, counting_receive, send_unless_refused)
 
     async def _refuse(self, scope: Scope, receive: Receive, send: Send) -> None:
-        protocol = speaks_protocol(scope["path"])
-        detail = self.protocol_detail if protocol else self.detail
-        response = error_response(413, detail, {"Connection": "close"}, protocol=protocol)
+        path = scope["path"]
+        detail = self.protocol_detail if speaks_protocol(path) else self.detail
+        response = error_response(path, 413, detail, {"Connection": "close"})
         await response(scope, receive, send)
 
 

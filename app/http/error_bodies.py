@@ -28,21 +28,22 @@ PROTOCOL_PREFIX = "/v2"
 
 
 def error_response(
-    status: int, detail: Any, headers: dict[str, str] | None = None, *, protocol: bool = False
+    path: str, status: int, detail: Any, headers: dict[str, str] | None = None
 ) -> JSONResponse:
-    """`{"detail": ...}` with `status`; a 500 also names the request, to quote in a bug report.
-
-    `protocol`: the Open Inference Protocol's `{"error": "<text>"}` instead.
-    """
+    """The answer to a request for `path` that failed with `status`, its body as `error_body`
+    writes it; a 503 always says when to retry."""
     if status == 503:
         headers = {"Retry-After": "1", **(headers or {})}
-    return JSONResponse(error_body(status, detail, protocol=protocol), status, headers=headers)
+    return JSONResponse(error_body(path, status, detail), status, headers=headers)
 
 
-def error_body(status: int, detail: Any, *, protocol: bool = False) -> dict[str, Any]:
-    """The JSON of every error answer, also the edge's (which writes bytes, not ASGI)."""
+def error_body(path: str, status: int, detail: Any) -> dict[str, Any]:
+    """The JSON of every error answer, also the edge's (which writes bytes, not ASGI), and the one
+    place its shape is decided from the request's path: `{"detail": ...}`, or the Open Inference
+    Protocol's `{"error": "<text>"}` under `/v2`; a 500 also names the request, to quote in a bug
+    report."""
     body: dict[str, Any]
-    if protocol:
+    if speaks_protocol(path):
         body = {"error": detail if isinstance(detail, str) else json.dumps(detail)}
     else:
         body = {"detail": detail}
@@ -54,7 +55,7 @@ def error_body(status: int, detail: Any, *, protocol: bool = False) -> dict[str,
 def internal_error(path: str = "") -> JSONResponse:
     """The answer to a bug: a 500 with nothing in it but the request id (in the shape `path`'s
     clients parse: `{"error": ...}` under `/v2`)."""
-    return error_response(500, "internal error", protocol=speaks_protocol(path))
+    return error_response(path, 500, "internal error")
 
 
 def install_error_handlers(app: FastAPI) -> None:
@@ -70,19 +71,19 @@ def install_error_handlers(app: FastAPI) -> None:
 
     @app.exception_handler(ServiceError)
     async def service_error(request: Request, exc: ServiceError) -> JSONResponse:
-        return service_error_response(exc, protocol=_protocol(request))
+        return service_error_response(request.url.path, exc)
 
     @app.exception_handler(RequestValidationError)
     async def invalid_request(request: Request, exc: RequestValidationError) -> JSONResponse:
         errors = [_safe_error(e) for e in exc.errors()]
-        return error_response(422, errors, protocol=_protocol(request))
+        return error_response(request.url.path, 422, errors)
 
     @app.exception_handler(HTTPException)
     async def http_error(request: Request, exc: HTTPException) -> JSONResponse:
-        return error_response(exc.status_code, exc.detail, exc.headers, protocol=_protocol(request))
+        return error_response(request.url.path, exc.status_code, exc.detail, exc.headers)
 
 
-def service_error_response(exc: ServiceError, *, protocol: bool = False) -> JSONResponse:
+def service_error_response(path: str, exc: ServiceError) -> JSONResponse:
     """The answer to one of the service's own errors, with the headers its status calls for."""
     overloaded = isinstance(exc, Overloaded)
     if overloaded or exc.status_code >= 500:
@@ -94,16 +95,12 @@ def service_error_response(exc: ServiceError, *, protocol: bool = False) -> JSON
         headers = {"WWW-Authenticate": "Bearer"}
     elif isinstance(exc, NotADigit):
         headers = exc.headers
-    return error_response(exc.status_code, exc.detail, headers, protocol=protocol)
+    return error_response(path, exc.status_code, exc.detail, headers)
 
 
 def speaks_protocol(path: str) -> bool:
     """Whether a path is one of the Open Inference Protocol's (`/v2`, `/v2/...`)."""
     return path == PROTOCOL_PREFIX or path.startswith(PROTOCOL_PREFIX + "/")
-
-
-def _protocol(request: Request) -> bool:
-    return speaks_protocol(request.url.path)
 
 
 def _safe_error(error: dict[str, Any]) -> dict[str, Any]:

@@ -26,7 +26,7 @@ from app import deadline
 from app.config import Settings
 from app.http import shedding
 from app.http.auth import authorized, bearer_value, required_key
-from app.http.error_bodies import error_response, speaks_protocol
+from app.http.error_bodies import error_response
 from app.http.lifecycle import Lifecycle
 from app.http.shedding import Check
 
@@ -53,24 +53,22 @@ class RequestGuardMiddleware:
         if scope["type"] != "http" or scope["path"] in OPEN_PATHS:
             await self.app(scope, receive, send)
             return
-        protocol = speaks_protocol(scope["path"])  # /v2 errors read {"error": ...}
+        path = scope["path"]
         key, unauthorized = required_key(scope["path"], self.api_key, self.admin_token)
         if key is not None and not authorized(scope, key):
             headers = {"WWW-Authenticate": "Bearer"}
-            refusal = error_response(401, unauthorized, headers, protocol=protocol)
+            refusal = error_response(path, 401, unauthorized, headers)
             await refusal(scope, receive, send)
             return
         if self.lifecycle.draining:
             headers = {"Retry-After": "1", "Connection": "close"}
-            refusal = error_response(503, "server is shutting down", headers, protocol=protocol)
+            refusal = error_response(path, 503, "server is shutting down", headers)
             await refusal(scope, receive, send)
             return
         overloaded = self.shed and self.shed(scope["method"], scope["path"], scope["headers"])
         if overloaded:
             headers = {"Retry-After": str(overloaded.retry_after)}
-            await error_response(503, overloaded.detail, headers, protocol=protocol)(
-                scope, receive, send
-            )
+            await error_response(path, 503, overloaded.detail, headers)(scope, receive, send)
             return
         started = False
 
@@ -90,14 +88,14 @@ class RequestGuardMiddleware:
             if started:
                 raise
             detail = deadline.timeout_detail(self.timeout_s)
-            await error_response(504, detail, protocol=protocol)(scope, receive, send)
+            await error_response(path, 504, detail)(scope, receive, send)
         except asyncio.CancelledError:
             # uvicorn cancels what is still running when the shutdown grace runs out (e.g. an
             # upload whose client went silent): answer it, rather than a traceback per request.
             if started or not self.lifecycle.draining:
                 raise
             detail = "server shut down before this request completed; retry"
-            refusal = error_response(503, detail, {"Connection": "close"}, protocol=protocol)
+            refusal = error_response(path, 503, detail, {"Connection": "close"})
             await refusal(scope, receive, send)
 
 

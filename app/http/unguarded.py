@@ -14,7 +14,7 @@ import sys
 
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from app.http.error_bodies import error_response, speaks_protocol
+from app.http.error_bodies import error_response
 
 # uvicorn imports its HTTP protocol class before it imports the app (`uvicorn.Config.load`), so
 # under `vae-serve` (or `uvicorn --http app.server.edge:GuardedHttpToolsProtocol`) this module is
@@ -82,6 +82,5 @@ class BodyStallMiddleware:
             if not stalled or started:
                 raise
         if stalled and not started:
-            protocol = speaks_protocol(scope["path"])
-            refusal = error_response(408, self.detail, {"Connection": "close"}, protocol=protocol)
+            refusal = error_response(scope["path"], 408, self.detail, {"Connection": "close"})
             await refusal(scope, receive, send)

@@ -12,7 +12,7 @@ from fastapi.staticfiles import StaticFiles
 from starlette.routing import Match, Mount
 from starlette.types import Message, Receive, Scope, Send
 
-from app.http.error_bodies import error_response, speaks_protocol
+from app.http.error_bodies import error_response
 
 METHODS = ("GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS")
 
@@ -24,16 +24,16 @@ class StaticPages(StaticFiles):
             return
         router = scope["app"].router
         allowed = [m for m in METHODS if _api_route_takes(router, scope, m)]
-        protocol = speaks_protocol(scope["path"])  # /v2 errors read {"error": ...}
+        path = scope["path"]
         if scope["method"] == "HEAD" and "GET" in allowed:
             await router({**scope, "method": "GET"}, receive, _without_body(send))
         elif allowed and scope["method"] not in allowed:
             allow = ", ".join([*allowed, "HEAD"] if "GET" in allowed else allowed)
             detail = f"{scope['method']} is not allowed here; use {allow}"
-            refusal = error_response(405, detail, {"Allow": allow}, protocol=protocol)
+            refusal = error_response(path, 405, detail, {"Allow": allow})
             await refusal(scope, receive, send)
         elif scope["method"] not in ("GET", "HEAD"):
-            await error_response(404, "Not Found", protocol=protocol)(scope, receive, send)
+            await error_response(path, 404, "Not Found")(scope, receive, send)
         else:
             await super().__call__(scope, receive, send)
 

@@ -43,7 +43,7 @@ from uvicorn.protocols.http.httptools_impl import STATUS_LINE, HttpToolsProtocol
 from app.config import MAX_URL_BYTES, Settings, get_settings
 from app.errors import Overloaded
 from app.http import shedding
-from app.http.error_bodies import error_body, speaks_protocol
+from app.http.error_bodies import error_body
 
 log = logging.getLogger("app.edge")
 RETRY_PAUSE_S = 0.25  # the longest a refusal waits for a client that ignored its Retry-After
@@ -295,11 +295,11 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
         self._told_to_wait[path] = time.monotonic() + overloaded.retry_after
         keep_alive = self.parser.get_http_version() != "1.0" and self.parser.should_keep_alive()
         reply = _error_bytes(
+            path,
             503,
             overloaded.detail,
             self.server_state.default_headers,
             overloaded.retry_after,
-            speaks_protocol(path),
             keep_alive=keep_alive,
         )
         self._shedding, self._shed_read, self._shed_sent = True, False, False
@@ -400,20 +400,19 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
             log.info("refused a request: %d %s", status, detail)
         headers = self.server_state.default_headers
         path = self.url.split(b"?", 1)[0].decode("latin-1")
-        protocol = speaks_protocol(path)
-        self.transport.write(_error_bytes(status, detail, headers, retry_after, protocol))
+        self.transport.write(_error_bytes(path, status, detail, headers, retry_after))
         self.transport.close()
 
 
 def _error_bytes(
+    path: str,
     status: int,
     detail: str,
     default_headers: list[tuple[bytes, bytes]],
     retry_after: int | None,
-    protocol: bool = False,
     keep_alive: bool = False,
 ) -> bytes:
-    body = json.dumps(error_body(status, detail, protocol=protocol)).encode()
+    body = json.dumps(error_body(path, status, detail)).encode()
     head = [STATUS_LINE[status]]
     for name, value in default_headers:
         head += [name, b": ", value, b"\r\n"]
