@@ -1,4 +1,10 @@
-"""Builds the FastAPI app: settings, lifespan (load + warm the model), routes, error mapping."""
+"""Builds the FastAPI app: settings, lifespan (load + warm the model), routes, error mapping.
+
+`build_service` also hands the server what it needs of the app, explicitly: the settings it was
+built with, the lifecycle flag a SIGTERM sets, and the overload check the edge runs on each
+request's head (`app.server.shutdown.serve`). `create_app` is the app alone, for plain uvicorn,
+Ray Serve and the tests.
+"""
 
 from __future__ import annotations
 
@@ -7,6 +13,7 @@ import logging
 import sys
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
+from dataclasses import dataclass
 from pathlib import Path
 
 from fastapi import Depends, FastAPI, Security
@@ -23,7 +30,7 @@ from app.http.error_bodies import install_error_handlers
 from app.http.guard import RequestGuardMiddleware, start_deadline
 from app.http.lifecycle import Lifecycle
 from app.http.logs import configure_logging
-from app.http.unguarded import WITHOUT_EDGE, BodyStallMiddleware, behind_the_edge
+from app.http.unguarded import WITHOUT_EDGE, BodyStallMiddleware
 from app.images.examples import ExampleStore
 from app.inference.admission import DecodeGate
 from app.inference.engine import Engine
@@ -49,14 +56,28 @@ Uploads (and a decoded `?image=`) may be at most {max_upload_bytes} bytes
 """
 
 
+@dataclass(frozen=True)
+class Service:
+    """The app and what the server running it needs of it (see the module doc)."""
+
+    app: FastAPI
+    settings: Settings
+    lifecycle: Lifecycle
+    overload_check: shedding.Check
+
+
 def create_app(settings: Settings | None = None) -> FastAPI:
-    settings = settings or Settings()
-    edge = behind_the_edge()  # False: plain `uvicorn app.main:app` (app.http.unguarded)
+    """The app without vae-serve's edge in front (plain uvicorn, Ray Serve, the tests)."""
+    return build_service(settings or Settings(), behind_edge=False).app
+
+
+def build_service(settings: Settings, *, behind_edge: bool) -> Service:
+    """The app; `behind_edge`: served by `vae-serve`, whose edge bounds slow bodies itself."""
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         configure_logging(settings.log_level, settings.access_log_sample)
-        if not edge:
+        if not behind_edge:
             log.warning(WITHOUT_EDGE)
         try:
             await app.state.engine.start()
@@ -88,7 +109,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.state.settings = settings
     app.state.engine = Engine(settings)
     app.state.examples = ExampleStore()
-    app.state.lifecycle = Lifecycle()
+    lifecycle = app.state.lifecycle = Lifecycle()
     app.state.decode_gate = DecodeGate(settings.decode_concurrency, settings.decode_pixel_budget)
     app.state.engine.batch_uploads_with(app.state.decode_gate)
 
@@ -127,10 +148,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         protocol_max_bytes=oip.MAX_BODY_BYTES,
     )
     shed = shedder(app.state.engine, app.state.decode_gate, settings.request_timeout_s)
-    shedding.install(shed)  # for vae-serve's edge, which refuses before the app sees a request
-    app.add_middleware(
-        RequestGuardMiddleware, settings=settings, lifecycle=app.state.lifecycle, shed=shed
-    )
+    app.add_middleware(RequestGuardMiddleware, settings=settings, lifecycle=lifecycle, shed=shed)
     if settings.cors_origins:
         app.add_middleware(
             CORSMiddleware,
@@ -139,7 +157,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             allow_headers=["Authorization", "Content-Type", "Accept", "X-Request-ID"],
             expose_headers=["X-Request-ID", "X-Seed"],
         )
-    if not edge:  # vae-serve's edge times bodies out before the app sees them
+    if not behind_edge:  # vae-serve's edge times bodies out before the app sees them
         app.add_middleware(BodyStallMiddleware, timeout_s=settings.body_timeout_s)
     if tracing.ENABLED:  # the server span, inside the request context so it has the id
         from app.http.server_span import ServerSpanMiddleware
@@ -149,7 +167,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.add_middleware(RequestContextMiddleware)
     if STATIC_DIR.is_dir():
         app.mount("/", StaticPages(directory=STATIC_DIR, html=True), name="static")
-    return app
+    return Service(app, settings, lifecycle, shed)
 
 
 def _app_from_environment() -> FastAPI:

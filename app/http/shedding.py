@@ -2,10 +2,10 @@
 
 Under a flood of clients that send again the moment they are refused, each refusal must cost
 next to nothing, or refusing starves the admitted work of the event loop. The app that owns the
-queues installs its check here (`app.main`); the edge (`app.server.edge`) answers 503 straight
-from the protocol when it says so, and, until its `Retry-After` has passed, to a connection that
-asks again for what it was just refused. One `vae-serve` worker serves one app, so one check
-suffices.
+queues builds its check (`app.routes.shedding.shedder`) and `app.main` hands it to the guard and
+to the server, which gives it to the edge (`app.server.edge`): the edge answers 503 straight from
+the protocol when it says so, and, until its `Retry-After` has passed, to a connection that asks
+again for what it was just refused.
 """
 
 from __future__ import annotations
@@ -27,14 +27,3 @@ RETRY_AFTER_KEY = "vae.retry_after"
 
 # (method, path, headers) -> the refusal, or None to go on
 Check = Callable[[str, str, list[tuple[bytes, bytes]]], Overloaded | None]
-
-_installed: Check | None = None
-
-
-def install(check: Check | None) -> None:
-    global _installed
-    _installed = check
-
-
-def installed() -> Check | None:
-    return _installed

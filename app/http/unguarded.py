@@ -10,30 +10,17 @@ arriving gets 408 after `VAE_BODY_TIMEOUT_S`, which also lets a SIGTERM finish.
 from __future__ import annotations
 
 import asyncio
-import sys
 
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from app.http.error_bodies import error_response
 
-# uvicorn imports its HTTP protocol class before it imports the app (`uvicorn.Config.load`), so
-# under `vae-serve` (or `uvicorn --http app.server.edge:GuardedHttpToolsProtocol`) this module is
-# loaded by the time the app is built; `uvicorn app.main:app` never imports it.
-EDGE_MODULE = "app.server.edge"
-
 WITHOUT_EDGE = (
     "running without vae-serve's HTTP edge: no limit on header size or count, no header "
     "timeout, no connection cap, and no shutdown deadline (a slow client can hold SIGTERM "
     "open). Only stalled request bodies are bounded here (VAE_BODY_TIMEOUT_S). Start with "
-    "`vae-serve` (or `python -m app.server.cli`), or add "
-    "`--http app.server.edge:GuardedHttpToolsProtocol --timeout-graceful-shutdown 20` to "
-    "uvicorn; see docs/operations.md"
+    "`vae-serve` (or `python -m app.server.cli`); see docs/operations.md"
 )
-
-
-def behind_the_edge() -> bool:
-    """Whether the server running this app uses the edge's protocol (see `EDGE_MODULE`)."""
-    return EDGE_MODULE in sys.modules
 
 
 class BodyStallMiddleware:

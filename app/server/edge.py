@@ -40,7 +40,7 @@ from typing import Any, ClassVar
 
 from uvicorn.protocols.http.httptools_impl import STATUS_LINE, HttpToolsProtocol
 
-from app.config import MAX_URL_BYTES, Settings, get_settings
+from app.config import MAX_URL_BYTES, Settings
 from app.errors import Overloaded
 from app.http import shedding
 from app.http.error_bodies import error_body
@@ -107,20 +107,35 @@ class WaitingConnections:
 
 
 class GuardedHttpToolsProtocol(HttpToolsProtocol):
-    """uvicorn's httptools protocol with header, time and connection limits (see module doc)."""
+    """uvicorn's httptools protocol with header, time and connection limits (see module doc).
 
-    limits: ClassVar[EdgeLimits | None] = None  # None: from `VAE_*` at the first connection
-    waiting: ClassVar[WaitingConnections] = WaitingConnections()  # one per worker process
-    open_by_address: ClassVar[dict[str, int]] = {}
-    shed: ClassVar[int] = 0  # connections closed to make room, logged once a second at most
-    _shed_logged_at: ClassVar[float] = 0.0
+    uvicorn builds one per connection from a class, so a server's limits, overload check and
+    connection books are that class's: `configured` makes it."""
+
+    limits: ClassVar[EdgeLimits]
+    overload_check: ClassVar[shedding.Check | None]
+    waiting: ClassVar[WaitingConnections]
+    open_by_address: ClassVar[dict[str, int]]
+    shed: ClassVar[int]  # connections closed to make room, logged once a second at most
+    _shed_logged_at: ClassVar[float]
+
+    @classmethod
+    def configured(
+        cls, limits: EdgeLimits, overload_check: shedding.Check | None
+    ) -> type[GuardedHttpToolsProtocol]:
+        """The protocol class for one server: these limits and this overload check (the app's,
+        `app.main.Service`), with connection books of its own."""
+        check = staticmethod(overload_check) if overload_check is not None else None
+        books = {"waiting": WaitingConnections(), "open_by_address": {}, "shed": 0}
+        return type(
+            cls.__name__,
+            (cls,),
+            {"limits": limits, "overload_check": check, **books, "_shed_logged_at": 0.0},
+        )
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
-        cls = type(self)
-        if cls.limits is None:
-            cls.limits = EdgeLimits.from_settings(get_settings())
-        self._limits = cls.limits
+        self._limits = self.limits
         self._reading_head = True
         self._head_bytes = 0
         self._header_count = 0
@@ -277,7 +292,7 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
         request of this connection in progress, so answers stay in order). A connection that asks
         again for a path before the `Retry-After` it was given gets its 503 after a pause of up
         to `RETRY_PAUSE_S`: a client that retries in a tight loop cannot starve admitted work."""
-        check = shedding.installed()
+        check = self.overload_check
         if check is None or self.pipeline or (self.cycle and not self.cycle.response_complete):
             return False
         path = self.url.split(b"?", 1)[0].decode("latin-1")

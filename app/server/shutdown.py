@@ -15,6 +15,9 @@ uvicorn on its own closes the listener at SIGTERM (so `/readyz` never answers 50
 
 A second signal skips the waiting. With `--workers N`, uvicorn's supervisor sends each worker a
 SIGTERM; each worker then shuts down within the same deadline (without the drain phase).
+
+Each process builds its own app with `app.main.build_service`, which hands over the lifecycle flag
+and the overload check; the edge's limits come from the same settings (`WorkerService`).
 """
 
 from __future__ import annotations
@@ -24,18 +27,21 @@ import os
 import signal
 import threading
 import time
+from dataclasses import dataclass, field
 from types import FrameType
+from typing import Any
 
 import uvicorn
+from fastapi import FastAPI
 from uvicorn.supervisors import Multiprocess
 
 from app.config import Settings
-from app.http.lifecycle import Lifecycle, find_lifecycle
+from app.http.lifecycle import Lifecycle
 from app.http.logs import flush_logs
+from app.main import Service, build_service
+from app.server.edge import EdgeLimits, GuardedHttpToolsProtocol
 
 log = logging.getLogger("app.shutdown")
-
-PROTOCOL = "app.server.edge:GuardedHttpToolsProtocol"
 
 
 def reserve_s(grace_s: float) -> float:
@@ -46,10 +52,10 @@ def reserve_s(grace_s: float) -> float:
 class DrainingServer(uvicorn.Server):
     """uvicorn's server with a drain phase and a hard deadline after the first signal."""
 
-    def __init__(self, config: uvicorn.Config, grace_s: float) -> None:
+    def __init__(self, config: uvicorn.Config, grace_s: float, lifecycle: Lifecycle) -> None:
         super().__init__(config)
         self.grace_s = grace_s
-        self._lifecycle: Lifecycle | None = None
+        self.lifecycle = lifecycle
         self._signalled_at: float | None = None
 
     def handle_exit(self, sig: int, frame: FrameType | None) -> None:
@@ -60,11 +66,7 @@ class DrainingServer(uvicorn.Server):
             return
         self._signalled_at = time.monotonic()
         log.info("signal %d: draining, exiting within %g s", sig, self.grace_s)
-        self._lifecycle = find_lifecycle(self.config.loaded_app)
-        if self._lifecycle is not None:
-            self._lifecycle.begin_drain()
-        else:
-            self.should_exit = True
+        self.lifecycle.begin_drain()
         threading.Thread(target=self._watchdog, name="shutdown-watchdog", daemon=True).start()
 
     async def on_tick(self, counter: int) -> bool:
@@ -88,13 +90,15 @@ class DrainingServer(uvicorn.Server):
 
 
 def serve(settings: Settings, host: str, port: int, workers: int = 1) -> None:
-    """Serves `app.main:app` with the edge limits; returns after a (bounded) shutdown."""
+    """Serves the app behind the edge; returns after a (bounded) shutdown."""
+    worker = WorkerService(settings)
     config = uvicorn.Config(
-        "app.main:app",
+        worker.app,
+        factory=True,
+        http=worker.protocol,
         host=host,
         port=port,
         workers=workers,
-        http=PROTOCOL,
         log_level=settings.log_level,
         access_log=False,
         proxy_headers=True,
@@ -106,10 +110,35 @@ def serve(settings: Settings, host: str, port: int, workers: int = 1) -> None:
         Multiprocess(config, sockets=[config.bind_socket()]).run()
         return
     config.load()
-    server = DrainingServer(config, settings.shutdown_grace_s)
+    assert worker.service is not None
+    server = DrainingServer(config, settings.shutdown_grace_s, worker.service.lifecycle)
     server.run()
     if server._signalled_at is not None:
         # Served and shut down: skip the interpreter's own teardown (torch, ONNX Runtime and
         # thread pools took 2 to 6 s of it on a busy machine), which the deadline cannot bound.
         flush_logs()
         os._exit(0)
+
+
+@dataclass
+class WorkerService:
+    """One server process's app and edge, built in that process from the settings.
+
+    uvicorn calls `app` (the app factory) once when it loads, then `protocol` for each
+    connection. It is picklable until then, so that uvicorn's supervisor can hand it to each
+    worker of `--workers N`, which then builds its own app and edge.
+    """
+
+    settings: Settings
+    service: Service | None = field(default=None, init=False)
+    edge: type[GuardedHttpToolsProtocol] | None = field(default=None, init=False)
+
+    def app(self) -> FastAPI:
+        self.service = build_service(self.settings, behind_edge=True)
+        limits = EdgeLimits.from_settings(self.settings)
+        self.edge = GuardedHttpToolsProtocol.configured(limits, self.service.overload_check)
+        return self.service.app
+
+    def protocol(self, **kwargs: Any) -> GuardedHttpToolsProtocol:
+        assert self.edge is not None, "uvicorn loads the app before it accepts a connection"
+        return self.edge(**kwargs)
