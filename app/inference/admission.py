@@ -47,10 +47,35 @@ PRIOR_INFERENCE_S_PER_ROW = 2e-3
 EWMA_WEIGHT = 0.2
 STRETCH_SAMPLE_MIN_S = 0.01  # light work booked ahead of a job for its wait to be a sample
 MAX_LIGHT_STRETCH = 8.0
+MAX_RETRY_AFTER_S = 10  # the longest `ReturnBook` makes a refused client wait
 
 
 def retry_after(wait_s: float) -> int:
     return max(1, math.ceil(wait_s))
+
+
+class ReturnBook:
+    """When refused clients are told to come back (`Retry-After`, whole seconds), spread so that
+    the clients told to come back in any one second are about as many as can be served in it.
+
+    A flood's clients that all get "1" come back together a second later, and the event loop then
+    spends that moment refusing nearly all of them while the inference thread runs dry, and a
+    light request that arrives in the middle waits behind the burst."""
+
+    def __init__(self, clock: Callable[[], float] = time.monotonic) -> None:
+        self._clock = clock
+        self._promised: dict[int, int] = {}  # second (of `clock`) -> clients told to come then
+
+    def appointment(self, earliest_s: int, per_second: int) -> int:
+        """Seconds from now to the first second, `earliest_s` or later, that has room."""
+        now = int(self._clock())
+        wait = max(1, earliest_s)
+        while self._promised.get(now + wait, 0) >= per_second and wait < MAX_RETRY_AFTER_S:
+            wait += 1
+        self._promised[now + wait] = self._promised.get(now + wait, 0) + 1
+        if len(self._promised) > 2 * MAX_RETRY_AFTER_S:
+            self._promised = {t: n for t, n in self._promised.items() if t > now}
+        return wait
 
 
 @dataclass(eq=False)
@@ -253,6 +278,7 @@ class InferenceGate:
         # than 1 where the event loop shares the inference thread's core (its work on each
         # request is not booked), learned from the jobs themselves.
         self.light_stretch = 1.0
+        self.returns = ReturnBook()
 
     @property
     def pending_s(self) -> float:
@@ -277,12 +303,14 @@ class InferenceGate:
         ahead = self.booked_s[lane]
         limit = self._limit(lane, time_left_s)
         if ahead > 0 and self._wait_s(lane, ahead + seconds) > limit:
-            raise Overloaded(
-                f"the {lane} inference queue holds about {ahead:.2f} s of work, retry shortly",
-                retry_after=retry_after(self._wait_s(lane, ahead + seconds) - limit),
-            )
+            detail = f"the {lane} inference queue holds about {ahead:.2f} s of work, retry shortly"
+            earliest = retry_after(self._wait_s(lane, ahead + seconds) - limit)
+            if lane == LIGHT:
+                raise self.light_refusal(detail, earliest)
+            raise Overloaded(detail, retry_after=earliest)
         if lane == LIGHT:
-            self.typical_light_s += EWMA_WEIGHT * (seconds - self.typical_light_s)
+            typical = self.typical_light_s or seconds  # the first job is the first estimate
+            self.typical_light_s = typical + EWMA_WEIGHT * (seconds - typical)
             return Booking(self.booked_s, lane, seconds, self._learn_stretch)
         return Booking(self.booked_s, lane, seconds)
 
@@ -292,6 +320,14 @@ class InferenceGate:
         booked = self.booked_s[LIGHT]
         wait = self._wait_s(LIGHT, booked + self.typical_light_s)
         return booked > 0 and wait > self._limit(LIGHT, time_left_s)
+
+    def light_refusal(
+        self, detail: str = "the inference queue is full, retry shortly", earliest_s: int = 1
+    ) -> Overloaded:
+        """The 503 for light work, its `Retry-After` spread by `returns` over the seconds ahead
+        at about the light jobs the thread gets through in a second."""
+        job_s = max(self.typical_light_s * self.light_stretch, 1e-4)
+        return Overloaded(detail, self.returns.appointment(earliest_s, max(1, int(1.0 / job_s))))
 
     def _wait_s(self, lane: str, booked_s: float) -> float:
         """How long `booked_s` of work in `lane` takes to get through it, as far as learned."""

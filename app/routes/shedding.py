@@ -30,7 +30,7 @@ def shedder(engine: Engine, decode_gate: DecodeGate, timeout_s: float) -> Check:
         ):
             return None
         if engine.admission.light_full(timeout_s):
-            return Overloaded("the inference queue is full, retry shortly")
+            return engine.admission.light_refusal()
         if _is_multipart(headers) and decode_gate.full(timeout_s):
             wait = decode_gate.expected_wait_s()
             return Overloaded(

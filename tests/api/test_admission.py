@@ -10,7 +10,13 @@ from types import SimpleNamespace
 import pytest
 
 from app.errors import Overloaded
-from app.inference.admission import HEAVY, DecodeGate, InferenceGate
+from app.inference.admission import (
+    HEAVY,
+    MAX_RETRY_AFTER_S,
+    DecodeGate,
+    InferenceGate,
+    ReturnBook,
+)
 from app.routes.shedding import shedder
 
 
@@ -257,3 +263,29 @@ def test_a_nearly_empty_light_lane_teaches_nothing(monkeypatch):
         clock[0] += 0.02
         job.finish()
     assert gate.light_stretch == 1.0
+
+
+def test_refused_clients_are_told_to_come_back_spread_over_the_seconds_ahead():
+    """A flood's clients all told "1" came back together a second later: the loop spent that
+    moment refusing them while the thread ran dry, and the watcher waited behind the burst
+    (issue 26's 586 ms `/v2` flood). The return book fills each second up to what it can serve."""
+    now = [100.2]
+    book = ReturnBook(clock=lambda: now[0])
+    assert [book.appointment(1, per_second=2) for _ in range(5)] == [1, 1, 2, 2, 3]
+    assert book.appointment(3, per_second=2) == 3  # never sooner than asked
+    now[0] = 101.5  # a second later, the seconds already promised stay promised: 102 and 103
+    assert [book.appointment(1, per_second=2) for _ in range(3)] == [3, 3, 4]
+    assert book.appointment(1, per_second=10**6) == 1
+    assert max(book.appointment(1, per_second=1) for _ in range(40)) == MAX_RETRY_AFTER_S
+
+
+def test_a_full_light_lane_refuses_with_retry_after_spread_by_what_it_serves(monkeypatch):
+    gate = InferenceGate(slice_s=0.04, light_queue_s=0.06, max_rows=64)
+    gate.book("light", 0.05, time_left_s=10)  # 50 ms jobs: 20 a second
+    waits = []
+    for _ in range(60):
+        with pytest.raises(Overloaded) as refused:
+            gate.book("light", 0.05, time_left_s=10)
+        waits.append(refused.value.retry_after)
+    assert min(waits) == 1 and max(waits) in (3, 4)  # 60 clients over 3 seconds (4 at a tick)
+    assert gate.light_refusal().retry_after >= 3
