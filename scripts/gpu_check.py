@@ -311,21 +311,16 @@ def check_phases(work: Path, sizes: Sizes) -> list[list[Step]]:
             45,
             json_out=work / "graphs.json",
         ),
-        Step(
-            "serve-bench, graphs off",
-            [*serve, "--json", str(work / "serve-eager.json")],
-            100,
-            needs=SERVICE_PACKAGES,
-            env={**dict(sizes.serve_env), "VAE_CUDA_GRAPHS": "false"},
-            json_out=work / "serve-eager.json",
-        ),
-        Step(
-            "serve-bench, graphs on",
-            [*serve, "--json", str(work / "serve-graphs.json")],
-            100,
-            needs=SERVICE_PACKAGES,
-            env={**dict(sizes.serve_env), "VAE_CUDA_GRAPHS": "true"},
-            json_out=work / "serve-graphs.json",
+        *(
+            Step(
+                f"serve-bench, graphs {state}",
+                [*serve, "--json", str(work / f"serve-{tag}.json")],
+                100,
+                needs=SERVICE_PACKAGES,
+                env={**dict(sizes.serve_env), "VAE_CUDA_GRAPHS": flag},
+                json_out=work / f"serve-{tag}.json",
+            )
+            for state, tag, flag in (("off", "eager", "false"), ("on", "graphs", "true"))
         ),
         Step(
             "peers-bench",
