@@ -14,6 +14,7 @@ is missing.
 
 from __future__ import annotations
 
+import contextlib
 import io
 import json
 import os
@@ -215,14 +216,23 @@ def image_bytes(engine: Engine, tag: str) -> int:
     return int(engine.docker("image", "inspect", "--format", "{{.Size}}", tag))
 
 
-@pytest.fixture(scope="module")
-def gpu_image(engine: Engine, build: Build, report: Callable[[str], None]) -> Iterator[str]:
-    """The full image (torch, CUDA wheels; runs on the CPU too), built first."""
-    tag = build_image(engine, build, report, "gpu")
+@contextlib.contextmanager
+def built_image(
+    engine: Engine, build: Build, report: Callable[[str], None], target: str
+) -> Iterator[str]:
+    """`build_image`'s tag, removed afterwards."""
+    tag = build_image(engine, build, report, target)
     try:
         yield tag
     finally:
         engine.docker("rmi", "--force", tag, check=False)
+
+
+@pytest.fixture(scope="module")
+def gpu_image(engine: Engine, build: Build, report: Callable[[str], None]) -> Iterator[str]:
+    """The full image (torch, CUDA wheels; runs on the CPU too), built first."""
+    with built_image(engine, build, report, "gpu") as tag:
+        yield tag
 
 
 @pytest.fixture(scope="module")
@@ -231,11 +241,8 @@ def cpu_image(
 ) -> Iterator[str]:
     """The small image (ONNX Runtime, no torch), built after the full one: its export stage
     takes the GPU image's layers from the cache."""
-    tag = build_image(engine, build, report, "cpu")
-    try:
+    with built_image(engine, build, report, "cpu") as tag:
         yield tag
-    finally:
-        engine.docker("rmi", "--force", tag, check=False)
 
 
 @pytest.fixture(scope="module")
