@@ -33,8 +33,7 @@ from app.inference.export_manifest import (
 )
 from app.inference.served import ArtifactInfo, LoadedModel, file_identity, warm_up
 from models.checkpoint_errors import CheckpointError
-from models.prior_arrays import Prior
-from models.torch_rng import TorchCompatibleGenerator
+from models.prior import Prior
 from models.typicality import Typicality
 
 MANIFEST_NAME = "manifest.json"
@@ -160,7 +159,6 @@ def load_export(
         artifact=ArtifactInfo(
             "onnx-export", str(path), export.sha256, f"onnxruntime {onnxruntime.__version__}"
         ),
-        random=TorchCompatibleGenerator,
         typicality=verified.typicality,
     )
 

@@ -35,7 +35,8 @@ from app.inference.sliced import GuidedDigits, RowsInSlices
 from app.inference.threads import inference_threads, lone_rows_now
 from models.checkpoint_errors import CheckpointError
 from models.digit_guide import DigitGuide
-from models.prior_arrays import MixturePrior, StandardNormal
+from models.prior import MixturePrior, StandardNormal
+from models.torch_rng import TorchCompatibleGenerator
 
 log = logging.getLogger("app.engine")
 CALIBRATION_ROWS = 32  # rows per timed batch at start-up: about what a slice holds on a CPU
@@ -260,8 +261,9 @@ class Engine:
         prior: str = "checkpoint",
         digits: list[int] | None = None,
     ) -> tuple[np.ndarray, np.ndarray]:
-        """Latents come from a per-request CPU generator, so a seed means the same digits no
-        matter which batch (or device) decodes them, and with or without torch (`m.random`).
+        """Latents come from a per-request generator (`TorchCompatibleGenerator`), so a seed
+        means the same digits whichever batch, device, file (`.pt` or export) or runtime
+        (torch or not) decodes them.
         `prior` is "checkpoint" (the checkpoint's own) or "standard" (N(0, I)); `digits` (one
         per image) draws those digits instead."""
         if digits is not None:
@@ -269,7 +271,7 @@ class Engine:
         booking = self._book("decode", n)  # before any work: a refusal costs nothing more
         try:
             chosen = m.prior if prior == "checkpoint" else StandardNormal(m.latent_dim)
-            z = chosen.sample(n, m.random(seed), temperature)
+            z = chosen.sample(n, TorchCompatibleGenerator(seed), temperature)
         except BaseException:
             booking.close()
             raise
@@ -284,14 +286,14 @@ class Engine:
         assert isinstance(m.prior, MixturePrior)  # check_digits ran first
         guide, prior = self.guide, m.prior
         if guide is None:
-            z = prior.sample_digits(digits, m.random(seed), temperature)
+            z = prior.sample_digits(digits, TorchCompatibleGenerator(seed), temperature)
             return z, await self.decode(m, z)
         gate = self.admission
         rows = GuidedDigits.rows_to_book(len(digits), guide, gate)
         lane = gate.lane(rows, *GuidedDigits.OPS)
         booking = gate.book(lane, gate.cost(rows, *GuidedDigits.OPS), self._time_left())
         try:
-            random = m.random(seed)  # after booking: a refusal costs nothing more
+            random = TorchCompatibleGenerator(seed)  # after booking: a refusal costs nothing more
             job = GuidedDigits(
                 prior, digits, random, temperature, m.runner.decode, guide, gate, booking
             )

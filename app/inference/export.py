@@ -37,8 +37,7 @@ from app.inference.export_manifest import FORMAT_NAME, FORMAT_VERSION
 from models import typicality as typicality_arrays
 from models.checkpoint import CheckpointError, file_sha256, load_checkpoint_parts
 from models.classifier import GUIDE_PATH, ClassifierError, DigitClassifier, load_classifier
-from models.prior import as_arrays
-from models.prior_arrays import save_npz
+from models.prior_npz import save_npz
 from models.progress import add_progress_flag, progress_bar
 
 GUIDE_FILE = "digit-guide.onnx"
@@ -116,7 +115,7 @@ def main(argv: list[str] | None = None) -> int:
         model, metadata, prior, stored_typicality = load_checkpoint_parts(args.checkpoint)
         typicality = None
         if stored_typicality is not None:
-            typicality = typicality_arrays.Typicality.from_dict(stored_typicality, as_arrays(prior))
+            typicality = typicality_arrays.Typicality.from_dict(stored_typicality, prior)
     except (CheckpointError, typicality_arrays.TypicalityError) as exc:
         print(f"vae-export: {exc}", file=sys.stderr)
         return 2
@@ -131,7 +130,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"vae-export: the graphs differ from eager by {error:.3g}", file=sys.stderr)
         return 1
     prior_buffer = io.BytesIO()
-    save_npz(as_arrays(prior), prior_buffer)
+    save_npz(prior, prior_buffer)
     files = {f"{op}.onnx": graph for op, graph in graphs.items()}
     files["prior.npz"] = prior_buffer.getvalue()
     files["check.npz"] = _npz_bytes(_check_arrays(cases))

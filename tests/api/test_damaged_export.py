@@ -53,14 +53,9 @@ CHECKPOINT_DAMAGES = [d for d in DAMAGES if not d.guide_only]
 
 
 @pytest.fixture(scope="session")
-def exported(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """The shipped checkpoint and guide through `vae-export` (in-process): the good folder."""
-    from app.inference import export
-
-    out = tmp_path_factory.mktemp("export")
-    argv = ["--checkpoint", str(SHIPPED), "--digit-guide", str(GUIDE), "--out", str(out)]
-    assert export.main([*argv, "--no-progress"]) == 0
-    return out
+def exported(shipped_export: Path) -> Path:
+    """The shipped checkpoint and guide through `vae-export`: the good folder."""
+    return shipped_export
 
 
 @pytest.fixture(scope="session")
