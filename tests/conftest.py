@@ -70,7 +70,7 @@ def prior_checkpoint(tiny_checkpoint: Path, tmp_path_factory: pytest.TempPathFac
 def shipped_export(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """`vae-export` of the shipped checkpoint and guide, in-process, once a session: the folder
     (its `manifest.json` serves it). Tests that use it skip where the shipped files are absent."""
-    from app.inference import export
+    from app.inference.artifact import export_writer as export
 
     checkpoint, guide = REPO / "models" / "mnist-vae.pt", REPO / "models" / "mnist-digit-guide.pt"
     if not (checkpoint.is_file() and guide.is_file()):

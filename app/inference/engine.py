@@ -1,13 +1,12 @@
 """The served model behind micro-batchers: what the routes call, and nothing about HTTP.
 
-The seam follows LitServe: `app.inference.loading` is setup (load, check the backend, warm up),
-the runner's operations are `predict` over one batch, `MicroBatcher` owns queueing and batching,
-and `InferenceScheduler` the inference thread's turns. A request whose rows fit one slice goes to
-the light lane (batched), a larger one to the heavy lane in slices (`app.inference.sliced`).
+The seam follows LitServe: `app.inference.artifact.loading` is setup (load, check the backend, warm
+up), the runner's operations are `predict` over one batch, `MicroBatcher` owns queueing and
+batching, and `InferenceScheduler` the inference thread's turns. A request whose rows fit one slice
+goes to the light lane (batched), a larger one to the heavy lane in slices (`app.inference.sliced`).
 Every operation books its estimated cost with admission control first, so a request is either
 admitted whole or refused at once with 503 and `Retry-After`, and the booking is held until the
-thread is done with its rows.
-"""
+thread is done with its rows."""
 
 from __future__ import annotations
 
@@ -27,8 +26,8 @@ from app.config import Settings
 from app.errors import CheckpointRejected, InvalidInput, NotReady
 from app.inference import metrics
 from app.inference.admission import LIGHT, Booking, DecodeGate, InferenceGate
+from app.inference.artifact.loading import load_digit_guide, load_model
 from app.inference.batching import MicroBatcher, Output
-from app.inference.loading import load_digit_guide, load_model
 from app.inference.scheduler import InferenceScheduler
 from app.inference.served import LoadedModel
 from app.inference.sliced import GuidedDigits, RowsInSlices

@@ -21,8 +21,8 @@ import pytest
 from damaged_exports import DAMAGES, MANIFEST, Damage, copy_export
 from live_server import REPO, VAE_SERVE, LiveServer, free_port, server_env
 
-from app.inference.export_guide import load_onnx_guide
-from app.inference.loading import load_model
+from app.inference.artifact.export_guide import load_onnx_guide
+from app.inference.artifact.loading import load_model
 from app.server import cli
 from models.checkpoint_errors import CheckpointError
 

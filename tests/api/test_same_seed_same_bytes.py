@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 from fastapi.testclient import TestClient
 
-from app.inference.artifacts import MANIFEST_NAME
+from app.inference.artifact.export_format import MANIFEST_NAME
 from app.main import create_app
 
 REPO = Path(__file__).resolve().parents[2]

@@ -24,7 +24,7 @@ import pytest
 from fastapi.testclient import TestClient
 from live_server import REPO, LiveServer
 
-from app.inference.artifacts import MANIFEST_NAME
+from app.inference.artifact.export_format import MANIFEST_NAME
 from app.main import create_app
 
 SHIPPED = REPO / "models" / "mnist-vae.pt"
@@ -42,7 +42,7 @@ def exported(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """`vae-export` of the shipped checkpoint and guide: the folder, manifest inside."""
     out = tmp_path_factory.mktemp("export")
     result = subprocess.run(
-        [sys.executable, "-m", "app.inference.export", "--checkpoint", str(SHIPPED),
+        [sys.executable, "-m", "app.inference.artifact.export_writer", "--checkpoint", str(SHIPPED),
          "--digit-guide", str(GUIDE), "--out", str(out)],
         cwd=REPO, capture_output=True, text=True, timeout=300,
     )  # fmt: skip

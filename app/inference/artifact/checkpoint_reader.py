@@ -1,4 +1,5 @@
-"""A torch checkpoint made ready to serve: loaded, moved, given its checked backend, and warmed."""
+"""A torch checkpoint (`.pt`, `models.checkpoint`) read with torch and made ready to serve:
+loaded, moved, given its checked backend, and warmed."""
 
 from __future__ import annotations
 

@@ -11,14 +11,16 @@ import io
 
 import numpy as np
 
+from app.inference.artifact.export_format import (
+    CHECK_OUTPUTS,
+    GRAPH_OPS,
+    IMAGE_SHAPE,
+    ExportError,
+)
 from app.inference.backends.base import Case
-from app.inference.export_manifest import GRAPH_OPS, ExportError
 from models import typicality as typicality_arrays
 from models.prior import Prior, PriorError
 from models.prior_npz import NPZ_READ_ERRORS, load_npz
-
-IMAGE_SHAPE = (1, 32, 32)  # what the graphs take and give per row (`served.warm_up`)
-CHECK_OUTPUTS = {"encode": 2, "decode": 1, "reconstruct": 4}
 
 
 def read_prior(data: bytes, name: str, latent_dim: int) -> Prior:
