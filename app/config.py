@@ -11,6 +11,9 @@ from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 DEFAULT_DIGIT_GUIDE = "models/mnist-digit-guide.pt"  # a missing default file: guide off, logged
 MAX_URL_BYTES = 65_535  # httptools' URL parser refuses longer URLs (the edge answers 414)
+# What VAE_BACKEND may name: the runners of ONNX graphs in app/inference/backends/table.py, eager
+# PyTorch ("torch") and "auto" (app/inference/backends/select.py)
+BACKENDS = ("auto", "torch", "onnxruntime", "openvino", "openvino-bf16")
 
 
 class Settings(BaseSettings):
@@ -24,7 +27,7 @@ class Settings(BaseSettings):
     torch_threads: int = Field(
         0, ge=0, description="intra-op CPU threads for inference; 0: one core left for HTTP"
     )
-    backend: Literal["auto", "torch", "onnxruntime", "openvino", "openvino-bf16"] = Field(
+    backend: Literal[BACKENDS] = Field(  # type: ignore[valid-type]
         "auto",
         description="auto: ONNX Runtime on the CPU, PyTorch on CUDA; each checked against eager",
     )

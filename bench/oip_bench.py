@@ -86,8 +86,8 @@ TICK_S = 1 / os.sysconf("SC_CLK_TCK")
 def export(checkpoint: Path, into: Path) -> Path:
     """The checkpoint as a torch-free export (the decoder graph is `decode.onnx` in it)."""
     subprocess.run(
-        [sys.executable, "-m", "app.inference.export", "--checkpoint", str(checkpoint)]
-        + ["--out", str(into), "--digit-guide", "", "--no-progress"],
+        [sys.executable, "-m", "app.inference.artifact.export_writer", "--checkpoint"]
+        + [str(checkpoint), "--out", str(into), "--digit-guide", "", "--no-progress"],
         cwd=REPO,
         env={**os.environ, "PYTHONPATH": str(REPO)},
         check=True,

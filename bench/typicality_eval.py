@@ -34,7 +34,6 @@ from app.images.normalise import normalize_upload  # noqa: E402
 from models.checkpoint import load_checkpoint_parts  # noqa: E402
 from models.digit_guide import load_guide  # noqa: E402
 from models.likelihood import bernoulli_nll, gaussian_kl  # noqa: E402
-from models.prior import as_arrays  # noqa: E402
 from models.typicality import Typicality  # noqa: E402
 from training.data import load_split, to_model_input  # noqa: E402
 
@@ -125,7 +124,7 @@ def main(argv: list[str] | None = None) -> int:
     if stored is None:
         print(f"{args.checkpoint} has no typicality calibration (vae-calibrate-typicality)")
         return 2
-    typicality = Typicality.from_dict(stored, as_arrays(prior))
+    typicality = Typicality.from_dict(stored, prior)
     guide = load_guide(args.guide)
     mnist = load_split(args.data_dir, "mnist", train=False).images
     fashion = load_split(args.data_dir, "fashion-mnist", train=False).images.numpy()

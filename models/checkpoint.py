@@ -36,7 +36,7 @@ import numpy as np
 import torch
 
 from models.checkpoint_errors import CheckpointError
-from models.prior import LatentPrior, MixturePrior, PriorError, StandardNormalPrior
+from models.prior import MixturePrior, Prior, PriorError, StandardNormal
 from models.vae import ConvVAE, VAEConfig
 
 MAX_PARAMETERS = 200_000_000  # 100x the shipped model; refused before anything is allocated
@@ -70,7 +70,9 @@ def save_checkpoint(
         "metadata": {**default_metadata(), **metadata},
     }
     if prior is not None:
-        payload["prior"] = prior.to_dict() if isinstance(prior, MixturePrior) else prior
+        payload["prior"] = _as_tensors(
+            prior.to_dict() if isinstance(prior, MixturePrior) else prior
+        )
     if typicality is not None:
         payload["typicality"] = _as_tensors(typicality)
     if train_state is not None:
@@ -128,7 +130,7 @@ def load_checkpoint(
 
 def load_checkpoint_and_prior(
     path: str | os.PathLike, device: str | torch.device = "cpu"
-) -> tuple[ConvVAE, dict[str, Any], LatentPrior]:
+) -> tuple[ConvVAE, dict[str, Any], Prior]:
     """Returns (model in eval mode on `device`, metadata, prior); the prior stays on the CPU,
     where latents are drawn."""
     payload = read_checkpoint(path)
@@ -139,7 +141,7 @@ def load_checkpoint_and_prior(
 
 def load_checkpoint_parts(
     path: str | os.PathLike, device: str | torch.device = "cpu"
-) -> tuple[ConvVAE, dict[str, Any], LatentPrior, dict[str, Any] | None]:
+) -> tuple[ConvVAE, dict[str, Any], Prior, dict[str, Any] | None]:
     """`load_checkpoint_and_prior` plus the stored typicality calibration (tensors, as saved;
     `models.typicality.Typicality.from_dict` reads it), or None for a checkpoint without one."""
     payload = read_checkpoint(path)
@@ -162,11 +164,11 @@ def _as_tensors(value: Any) -> Any:
 
 def prior_from_payload(
     payload: dict[str, Any], latent_dim: int, source: str = "checkpoint"
-) -> LatentPrior:
+) -> Prior:
     """The checkpoint's learned prior, or N(0, I) when it has none (every version 1 file)."""
     stored = payload.get("prior")
     if stored is None:
-        return StandardNormalPrior(latent_dim)
+        return StandardNormal(latent_dim)
     try:
         prior = MixturePrior.from_dict(stored)
     except PriorError as exc:

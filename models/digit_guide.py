@@ -30,7 +30,7 @@ from typing import Any
 
 import numpy as np
 
-from models.prior_arrays import MixturePrior, RandomSource, run_to_end
+from models.prior import MixturePrior, RandomSource, run_to_end
 
 DEFAULT_CANDIDATES = 8
 Classify = Callable[[np.ndarray], np.ndarray]  # images [N, 1, 32, 32] -> probabilities [N, 10]

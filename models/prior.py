@@ -1,4 +1,4 @@
-"""Latent priors: the standard normal the VAE was trained with, and a learned Gaussian mixture.
+"""Latent priors, in NumPy: the standard normal the VAE was trained with, and a learned mixture.
 
 A VAE trained against N(0, I) leaves "holes": regions where the prior has mass but no training
 digit encodes, and decoding a draw from there gives a blob. A Gaussian mixture fitted after
@@ -10,86 +10,76 @@ A mixture may label its components with digit classes (0..9): then it also sampl
 (only that class's components), and its responsibilities give p(digit | z) in latent space, with
 no decoder pass. Conditional draws use that to refuse latents that sit between classes.
 
-This module fits, scores (log p(z)) and stores the priors, in torch; `to_dict` holds only tensors,
-numbers and strings (what `torch.load(weights_only=True)` accepts). Drawing has one home,
-`models.prior_arrays` (NumPy, which serving without torch needs too): these classes hand it the
-caller's `torch.Generator`, so the same seed gives the same latents here, in the service and in
-the torch-free image.
+This is the one home of the prior: its checks, its stored form (`to_dict`, `from_dict`: what a
+checkpoint holds, as tensors or arrays), its drawing and its density. It needs no torch, so the
+torch checkpoint, the export and the torch-free image serve the very same prior; training fits
+one in torch (`training.mixture`) and hands it over as arrays. Every draw takes its random numbers
+from a `RandomSource`: `models.torch_rng.TorchCompatibleGenerator(seed)` wherever a seed is drawn.
+An .npz carries a prior without torch (`models.prior_npz`).
 """
 
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, field, replace
+from collections.abc import Generator
+from dataclasses import dataclass, field
 from functools import cached_property
-from typing import Any, Protocol
+from typing import Any, Protocol, TypeVar
 
 import numpy as np
-import torch
 
-from models import prior_arrays
-
-LOG_2PI = math.log(2 * math.pi)
 NUM_CLASSES = 10
+LOG_2PI = math.log(2 * math.pi)
 COVARIANCE_TYPES = ("full", "diag")
-_SOLVE_CHUNK = 4096  # rows per triangular solve: bounds memory at K x D x chunk
+DRAW_FROM = ("mixture", "classes")
+MAX_ROUNDS = 1024  # the shipped prior redraws up to 32 times; more is a stuck request
+SCORE_ROWS = 512  # rows scored per step of `MixturePrior.sample_digits_in_steps` (~15 ms on a CPU)
 
 
 class PriorError(ValueError):
-    """A stored prior that cannot be used (wrong shapes, not a density, unknown kind)."""
+    """A prior that cannot be used (wrong shapes, not a density, unknown kind, damaged file)."""
 
 
-class LatentPrior(Protocol):
-    """What the service, the evaluation and the sampler need from a prior over z."""
+class RandomSource(Protocol):
+    """The two draws the priors make: `torch.rand(float64)` and float32 `torch.randn`."""
 
-    name: str
+    def rand_float64(self, *shape: int) -> np.ndarray: ...
 
-    def log_prob(self, z: torch.Tensor) -> torch.Tensor: ...
-
-    def to(self, device: torch.device | str) -> LatentPrior: ...
-
-    def sample(
-        self, n: int, generator: torch.Generator | None = None, temperature: float = 1.0
-    ) -> torch.Tensor: ...
+    def randn_float32(self, *shape: int) -> np.ndarray: ...
 
 
 @dataclass(frozen=True)
-class StandardNormalPrior:
-    """N(0, I): what every checkpoint of format version 1 was trained and served with."""
+class StandardNormal:
+    """N(0, I): the prior of a checkpoint without a learned one (every format version 1 file)."""
 
     dim: int
     name: str = "standard"
 
-    def log_prob(self, z: torch.Tensor) -> torch.Tensor:
-        return -0.5 * (LOG_2PI + z.pow(2)).sum(-1)
+    def sample(self, n: int, rng: RandomSource, temperature: float = 1.0) -> np.ndarray:
+        z = rng.randn_float32(n, self.dim)
+        return z if temperature == 1.0 else z * np.float32(temperature)
 
-    def to(self, device: torch.device | str) -> StandardNormalPrior:
-        return self
+    def log_prob(self, z: np.ndarray) -> np.ndarray:
+        return -0.5 * (LOG_2PI + np.square(z.astype(np.float64))).sum(-1)
 
-    def sample(
-        self, n: int, generator: torch.Generator | None = None, temperature: float = 1.0
-    ) -> torch.Tensor:
-        # Exactly the draw the service made before learned priors existed: same seed, same bytes.
-        z = torch.randn(n, self.dim, generator=generator)
-        return z if temperature == 1.0 else z * temperature  # x * 1.0 == x: one op less
+    def digits(self) -> list[int]:
+        return []
 
 
 @dataclass(frozen=True, eq=False)
-class GaussianMixture:
-    """sum_k weights[k] N(means[k], scale_tril[k] scale_tril[k]^T), optionally class-labelled.
+class Mixture:
+    """sum_k weights[k] N(means[k], scale_tril[k] scale_tril[k]^T), optionally class-labelled:
+    weights [K], means [K, D], scale_tril [K, D, D] (float32, the lower Cholesky factors),
+    labels [K] (int64 digits) or None. Checked when made: a mixture that exists is a density."""
 
-    `scale_tril` is the lower Cholesky factor of each covariance (a diagonal one for a
-    diagonal-covariance mixture). `labels[k]` is the digit of component k, when known.
-    """
-
-    weights: torch.Tensor  # [K]
-    means: torch.Tensor  # [K, D]
-    scale_tril: torch.Tensor  # [K, D, D]
-    labels: torch.Tensor | None = None  # [K] int64 in 0..9
+    weights: np.ndarray
+    means: np.ndarray
+    scale_tril: np.ndarray
+    labels: np.ndarray | None = None
     covariance: str = "full"
 
     def __post_init__(self) -> None:
-        _validate(self)
+        _check_mixture(self)
 
     @property
     def n_components(self) -> int:
@@ -99,113 +89,143 @@ class GaussianMixture:
     def dim(self) -> int:
         return self.means.shape[1]
 
-    def to(self, device: torch.device | str) -> GaussianMixture:
-        """The same mixture with its tensors on `device` (for log p(z) next to a GPU decoder)."""
-        return GaussianMixture(
-            *(t.to(device) for t in (self.weights, self.means, self.scale_tril)),
-            labels=None if self.labels is None else self.labels.to(device),
-            covariance=self.covariance,
-        )
+    @cached_property
+    def _cumulative(self) -> np.ndarray:
+        return np.cumsum(self.weights.astype(np.float64))
 
-    def component_log_prob(self, z: torch.Tensor) -> torch.Tensor:
-        """log weights[k] + log N(z; component k), for z [N, D] -> [N, K]."""
-        z = z.to(self.means.dtype)
-        half_log_det = self.scale_tril.diagonal(dim1=-2, dim2=-1).log().sum(-1)  # [K]
-        parts = []
-        for chunk in z.split(_SOLVE_CHUNK):
-            diff = (chunk.unsqueeze(0) - self.means.unsqueeze(1)).transpose(1, 2)  # [K, D, n]
-            white = torch.linalg.solve_triangular(self.scale_tril, diff, upper=False)
-            maha = white.pow(2).sum(1).T  # [n, K]
-            parts.append(-0.5 * (self.dim * LOG_2PI + maha) - half_log_det)
-        return torch.cat(parts) + self.weights.log()
-
-    def log_prob(self, z: torch.Tensor) -> torch.Tensor:
-        """log p(z) for z [..., D] -> [...]."""
-        flat = z.reshape(-1, z.shape[-1])
-        return torch.logsumexp(self.component_log_prob(flat), dim=1).reshape(z.shape[:-1])
-
-    def sample(
-        self, n: int, generator: torch.Generator | None = None, temperature: float = 1.0
-    ) -> torch.Tensor:
+    def sample(self, n: int, rng: RandomSource, temperature: float = 1.0) -> np.ndarray:
         """n draws; temperature scales each component's standard deviation, not the weights."""
-        z = self.arrays.sample(n, TorchRandom(generator), temperature)
-        return _on(torch.from_numpy(z), self.means.device)
+        if n == 0:
+            return np.zeros((0, self.dim), np.float32)
+        u = rng.rand_float64(n)
+        cumulative = self._cumulative
+        last = cumulative.shape[0] - 1
+        component = np.minimum(np.searchsorted(cumulative, u * cumulative[-1], side="right"), last)
+        return self._at(component, rng, temperature)
+
+    def draw(self, probs: np.ndarray, rng: RandomSource, temperature: float) -> np.ndarray:
+        """One draw per row of `probs` [n, K] (component probabilities, unnormalised)."""
+        n = len(probs)
+        if n == 0:
+            return np.zeros((0, self.dim), np.float32)
+        u = rng.rand_float64(n, 1)
+        cumulative = np.cumsum(probs.astype(np.float64), axis=1)
+        component = np.minimum((cumulative <= u * cumulative[:, -1:]).sum(1), self.n_components - 1)
+        return self._at(component, rng, temperature)
+
+    def _at(self, component: np.ndarray, rng: RandomSource, temperature: float) -> np.ndarray:
+        means, scale_tril = self.means[component], self.scale_tril[component]
+        n, dim = means.shape
+        eps = rng.randn_float32(n, dim, 1)
+        return means + temperature * (scale_tril @ eps)[..., 0]
 
     @cached_property
-    def arrays(self) -> prior_arrays.Mixture:
-        """This mixture on NumPy arrays: the one home of the drawing steps, which serving shares."""
-        return prior_arrays.mixture_from_dict(self.to_dict())
+    def _whitening(self) -> tuple[np.ndarray, np.ndarray]:
+        """The inverse Cholesky factors and log weights - half log-determinants, made once."""
+        tril = self.scale_tril.astype(np.float64)
+        inverse = np.linalg.inv(tril)
+        half_log_det = np.log(np.diagonal(tril, axis1=1, axis2=2)).sum(-1)
+        with np.errstate(divide="ignore"):
+            offset = np.log(self.weights.astype(np.float64)) - half_log_det
+        return inverse, offset
 
-    def class_log_posterior(self, z: torch.Tensor) -> torch.Tensor:
+    def component_log_prob(self, z: np.ndarray) -> np.ndarray:
+        """log weights[k] + log N(z; component k), z [N, D] -> [N, K], in float64."""
+        inverse, offset = self._whitening
+        diff = z.astype(np.float64)[:, None, :] - self.means.astype(np.float64)[None]  # [N, K, D]
+        # [K, N, D] @ [K, D, D]: one BLAS matmul per component, 5x an einsum's loop
+        white = np.matmul(diff.transpose(1, 0, 2), inverse.transpose(0, 2, 1)).transpose(1, 0, 2)
+        return -0.5 * (self.dim * LOG_2PI + (white**2).sum(-1)) + offset
+
+    def log_prob(self, z: np.ndarray) -> np.ndarray:
+        """log p(z), z [N, D] -> [N]."""
+        return _logsumexp(self.component_log_prob(z))
+
+    def class_log_posterior(self, z: np.ndarray) -> np.ndarray:
         """log p(digit | z) from the labelled components, z [N, D] -> [N, 10]."""
         if self.labels is None:
             raise PriorError("this mixture's components carry no digit labels")
         log_joint = self.component_log_prob(z)  # [N, K]
-        out = log_joint.new_full((len(z), NUM_CLASSES), -math.inf)
+        out = np.full((len(z), NUM_CLASSES), -np.inf)
         for digit in range(NUM_CLASSES):
             mask = self.labels == digit
             if mask.any():
-                out[:, digit] = torch.logsumexp(log_joint[:, mask], dim=1)
-        return out - torch.logsumexp(log_joint, dim=1, keepdim=True)
+                out[:, digit] = _logsumexp(log_joint[:, mask])
+        return out - _logsumexp(log_joint)[:, None]
 
     def digits(self) -> list[int]:
         """The digits this mixture can draw on request (those with at least one component)."""
-        return [] if self.labels is None else sorted(set(self.labels.tolist()))
+        return [] if self.labels is None else sorted({int(d) for d in self.labels})
 
     def to_dict(self) -> dict[str, Any]:
+        """The stored form (arrays; a checkpoint stores them as tensors)."""
         out: dict[str, Any] = {
             "covariance": self.covariance,
-            "weights": self.weights.detach().float().cpu().contiguous(),
-            "means": self.means.detach().float().cpu().contiguous(),
-            "scale_tril": self.scale_tril.detach().float().cpu().contiguous(),
+            "weights": self.weights,
+            "means": self.means,
+            "scale_tril": self.scale_tril,
         }
         if self.labels is not None:
-            out["labels"] = self.labels.detach().long().cpu().contiguous()
+            out["labels"] = self.labels
         return out
 
     @classmethod
-    def from_dict(cls, data: Any) -> GaussianMixture:
+    def from_dict(cls, data: Any) -> Mixture:
+        """From `to_dict()`'s form, arrays or CPU tensors; `PriorError` says what is wrong."""
         if not isinstance(data, dict):
-            raise PriorError("a mixture must be a dict of tensors")
+            raise PriorError("a mixture must be a dict of arrays")
         missing = {"weights", "means", "scale_tril"} - set(data)
         if missing:
             raise PriorError(f"mixture is missing {sorted(missing)}")
-        tensors = [data[k] for k in ("weights", "means", "scale_tril")]
-        if not all(isinstance(t, torch.Tensor) and t.is_floating_point() for t in tensors):
-            raise PriorError("mixture weights, means and scale_tril must be float tensors")
-        labels = data.get("labels")
-        if labels is not None and not isinstance(labels, torch.Tensor):
-            raise PriorError("mixture labels must be a tensor")
-        return cls(
-            *(t.float() for t in tensors),
-            labels=None if labels is None else labels.long(),
-            covariance=str(data.get("covariance", "full")),
-        )
+        reals = [_array(data, key, "fiu", np.float32) for key in ("weights", "means", "scale_tril")]
+        labels = None if data.get("labels") is None else _array(data, "labels", "iu", np.int64)
+        return cls(*reals, labels=labels, covariance=str(data.get("covariance", "full")))
 
 
-def _validate(m: GaussianMixture) -> None:
+_KIND_NAMES = {"iu": "integers", "fiu": "real numbers"}
+
+
+def _array(data: dict[str, Any], key: str, kinds: str, dtype: type) -> np.ndarray:
+    """data[key] as an array of `dtype`; labels are integers and the rest real numbers, since a
+    cast from anything else would silently change them."""
+    try:
+        value = np.asarray(data[key])
+    except (TypeError, ValueError, RuntimeError) as exc:
+        raise PriorError(f"mixture {key} is not an array: {exc}") from None
+    if value.dtype.kind not in kinds:
+        raise PriorError(f"mixture {key} holds {value.dtype} values, not {_KIND_NAMES[kinds]}")
+    return np.ascontiguousarray(value, dtype=dtype)
+
+
+def _check_mixture(m: Mixture) -> None:
     if m.covariance not in COVARIANCE_TYPES:
         raise PriorError(f"unknown covariance {m.covariance!r}; expected one of {COVARIANCE_TYPES}")
     if m.weights.ndim != 1 or m.means.ndim != 2 or m.scale_tril.ndim != 3:
-        raise PriorError("mixture tensors must be weights [K], means [K, D], scale_tril [K, D, D]")
+        raise PriorError("mixture arrays must be weights [K], means [K, D], scale_tril [K, D, D]")
     k, d = m.means.shape
     if k < 1 or len(m.weights) != k or m.scale_tril.shape != (k, d, d):
         raise PriorError(
-            f"mixture shapes disagree: weights {tuple(m.weights.shape)}, means {(k, d)}, "
-            f"scale_tril {tuple(m.scale_tril.shape)}"
+            f"mixture shapes disagree: weights {m.weights.shape}, means {(k, d)}, "
+            f"scale_tril {m.scale_tril.shape}"
         )
-    if not all(torch.isfinite(t).all() for t in (m.weights, m.means, m.scale_tril)):
+    if not all(np.isfinite(a).all() for a in (m.weights, m.means, m.scale_tril)):
         raise PriorError("mixture holds NaN or infinite values")
-    if (m.weights < 0).any() or abs(m.weights.sum().item() - 1.0) > 1e-3:
+    if (m.weights < 0).any() or abs(float(m.weights.sum(dtype=np.float64)) - 1.0) > 1e-3:
         raise PriorError("mixture weights must be non-negative and sum to 1")
-    if not torch.equal(m.scale_tril, m.scale_tril.tril()):
+    if not np.array_equal(m.scale_tril, np.tril(m.scale_tril)):
         raise PriorError("scale_tril must be lower-triangular")
-    if (m.scale_tril.diagonal(dim1=-2, dim2=-1) <= 0).any():
+    if not (np.diagonal(m.scale_tril, axis1=1, axis2=2) > 0).all():
         raise PriorError("scale_tril must have a positive diagonal")
     if m.labels is not None and (
         m.labels.shape != (k,) or (m.labels < 0).any() or (m.labels >= NUM_CLASSES).any()
     ):
         raise PriorError(f"labels must be {k} digits in 0..{NUM_CLASSES - 1}")
+
+
+def _logsumexp(a: np.ndarray) -> np.ndarray:
+    top = a.max(axis=1)
+    safe = np.where(np.isfinite(top), top, 0.0)
+    return safe + np.log(np.exp(a - safe[:, None]).sum(axis=1))
 
 
 @dataclass(frozen=True, eq=False)
@@ -218,8 +238,8 @@ class MixturePrior:
     is redrawn, at most `max_rounds` times, from the same generator, so it stays deterministic.
     """
 
-    mixture: GaussianMixture
-    classes: GaussianMixture | None = None
+    mixture: Mixture
+    classes: Mixture | None = None
     accept_threshold: float = 0.0
     max_rounds: int = 32
     config: dict[str, Any] = field(default_factory=dict)
@@ -237,9 +257,9 @@ class MixturePrior:
                 raise PriorError("the class mixture and the mixture have different latent sizes")
         if not 0.0 <= self.accept_threshold < 1.0:
             raise PriorError("accept_threshold must be in [0, 1)")
-        if self.max_rounds < 1:
-            raise PriorError("max_rounds must be >= 1")
-        if self.draw_from not in ("mixture", "classes"):
+        if not 1 <= self.max_rounds <= MAX_ROUNDS:
+            raise PriorError(f"max_rounds must be 1..{MAX_ROUNDS}, not {self.max_rounds}")
+        if self.draw_from not in DRAW_FROM:
             raise PriorError(f"draw_from must be 'mixture' or 'classes', not {self.draw_from!r}")
         if self.draw_from == "classes" and self.classes is None:
             raise PriorError("draw_from 'classes' needs a class mixture")
@@ -251,44 +271,52 @@ class MixturePrior:
     def digits(self) -> list[int]:
         return [] if self.classes is None else self.classes.digits()
 
-    def log_prob(self, z: torch.Tensor) -> torch.Tensor:
+    def log_prob(self, z: np.ndarray) -> np.ndarray:
         return self.mixture.log_prob(z)
 
-    def to(self, device: torch.device | str) -> MixturePrior:
-        return replace(
-            self,
-            mixture=self.mixture.to(device),
-            classes=None if self.classes is None else self.classes.to(device),
-        )
-
-    def sample(
-        self, n: int, generator: torch.Generator | None = None, temperature: float = 1.0
-    ) -> torch.Tensor:
-        z = self.arrays.sample(n, TorchRandom(generator), temperature)
-        return _on(torch.from_numpy(z), self.mixture.means.device)
+    def sample(self, n: int, rng: RandomSource, temperature: float = 1.0) -> np.ndarray:
+        source = self.classes if self.draw_from == "classes" else self.mixture
+        assert source is not None
+        return source.sample(n, rng, temperature)
 
     def sample_digits(
-        self,
-        digits: torch.Tensor | list[int],
-        generator: torch.Generator | None = None,
-        temperature: float = 1.0,
-    ) -> torch.Tensor:
-        """One latent per entry of `digits`, each drawn from that digit's components."""
-        if self.classes is None:
+        self, digits: np.ndarray | list[int], rng: RandomSource, temperature: float = 1.0
+    ) -> np.ndarray:
+        """One latent per entry of `digits`, each from that digit's components; draws the
+        labelled mixture calls another digit are redrawn (see the class docstring)."""
+        return run_to_end(self.sample_digits_in_steps(digits, rng, temperature))
+
+    def sample_digits_in_steps(
+        self, digits: np.ndarray | list[int], rng: RandomSource, temperature: float = 1.0
+    ) -> Generator[None, None, np.ndarray]:
+        """`sample_digits` in steps of at most `SCORE_ROWS` rows scored (the costly part), for a
+        caller that gives its thread to other work between steps; the very same draws."""
+        if self.classes is None or self.classes.labels is None:
             raise PriorError("this prior has no per-digit mixtures")
-        digits = torch.as_tensor(digits, dtype=torch.long).reshape(-1)
-        unknown = sorted(set(digits.tolist()) - set(self.digits()))
+        digits = np.asarray(digits, dtype=np.int64).reshape(-1)
+        unknown = sorted(set(np.unique(digits).tolist()) - set(self.digits()))
         if unknown:
             raise PriorError(f"this prior cannot draw digit(s) {unknown}")
-        z = self.arrays.sample_digits(digits.numpy(), TorchRandom(generator), temperature)
-        return _on(torch.from_numpy(z), self.mixture.means.device)
-
-    @cached_property
-    def arrays(self) -> prior_arrays.MixturePrior:
-        """This prior on NumPy arrays: the one home of the drawing steps, which serving shares."""
-        return prior_arrays.prior_from_dict(self.to_dict())
+        mix = self.classes
+        probs = mix.weights[None, :] * (mix.labels[None, :] == digits[:, None])
+        z = mix.draw(probs, rng, temperature)
+        if self.accept_threshold <= 0.0:
+            return z
+        score = yield from _scores(mix, z, digits)
+        log_threshold = math.log(self.accept_threshold)
+        for _ in range(self.max_rounds - 1):
+            refused = np.flatnonzero(score < log_threshold)
+            if len(refused) == 0:
+                break
+            again = mix.draw(probs[refused], rng, temperature)
+            again_score = yield from _scores(mix, again, digits[refused])
+            better = again_score > score[refused]
+            z[refused[better]] = again[better]
+            score[refused[better]] = again_score[better]
+        return z
 
     def to_dict(self) -> dict[str, Any]:
+        """What a checkpoint stores under `prior` (`models.checkpoint` makes the arrays tensors)."""
         return {
             "kind": "gaussian-mixture",
             "mixture": self.mixture.to_dict(),
@@ -301,6 +329,7 @@ class MixturePrior:
 
     @classmethod
     def from_dict(cls, data: Any) -> MixturePrior:
+        """From `to_dict()`'s form (arrays, or the tensors a checkpoint holds)."""
         if not isinstance(data, dict) or data.get("kind") != "gaussian-mixture":
             kind = data.get("kind") if isinstance(data, dict) else type(data).__name__
             raise PriorError(f"unknown prior kind {kind!r}")
@@ -308,36 +337,56 @@ class MixturePrior:
         config = data.get("config", {})
         if not isinstance(config, dict):
             raise PriorError("prior config must be a dict")
+        try:
+            rules = float(data.get("accept_threshold", 0.0)), int(data.get("max_rounds", 32))
+        except (TypeError, ValueError, OverflowError) as exc:
+            raise PriorError(f"the prior's accept_threshold or max_rounds: {exc}") from None
         return cls(
-            mixture=GaussianMixture.from_dict(data.get("mixture")),
-            classes=None if classes is None else GaussianMixture.from_dict(classes),
-            accept_threshold=float(data.get("accept_threshold", 0.0)),
-            max_rounds=int(data.get("max_rounds", 32)),
+            mixture=Mixture.from_dict(data.get("mixture")),
+            classes=None if classes is None else Mixture.from_dict(classes),
+            accept_threshold=rules[0],
+            max_rounds=rules[1],
             draw_from=str(data.get("draw_from", "mixture")),
             config=config,
         )
 
 
-class TorchRandom:
-    """A `torch.Generator` as a `models.prior_arrays.RandomSource`: the arrays' priors then draw
-    exactly what this module's priors draw from the same generator."""
-
-    def __init__(self, generator: torch.Generator | None) -> None:
-        self.generator = generator
-
-    def rand_float64(self, *shape: int) -> np.ndarray:
-        return torch.rand(*shape, generator=self.generator, dtype=torch.float64).numpy()
-
-    def randn_float32(self, *shape: int) -> np.ndarray:
-        return torch.randn(*shape, generator=self.generator).numpy()
+def _scores(mix: Mixture, z: np.ndarray, digits: np.ndarray) -> Generator[None, None, np.ndarray]:
+    """log p(digit | z) of each row's own digit, `SCORE_ROWS` rows a step."""
+    parts = []
+    for start in range(0, len(z), SCORE_ROWS):
+        rows = slice(start, start + SCORE_ROWS)
+        chunk = z[rows]
+        parts.append(mix.class_log_posterior(chunk)[np.arange(len(chunk)), digits[rows]])
+        yield
+    return np.concatenate(parts) if parts else np.zeros(0)
 
 
-def as_arrays(prior: LatentPrior) -> prior_arrays.Prior:
-    """The prior's drawing side on NumPy arrays (`models.prior_arrays`), for serving."""
+T = TypeVar("T")
+
+
+def run_to_end(steps: Generator[None, None, T]) -> T:
+    """Runs a generator of steps through and returns its value."""
+    while True:
+        try:
+            next(steps)
+        except StopIteration as done:
+            return done.value
+
+
+Prior = StandardNormal | MixturePrior
+
+
+def describe(prior: Prior) -> dict[str, Any]:
+    """A short JSON-able summary for /model and logs."""
     if isinstance(prior, MixturePrior):
-        return prior.arrays
-    return prior_arrays.StandardNormal(int(prior.dim))
-
-
-def _on(z: torch.Tensor, device: torch.device) -> torch.Tensor:
-    return z if device.type == "cpu" else z.to(device)
+        return {
+            "name": prior.name,
+            "components": prior.mixture.n_components,
+            "covariance": prior.mixture.covariance,
+            "digits": prior.digits(),
+            "accept_threshold": prior.accept_threshold,
+            "draws_from": prior.draw_from,
+            **{k: v for k, v in prior.config.items() if isinstance(v, str | int | float | bool)},
+        }
+    return {"name": prior.name, "components": 1, "covariance": "identity", "digits": []}

@@ -1,11 +1,13 @@
-"""PyTorch's CPU random numbers in NumPy: the same seed gives the same draws, without torch.
+"""The one generator every seed is drawn from: PyTorch's CPU random numbers, in NumPy.
 
-A seed has always meant the same digits: `/sample` draws its latents from a `torch.Generator`
-seeded with it. The torch-free image must keep that promise, so this module reproduces what the
+A seed means the same digits, in every runtime: `/sample` (from a `.pt` or from an export, with
+torch or without), `vae-eval` and the backends' check all draw from `TorchCompatibleGenerator`
+seeded with it, so a seed gives the same bytes whichever file serves. It reproduces what torch's
 CPU generator does (MT19937 seeded with the seed's low 32 bits, then torch's own transforms) for
-the two draws the priors make: `torch.rand(..., dtype=float64)` and float32 `torch.randn`.
-`tests/training/test_torch_rng.py` holds it to torch's own draws. Normal draws agree to float32
-rounding (torch vectorises its log/sin/cos), uniform ones exactly.
+the two draws the priors make, `torch.rand(..., dtype=float64)` and float32 `torch.randn`: the
+seeds served before it drew from `torch.Generator` keep their draws. Uniform draws are torch's
+bit for bit, normal ones to float32 rounding (`tests/training/test_torch_rng.py`); the draws
+themselves are pinned without torch (`tests/test_seeded_draws.py`).
 """
 
 from __future__ import annotations
@@ -74,8 +76,13 @@ class TorchCompatibleGenerator:
 
 
 def _box_muller_16(blocks: np.ndarray) -> np.ndarray:
-    u1 = np.float32(1) - blocks[:, :8]  # [0, 1) -> (0, 1] for the log
-    u2 = blocks[:, 8:]
-    radius = np.sqrt(np.float32(-2) * np.log(u1))
-    theta = (2.0 * math.pi * u2.astype(np.float64)).astype(np.float32)
-    return np.concatenate([radius * np.cos(theta), radius * np.sin(theta)], axis=1)
+    """Box-Muller on torch's float32 uniforms, in float64 and rounded once to float32: torch's
+    own float32 arithmetic agrees to a unit or two in the last place, and float64 rounded once
+    gives the same bytes on every CPU (float32 log/sin/cos differ between SIMD paths)."""
+    u1 = 1.0 - blocks[:, :8].astype(np.float64)  # [0, 1) -> (0, 1] for the log
+    radius = np.sqrt(-2.0 * np.log(u1))
+    # torch rounds theta to float32 (`2.0f * pi<double> * u2` into a float)
+    theta = (2.0 * math.pi * blocks[:, 8:].astype(np.float64)).astype(np.float32).astype(np.float64)
+    return np.concatenate([radius * np.cos(theta), radius * np.sin(theta)], axis=1).astype(
+        np.float32
+    )

@@ -36,8 +36,8 @@ from typing import Any, BinaryIO
 
 import numpy as np
 
-from models import prior_arrays
-from models.prior_arrays import NPZ_READ_ERRORS, Mixture, MixturePrior
+from models.prior import Mixture, MixturePrior, PriorError
+from models.prior_npz import NPZ_READ_ERRORS, read_npz
 
 FORMAT = "fisher-latent-v1"
 TERMS = ("prior_density", "posterior_density", "class_confidence")
@@ -208,14 +208,14 @@ class Typicality:
         try:
             if not isinstance(joint, dict):
                 raise TypicalityError("the posterior mixture must be a dict of arrays")
-            mixture = prior_arrays.mixture_from_dict(joint)
+            mixture = Mixture.from_dict(joint)
             if mixture.labels is None:
                 raise TypicalityError("the posterior mixture's components need digit labels")
             term_references = np.asarray(data["term_references"], dtype=np.float64)
             reference = np.asarray(data["reference"], dtype=np.float64)
         except TypicalityError:
             raise
-        except (KeyError, TypeError, ValueError, prior_arrays.PriorFileError) as exc:
+        except (KeyError, TypeError, ValueError, PriorError) as exc:
             raise TypicalityError(f"malformed calibration: {exc}") from None
         info = data.get("info") or {}
         return cls(prior, mixture, term_references, reference, dict(info))
@@ -225,7 +225,7 @@ class _Density:
     """Gaussian mixture components' log densities as one matrix product: the whitening
     A_k (z - m_k) of every component k (A_k the inverse Cholesky factor) is
     z @ [A_1^T ... A_K^T] - [m_1 A_1^T ... m_K A_K^T]. The same numbers as
-    `prior_arrays.Mixture.component_log_prob` (within float64 rounding), at a fraction of the
+    `models.prior.Mixture.component_log_prob` (within float64 rounding), at a fraction of the
     cost per upload: one BLAS call instead of one per component (issue 30's 5 % budget)."""
 
     def __init__(self, mixture: Mixture | None, parts: tuple | None = None) -> None:
@@ -290,7 +290,7 @@ def load_npz(path: Any | BinaryIO, prior: Any) -> Typicality:
     """Reads what `save_npz` wrote (no pickles), bound to `prior`; anything damaged, or made
     with another prior, raises `TypicalityError`."""
     try:
-        rules, arrays = prior_arrays.read_npz(path, TypicalityError)
+        rules, arrays = read_npz(path, TypicalityError)
         for key, value in arrays.items():
             kinds = "iu" if key.endswith(".labels") else "f"
             if value.dtype.kind not in kinds:

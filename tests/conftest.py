@@ -67,6 +67,21 @@ def prior_checkpoint(tiny_checkpoint: Path, tmp_path_factory: pytest.TempPathFac
 
 
 @pytest.fixture(scope="session")
+def shipped_export(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """`vae-export` of the shipped checkpoint and guide, in-process, once a session: the folder
+    (its `manifest.json` serves it). Tests that use it skip where the shipped files are absent."""
+    from app.inference.artifact import export_writer as export
+
+    checkpoint, guide = REPO / "models" / "mnist-vae.pt", REPO / "models" / "mnist-digit-guide.pt"
+    if not (checkpoint.is_file() and guide.is_file()):
+        pytest.skip("the shipped model and guide are needed")
+    out = tmp_path_factory.mktemp("shipped-export")
+    argv = ["--checkpoint", str(checkpoint), "--digit-guide", str(guide), "--out", str(out)]
+    assert export.main([*argv, "--no-progress"]) == 0
+    return out
+
+
+@pytest.fixture(scope="session")
 def make_settings(tiny_checkpoint: Path):
     """`make_settings(**overrides)`: the tiny checkpoint on the CPU, no API key or admin token."""
 

@@ -11,7 +11,6 @@ scores for real digits (`training/sample_quality.py`).
 from __future__ import annotations
 
 import argparse
-import json
 import math
 import sys
 import time
@@ -31,13 +30,16 @@ from models.checkpoint import (
 )
 from models.classifier import GUIDE_PATH
 from models.digit_guide import DEFAULT_CANDIDATES, DigitGuide, guided_digits, load_guide
-from models.prior import LatentPrior, MixturePrior, StandardNormalPrior, TorchRandom, as_arrays
+from models.prior import MixturePrior, Prior, RandomSource, StandardNormal
 from models.progress import add_progress_flag, progress_bar
 from models.runtime import resolve_device
+from models.torch_rng import TorchCompatibleGenerator
 from models.vae import ConvVAE
 from training.classifier import DEFAULT_PATH as DEFAULT_CLASSIFIER
 from training.classifier import ClassifierError, load_classifier
 from training.data import Split, binarize, load_split, to_model_input
+from training.metrics_log import print_record
+from training.mixture import log_density
 from training.objective import (
     bernoulli_nll,
     gaussian_kl,
@@ -45,8 +47,10 @@ from training.objective import (
 )
 from training.sample_quality import SampleJudge
 
-# (n, generator) -> n sampled images [n, 1, 32, 32] in [0, 1]; any prior plugs in through this.
-Sampler = Callable[[int, torch.Generator], torch.Tensor]
+# (n, random numbers) -> n sampled images [n, 1, 32, 32] in [0, 1]; any prior plugs in through
+# this. The random numbers are the service's (`TorchCompatibleGenerator`), so a seed here draws
+# the latents `/sample` draws for it.
+Sampler = Callable[[int, RandomSource], torch.Tensor]
 
 ACTIVE_UNIT_THRESHOLD = 0.01
 # Images through the decoder at once in the likelihood: large batches keep a GPU busy, while a
@@ -61,21 +65,22 @@ def binarized_test_set(images_u8: torch.Tensor, seed: int, device: torch.device)
 
 @torch.inference_mode()
 def elbo_terms(
-    model: ConvVAE, x: torch.Tensor, batch_size: int = 500, prior: LatentPrior | None = None
+    model: ConvVAE, x: torch.Tensor, batch_size: int = 500, prior: Prior | None = None
 ) -> dict[str, float]:
     """Mean negative ELBO, reconstruction and KL over x (one posterior sample per digit).
 
     Against N(0, I) (`prior` None or standard) the KL is exact; against a learned prior it has
     no closed form and is estimated from that same sample: log q(z|x) - log p(z)."""
     generator = torch.Generator(device=x.device).manual_seed(0)
-    learned = prior is not None and not isinstance(prior, StandardNormalPrior)
+    learned = isinstance(prior, MixturePrior)
+    log_prior = log_density(prior, x.device) if learned else None
     rec_sum = kl_sum = 0.0
     for chunk in x.split(batch_size):
         mu, logvar = model.encode(chunk)
         z = model.reparameterize(mu, logvar, generator)
         rec_sum += bernoulli_nll(model.decode_logits(z), chunk).sum().item()
-        if learned:
-            kl_sum += (log_normal(z, mu, logvar) - prior.log_prob(z.float())).sum().item()
+        if log_prior is not None:
+            kl_sum += (log_normal(z, mu, logvar) - log_prior(z.float())).sum().item()
         else:
             kl_sum += gaussian_kl(mu, logvar).sum().item()
     n = len(x)
@@ -89,7 +94,7 @@ def iwae_log_likelihood(
     k: int = 1000,
     max_decodes: int = 20_000,
     seed: int = 0,
-    prior: LatentPrior | None = None,
+    prior: Prior | None = None,
 ) -> torch.Tensor:
     """log p(x) ~ logsumexp_k[log p(x|z_k) + log p(z_k) - log q(z_k|x)] - log k, per digit [N].
 
@@ -97,7 +102,7 @@ def iwae_log_likelihood(
     so that at most `max_decodes` images go through the decoder at once. `prior` is p(z)
     (default N(0, I)).
     """
-    priors = {"p": prior or StandardNormalPrior(model.latent_dim)}
+    priors = {"p": prior or StandardNormal(model.latent_dim)}
     return iwae_log_likelihoods(model, x, priors, k, max_decodes, seed)["p"]
 
 
@@ -105,7 +110,7 @@ def iwae_log_likelihood(
 def iwae_log_likelihoods(
     model: ConvVAE,
     x: torch.Tensor,
-    priors: dict[str, LatentPrior],
+    priors: dict[str, Prior],
     k: int = 1000,
     max_decodes: int = 20_000,
     seed: int = 0,
@@ -119,7 +124,7 @@ def iwae_log_likelihoods(
     generator = torch.Generator(device=x.device).manual_seed(seed)
     images_per_chunk = max(1, min(len(x), max_decodes // k))
     samples_per_pass = max(1, min(k, max_decodes // images_per_chunk))
-    priors = {name: p.to(x.device) for name, p in priors.items()}
+    log_priors = {name: log_density(p, x.device) for name, p in priors.items()}
     out: dict[str, list[torch.Tensor]] = {name: [] for name in priors}
     for chunk in x.split(images_per_chunk):
         mu, logvar = model.encode(chunk)
@@ -133,8 +138,8 @@ def iwae_log_likelihoods(
             target = chunk.expand(s, *chunk.shape).flatten(0, 1)
             log_px_z = -bernoulli_nll(logits, target).view(s, -1)
             log_q = log_normal(z, mu, logvar)
-            for name, prior in priors.items():
-                log_w[name].append(log_px_z + prior.log_prob(z.float()) - log_q)
+            for name, log_prior in log_priors.items():
+                log_w[name].append(log_px_z + log_prior(z.float()) - log_q)
         done = {
             name: torch.logsumexp(torch.cat(log_w[name]), dim=0) - math.log(k) for name in priors
         }
@@ -158,7 +163,7 @@ def save_sample_grid(
     path: Path,
     n: int = 64,
     seed: int = 0,
-    prior: LatentPrior | None = None,
+    prior: Prior | None = None,
     temperature: float = 1.0,
 ) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -172,14 +177,12 @@ def sample_images(
     model: ConvVAE,
     n: int = 64,
     seed: int = 0,
-    prior: LatentPrior | None = None,
+    prior: Prior | None = None,
     temperature: float = 1.0,
 ) -> torch.Tensor:
     """n decoded prior samples on the CPU, [n, 1, 32, 32]; the same seed, the same images."""
-    generator = torch.Generator(device="cpu").manual_seed(seed)
-    z = (prior or StandardNormalPrior(model.latent_dim)).sample(n, generator, temperature)
-    device = next(model.parameters()).device
-    return model.decode(z.to(device)).cpu()
+    draw = prior_sampler(model, prior or StandardNormal(model.latent_dim), temperature)
+    return draw(n, TorchCompatibleGenerator(seed)).cpu()
 
 
 @torch.inference_mode()
@@ -194,9 +197,9 @@ def save_digit_grid(
 ) -> Path:
     """One row per digit 0..9, each drawn on request from the prior's per-digit mixtures (through
     the guide, as the service draws them, when there is one)."""
-    generator = torch.Generator(device="cpu").manual_seed(seed)
     digits = torch.arange(10).repeat_interleave(per_digit)
-    images = digit_sampler(model, prior, temperature, guide)(len(digits), generator, digits)
+    draw = digit_sampler(model, prior, temperature, guide)
+    images = draw(len(digits), TorchCompatibleGenerator(seed), digits)
     path.parent.mkdir(parents=True, exist_ok=True)
     save_image(images.cpu(), path, nrow=per_digit, pad_value=0.5)
     return path
@@ -224,7 +227,7 @@ def evaluate(
     limit: int | None = None,
     seed: int = 0,
     max_decodes: int = 20_000,
-    prior: LatentPrior | None = None,
+    prior: Prior | None = None,
     progress: bool = True,
 ) -> dict[str, float]:
     """The checkpoint's numbers under `prior` (default N(0, I)). With a learned prior the
@@ -233,7 +236,7 @@ def evaluate(
     device = next(model.parameters()).device
     model.eval()
     x = binarized_test_set(test_images_u8[:limit] if limit else test_images_u8, seed, device)
-    learned = prior is not None and not isinstance(prior, StandardNormalPrior)
+    learned = isinstance(prior, MixturePrior)
     metrics: dict[str, float] = dict(elbo_terms(model, x, prior=prior))
     if learned:
         standard = elbo_terms(model, x)
@@ -241,9 +244,9 @@ def evaluate(
     metrics["active_units"] = active_units(model, x)
     if k > 0:
         started = time.perf_counter()
-        priors = {"prior": prior or StandardNormalPrior(model.latent_dim)}
+        priors: dict[str, Prior] = {"prior": prior or StandardNormal(model.latent_dim)}
         if learned:
-            priors["standard"] = StandardNormalPrior(model.latent_dim)
+            priors["standard"] = StandardNormal(model.latent_dim)
         with progress_bar(
             total=len(x), desc=f"IWAE NLL, K={k}", unit="digit", enabled=progress
         ) as bar:
@@ -267,20 +270,16 @@ def evaluate(
 
 def standard_normal_sampler(model: ConvVAE, temperature: float = 1.0) -> Sampler:
     """Decodes z ~ N(0, temperature^2 I): the prior the ELBO was trained with."""
-
-    def draw(n: int, generator: torch.Generator) -> torch.Tensor:
-        return model.sample(n, generator=generator, temperature=temperature)
-
-    return draw
+    return prior_sampler(model, StandardNormal(model.latent_dim), temperature)
 
 
-def prior_sampler(model: ConvVAE, prior: LatentPrior, temperature: float = 1.0) -> Sampler:
-    """Decodes z drawn from `prior` on the CPU, as the service does (N(0, I) draws the very
-    latents `standard_normal_sampler` draws)."""
+def prior_sampler(model: ConvVAE, prior: Prior, temperature: float = 1.0) -> Sampler:
+    """Decodes z drawn from `prior` on the CPU, as the service does."""
     device = next(model.parameters()).device
 
-    def draw(n: int, generator: torch.Generator) -> torch.Tensor:
-        return model.decode(prior.sample(n, generator, temperature).to(device))
+    def draw(n: int, rng: RandomSource) -> torch.Tensor:
+        z = torch.from_numpy(prior.sample(n, rng, temperature))
+        return model.decode(z.to(device))
 
     return draw
 
@@ -299,22 +298,15 @@ def digit_sampler(
     def decode(z: torch.Tensor) -> torch.Tensor:
         return model.decode(z.to(device))
 
-    arrays = as_arrays(prior)
-
     def decode_arrays(z: np.ndarray) -> np.ndarray:
         return decode(torch.from_numpy(z)).float().cpu().numpy()
 
-    def draw(
-        n: int, generator: torch.Generator, digits: torch.Tensor | None = None
-    ) -> torch.Tensor:
+    def draw(n: int, rng: RandomSource, digits: torch.Tensor | None = None) -> torch.Tensor:
         digits = cycled_digits(n) if digits is None else digits
         if guide is not None:
-            random = TorchRandom(generator)
-            _, images = guided_digits(
-                arrays, digits.numpy(), random, decode_arrays, guide, temperature
-            )
+            _, images = guided_digits(prior, digits.numpy(), rng, decode_arrays, guide, temperature)
             return torch.from_numpy(images).to(device)
-        return decode(prior.sample_digits(digits, generator, temperature))
+        return decode(torch.from_numpy(prior.sample_digits(digits.numpy(), rng, temperature)))
 
     return draw
 
@@ -332,8 +324,8 @@ def draw_samples(
     progress: bool = True,
     desc: str = "samples",
 ) -> torch.Tensor:
-    """n images on the CPU from one CPU generator seeded once: the same seed, the same images."""
-    generator = torch.Generator(device="cpu").manual_seed(seed)
+    """n images on the CPU from one generator seeded once: the same seed, the same images."""
+    generator = TorchCompatibleGenerator(seed)
     batches = []
     with progress_bar(total=n, desc=desc, unit="image", enabled=progress) as bar:
         for i in range(0, n, batch_size):
@@ -390,7 +382,7 @@ def reconstruction_quality(judge: SampleJudge, model: ConvVAE, train: Split, n: 
 
 
 def prior_sample_quality(
-    judge: SampleJudge, model: ConvVAE, prior: LatentPrior, args: argparse.Namespace
+    judge: SampleJudge, model: ConvVAE, prior: Prior, args: argparse.Namespace
 ) -> dict[str, dict]:
     """Scores samples from the checkpoint's prior; with a learned prior also N(0, I)'s from the
     same seed, and, when it has per-digit mixtures, digits drawn on request (per-digit accuracy)."""
@@ -512,7 +504,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"vae-eval: {exc}", file=sys.stderr)
         return 2
     if args.prior == "standard":
-        prior = StandardNormalPrior(model.latent_dim)
+        prior = StandardNormal(model.latent_dim)
     dataset = metadata.get("dataset", {}).get("name", "mnist")
     test = load_split(args.data_dir, dataset, train=False)
     metrics = evaluate(
@@ -544,10 +536,7 @@ def main(argv: list[str] | None = None) -> int:
         metrics["reconstruction_quality"] = reconstruction_quality(
             judge, model, train, args.samples
         )
-    print(json.dumps(metrics, indent=2))
-    if args.json:
-        args.json.parent.mkdir(parents=True, exist_ok=True)
-        args.json.write_text(json.dumps(metrics, indent=2) + "\n")
+    print_record(metrics, args.json)
     if args.out_dir:
         args.out_dir.mkdir(parents=True, exist_ok=True)
         save_sample_grid(model, args.out_dir / "samples.png", prior=prior)

@@ -31,12 +31,14 @@ from models.checkpoint import (
     read_checkpoint,
     save_checkpoint,
 )
-from models.prior import GaussianMixture, MixturePrior
+from models.prior import MixturePrior
 from models.progress import add_progress_flag, progress_bar
 from models.vae import ConvVAE
 from training.classifier import ClassifierError, classify, load_classifier
 from training.data import load_split, to_model_input
-from training.gmm import fit_gaussian_mixture, merge_labelled, to_float32, widen
+from training.gmm import fit_gaussian_mixture, merge_labelled, widen
+from training.metrics_log import print_record
+from training.mixture import GaussianMixture
 
 Classify = Callable[[torch.Tensor], torch.Tensor]  # images [N,1,32,32] -> probabilities [N,10]
 
@@ -150,7 +152,7 @@ def build_prior(
         "training_digits": len(mu),
         "mixture": args.mixture,
         "covariance": args.covariance,
-        "components": mixture.n_components,
+        "components": len(mixture.weights),
         "class_components": args.class_components,
         "class_fit_digits": int(kept.sum()),
         "reg": args.reg,
@@ -164,8 +166,8 @@ def build_prior(
     if draw_from == "classes":
         config["log_density"] = "per-digit components widened by the mean posterior variance"
     return MixturePrior(
-        to_float32(mixture),
-        classes=to_float32(classes),
+        mixture.to_arrays(),
+        classes=classes.to_arrays(),
         accept_threshold=args.accept_threshold,
         config=config,
         draw_from=draw_from,
@@ -285,9 +287,7 @@ def main(argv: list[str] | None = None) -> int:
     out = args.out or args.checkpoint
     save_checkpoint(out, model, payload["metadata"], payload.get("train_state"), prior=prior)
     record = {"checkpoint": str(out), **prior.config}
-    print(json.dumps(record, indent=2))
-    if args.json:
-        args.json.write_text(json.dumps(record, indent=2) + "\n")
+    print_record(record, args.json)
     return 0
 
 

@@ -1,7 +1,7 @@
 """Expectation-maximisation for Gaussian mixtures, in torch (float64 on the CPU).
 
 Written here rather than taken from scikit-learn: the fit is 60 lines, the result has to be a
-`models.prior.GaussianMixture` of torch tensors anyway, and the project does not otherwise need
+`training.mixture.GaussianMixture` of torch tensors anyway, and the project does not otherwise need
 scikit-learn. Initialisation is k-means++ followed by a few Lloyd steps, all from the caller's
 generator, so a fit is reproducible.
 """
@@ -12,7 +12,8 @@ from dataclasses import dataclass
 
 import torch
 
-from models.prior import COVARIANCE_TYPES, GaussianMixture
+from models.prior import COVARIANCE_TYPES
+from training.mixture import GaussianMixture
 
 
 @dataclass
@@ -103,24 +104,12 @@ def fit_gaussian_mixture(
     return FitResult(mixture, mean_ll, iteration, converged)
 
 
-def to_float32(mixture: GaussianMixture, labels: torch.Tensor | None = None) -> GaussianMixture:
-    """The stored form: float32 tensors, weights renormalised after the cast."""
-    weights = mixture.weights.float()
-    return GaussianMixture(
-        weights / weights.sum(),
-        mixture.means.float(),
-        mixture.scale_tril.float(),
-        labels=labels if labels is not None else mixture.labels,
-        covariance=mixture.covariance,
-    )
-
-
 def merge_labelled(mixtures: dict[int, GaussianMixture], class_weights: dict[int, float]):
     """One class-labelled mixture from per-digit mixtures: weight p(digit) * w_k within digit."""
     digits = sorted(mixtures)
     total = sum(class_weights[d] for d in digits)
     weights = torch.cat([mixtures[d].weights.double() * class_weights[d] / total for d in digits])
-    labels = torch.cat([torch.full((mixtures[d].n_components,), d) for d in digits])
+    labels = torch.cat([torch.full((len(mixtures[d].weights),), d) for d in digits])
     return GaussianMixture(
         weights / weights.sum(),
         torch.cat([mixtures[d].means.double() for d in digits]),

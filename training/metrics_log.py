@@ -1,4 +1,5 @@
-"""Per-epoch metrics as JSONL (for programs) and CSV (for spreadsheets), plus the loss curve."""
+"""Per-epoch metrics as JSONL (for programs) and CSV (for spreadsheets), the loss curve, and the
+record a command prints (and writes with `--json`)."""
 
 from __future__ import annotations
 
@@ -22,6 +23,15 @@ class MetricsLog:
             if new:
                 writer.writeheader()
             writer.writerow(row)
+
+
+def print_record(record: Any, json_path: Path | None = None) -> None:
+    """A command's record as indented JSON on stdout, and into `json_path` when one is given."""
+    text = json.dumps(record, indent=2)
+    print(text)
+    if json_path:
+        json_path.parent.mkdir(parents=True, exist_ok=True)
+        json_path.write_text(text + "\n")
 
 
 def plot_loss_curve(history: list[dict[str, Any]], path: Path) -> Path | None:

@@ -17,7 +17,6 @@ are used, neither of them the ones its tests and its model card measure the scor
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 from datetime import UTC, datetime
 from pathlib import Path
@@ -32,13 +31,13 @@ from models.checkpoint import (
     read_checkpoint,
     save_checkpoint,
 )
-from models.prior import MixturePrior, as_arrays
-from models.prior_arrays import mixture_from_dict
+from models.prior import Mixture, MixturePrior
 from models.progress import add_progress_flag
 from models.typicality import DEFAULT_THRESHOLD, TERMS, Typicality
 from training.data import load_split
 from training.fit_prior import posteriors
-from training.gmm import fit_gaussian_mixture, merge_labelled, to_float32
+from training.gmm import fit_gaussian_mixture, merge_labelled
+from training.metrics_log import print_record
 
 CALIBRATION_DIGITS = 5000  # test[0:5000]; test[5000:] is where the score is measured
 FIT_DIGITS = 20_000
@@ -64,7 +63,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 def fit_posterior_mixture(
     mu: torch.Tensor, logvar: torch.Tensor, labels: torch.Tensor, components: int, seed: int
-):
+) -> Mixture:
     """Per digit, a full-covariance mixture of `components` over [mu, logvar]; merged, labelled,
     weighted by how often each digit occurs, stored in float32."""
     x = torch.cat([mu, logvar], dim=1).double()
@@ -74,8 +73,7 @@ def fit_posterior_mixture(
         for d in range(10)
     }
     share = {d: float((labels == d).double().mean()) for d in range(10)}
-    merged = merge_labelled(fits, share)
-    return to_float32(merged, merged.labels)
+    return merge_labelled(fits, share).to_arrays()
 
 
 def calibrate(
@@ -93,16 +91,14 @@ def calibrate(
     the references from `calibration_images` (uint8 [N, 28, 28] each)."""
     mu, logvar = posteriors(model, fit_images, progress=progress)
     joint = fit_posterior_mixture(mu, logvar, fit_labels, components, seed)
-    arrays = as_arrays(prior)
-    joint_arrays = mixture_from_dict(joint.to_dict())
     cal_mu, cal_logvar = posteriors(model, calibration_images, progress=progress)
     n = len(calibration_images)
-    placeholder = Typicality(arrays, joint_arrays, np.zeros((len(TERMS), n)), np.zeros(n))
+    placeholder = Typicality(prior, joint, np.zeros((len(TERMS), n)), np.zeros(n))
     terms = placeholder.terms(cal_mu.numpy(), cal_logvar.numpy())
     term_references = np.sort(terms, axis=0).T.copy()
-    scoring = Typicality(arrays, joint_arrays, term_references, np.zeros(n))
+    scoring = Typicality(prior, joint, term_references, np.zeros(n))
     reference = np.sort(scoring.statistic(terms))
-    return Typicality(arrays, joint_arrays, term_references, reference, dict(info or {}))
+    return Typicality(prior, joint, term_references, reference, dict(info or {}))
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -162,9 +158,7 @@ def main(argv: list[str] | None = None) -> int:
     record["reference_statistic_percentiles"] = {
         str(q): float(np.quantile(typicality.reference, q / 100)) for q in (1, 50, 99)
     }
-    print(json.dumps(record, indent=2))
-    if args.json:
-        args.json.write_text(json.dumps(record, indent=2) + "\n")
+    print_record(record, args.json)
     return 0
 
 

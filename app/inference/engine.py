@@ -1,13 +1,12 @@
 """The served model behind micro-batchers: what the routes call, and nothing about HTTP.
 
-The seam follows LitServe: `app.inference.loading` is setup (load, check the backend, warm up),
-the runner's operations are `predict` over one batch, `MicroBatcher` owns queueing and batching,
-and `InferenceScheduler` the inference thread's turns. A request whose rows fit one slice goes to
-the light lane (batched), a larger one to the heavy lane in slices (`app.inference.sliced`).
+The seam follows LitServe: `app.inference.artifact.loading` is setup (load, check the backend, warm
+up), the runner's operations are `predict` over one batch, `MicroBatcher` owns queueing and
+batching, and `InferenceScheduler` the inference thread's turns. A request whose rows fit one slice
+goes to the light lane (batched), a larger one to the heavy lane in slices (`app.inference.sliced`).
 Every operation books its estimated cost with admission control first, so a request is either
 admitted whole or refused at once with 503 and `Retry-After`, and the booking is held until the
-thread is done with its rows.
-"""
+thread is done with its rows."""
 
 from __future__ import annotations
 
@@ -27,15 +26,16 @@ from app.config import Settings
 from app.errors import CheckpointRejected, InvalidInput, NotReady
 from app.inference import metrics
 from app.inference.admission import LIGHT, Booking, DecodeGate, InferenceGate
+from app.inference.artifact.loading import load_digit_guide, load_model
 from app.inference.batching import MicroBatcher, Output
-from app.inference.loading import load_digit_guide, load_model
 from app.inference.scheduler import InferenceScheduler
 from app.inference.served import LoadedModel
 from app.inference.sliced import GuidedDigits, RowsInSlices
 from app.inference.threads import inference_threads, lone_rows_now
 from models.checkpoint_errors import CheckpointError
 from models.digit_guide import DigitGuide
-from models.prior_arrays import MixturePrior, StandardNormal
+from models.prior import MixturePrior, StandardNormal
+from models.torch_rng import TorchCompatibleGenerator
 
 log = logging.getLogger("app.engine")
 CALIBRATION_ROWS = 32  # rows per timed batch at start-up: about what a slice holds on a CPU
@@ -260,8 +260,9 @@ class Engine:
         prior: str = "checkpoint",
         digits: list[int] | None = None,
     ) -> tuple[np.ndarray, np.ndarray]:
-        """Latents come from a per-request CPU generator, so a seed means the same digits no
-        matter which batch (or device) decodes them, and with or without torch (`m.random`).
+        """Latents come from a per-request generator (`TorchCompatibleGenerator`), so a seed
+        means the same digits whichever batch, device, file (`.pt` or export) or runtime
+        (torch or not) decodes them.
         `prior` is "checkpoint" (the checkpoint's own) or "standard" (N(0, I)); `digits` (one
         per image) draws those digits instead."""
         if digits is not None:
@@ -269,7 +270,7 @@ class Engine:
         booking = self._book("decode", n)  # before any work: a refusal costs nothing more
         try:
             chosen = m.prior if prior == "checkpoint" else StandardNormal(m.latent_dim)
-            z = chosen.sample(n, m.random(seed), temperature)
+            z = chosen.sample(n, TorchCompatibleGenerator(seed), temperature)
         except BaseException:
             booking.close()
             raise
@@ -284,14 +285,14 @@ class Engine:
         assert isinstance(m.prior, MixturePrior)  # check_digits ran first
         guide, prior = self.guide, m.prior
         if guide is None:
-            z = prior.sample_digits(digits, m.random(seed), temperature)
+            z = prior.sample_digits(digits, TorchCompatibleGenerator(seed), temperature)
             return z, await self.decode(m, z)
         gate = self.admission
         rows = GuidedDigits.rows_to_book(len(digits), guide, gate)
         lane = gate.lane(rows, *GuidedDigits.OPS)
         booking = gate.book(lane, gate.cost(rows, *GuidedDigits.OPS), self._time_left())
         try:
-            random = m.random(seed)  # after booking: a refusal costs nothing more
+            random = TorchCompatibleGenerator(seed)  # after booking: a refusal costs nothing more
             job = GuidedDigits(
                 prior, digits, random, temperature, m.runner.decode, guide, gate, booking
             )

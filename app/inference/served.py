@@ -7,7 +7,6 @@ reference; requests in flight finish on the model they started with.
 from __future__ import annotations
 
 import os
-from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -16,7 +15,7 @@ from typing import Any
 import numpy as np
 
 from app.inference.backends.base import BackendInfo, Runner
-from models.prior_arrays import Prior, RandomSource
+from models.prior import Prior
 from models.typicality import Typicality
 
 
@@ -45,7 +44,6 @@ class LoadedModel:
     backend: BackendInfo
     prior: Prior  # the checkpoint's own; N(0, I) when it carries none
     artifact: ArtifactInfo
-    random: Callable[[int], RandomSource]  # a seed's random numbers: torch's, or the same in NumPy
     model: Any = None  # the torch module behind a checkpoint's runner; None for an export
     # "Is this a digit?" (`models.typicality`): None for a checkpoint or export calibrated before
     # issue 30, which serves without the score

@@ -23,7 +23,7 @@ from models.digit_guide import (
     refused,
     retry_latents,
 )
-from models.prior_arrays import MixturePrior, RandomSource
+from models.prior import MixturePrior, RandomSource
 
 
 class RowsInSlices:

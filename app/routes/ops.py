@@ -17,7 +17,7 @@ from app.inference.engine import Engine
 from app.inference.served import LoadedModel
 from app.routes.deps import EngineDep, ModelDep
 from app.schemas import ArtifactResponse, BackendResponse, ModelResponse, Status
-from models.prior_arrays import describe as describe_prior
+from models.prior import describe as describe_prior
 
 router = APIRouter(tags=["operations"])
 model_router = APIRouter(tags=["operations"])

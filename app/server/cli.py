@@ -13,7 +13,7 @@ from pydantic import ValidationError
 
 from app import tracing
 from app.config import Settings, configuration_error
-from app.inference.loading import check_digit_guide, check_servable
+from app.inference.artifact.loading import check_digit_guide, check_servable
 from app.server.shutdown import serve
 from models.checkpoint_errors import CheckpointError
 from models.device_errors import CudaUnavailable

@@ -124,7 +124,7 @@ def test_a_checkpoint_replaced_while_loading_is_refused(
     """/model must never show a sha256 other than the weights being served."""
     import shutil
 
-    from app.inference import checkpoint_loading as engine
+    from app.inference.artifact import checkpoint_reader as engine
     from models.checkpoint import CheckpointError
 
     path = tmp_path / "model.pt"

@@ -10,8 +10,9 @@ import numpy as np
 import pytest
 import torch
 
+from app.config import BACKENDS
 from app.images.examples import ExampleStore
-from app.inference.backends import onnx, select
+from app.inference.backends import onnx, table
 from app.inference.backends.base import FP32_BOUND, REDUCED_BOUND, check
 from app.inference.backends.cuda_graphs import BucketedRunner, buckets_up_to
 from app.inference.backends.eager import TorchRunner
@@ -87,9 +88,17 @@ def test_a_backend_that_cannot_be_built_falls_back_to_torch(reference, monkeypat
     def broken(graphs, threads):
         raise ImportError("No module named 'onnxruntime'")
 
-    monkeypatch.setattr(select, "OnnxRuntimeRunner", broken)
+    monkeypatch.setitem(table.GRAPH_RUNNERS, "onnxruntime", broken)
     runner, info = select_runner("onnxruntime", reference, threads=1)
     assert runner is reference and "could not be built" in info.fallback_reason
+    assert "onnxruntime is not installed here" in info.fallback_reason
+
+
+def test_every_backend_name_is_in_the_one_table_or_resolved_by_select() -> None:
+    """`VAE_BACKEND`'s names (app.config) are the graph runners' table, `torch` and `auto`."""
+    assert set(BACKENDS) == {"auto", "torch", *table.GRAPH_RUNNERS}
+    with pytest.raises(table.BackendUnavailable, match="runs no graphs"):
+        table.graph_runner("torch", {}, threads=1)
 
 
 def test_bucketed_runs_pad_to_the_bucket_and_return_only_the_callers_rows(reference):

@@ -21,8 +21,8 @@ import pytest
 from damaged_exports import DAMAGES, MANIFEST, Damage, copy_export
 from live_server import REPO, VAE_SERVE, LiveServer, free_port, server_env
 
-from app.inference.export_guide import load_onnx_guide
-from app.inference.loading import load_model
+from app.inference.artifact.export_guide import load_onnx_guide
+from app.inference.artifact.loading import load_model
 from app.server import cli
 from models.checkpoint_errors import CheckpointError
 
@@ -53,14 +53,9 @@ CHECKPOINT_DAMAGES = [d for d in DAMAGES if not d.guide_only]
 
 
 @pytest.fixture(scope="session")
-def exported(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """The shipped checkpoint and guide through `vae-export` (in-process): the good folder."""
-    from app.inference import export
-
-    out = tmp_path_factory.mktemp("export")
-    argv = ["--checkpoint", str(SHIPPED), "--digit-guide", str(GUIDE), "--out", str(out)]
-    assert export.main([*argv, "--no-progress"]) == 0
-    return out
+def exported(shipped_export: Path) -> Path:
+    """The shipped checkpoint and guide through `vae-export`: the good folder."""
+    return shipped_export
 
 
 @pytest.fixture(scope="session")

@@ -23,8 +23,8 @@ from fastapi.testclient import TestClient
 
 from app.errors import ImageError
 from app.images.normalise import normalize_upload
+from app.inference.artifact.loading import load_model
 from app.inference.engine import operation
-from app.inference.loading import load_model
 from app.main import create_app
 from models.checkpoint import model_from_payload, read_checkpoint, save_checkpoint
 from models.checkpoint_errors import CheckpointError
@@ -208,7 +208,7 @@ def test_the_export_scores_as_the_checkpoint_does(shipped, tmp_path: Path) -> No
     """`vae-export` carries the calibration (typicality.npz); the export's runtime (ONNX Runtime,
     no torch in its path) gives the same typicality as the checkpoint's."""
     result = subprocess.run(
-        [sys.executable, "-m", "app.inference.export", "--checkpoint", str(SHIPPED),
+        [sys.executable, "-m", "app.inference.artifact.export_writer", "--checkpoint", str(SHIPPED),
          "--digit-guide", "", "--out", str(tmp_path), "--no-progress"],
         cwd=REPO, capture_output=True, text=True, timeout=300,
     )  # fmt: skip

@@ -3,6 +3,7 @@
 import os
 import pickle
 
+import numpy as np
 import pytest
 import torch
 
@@ -14,7 +15,7 @@ from models.checkpoint import (
     read_checkpoint,
     save_checkpoint,
 )
-from models.prior import GaussianMixture, MixturePrior, StandardNormalPrior
+from models.prior import Mixture, MixturePrior, StandardNormal
 from models.vae import build_model
 
 
@@ -128,12 +129,12 @@ def test_invalid_config(tmp_path):
 
 def _mixture_prior(dim: int) -> MixturePrior:
     """Two components per digit 0 and 1, with the class mixture doubling as the prior."""
-    gen = torch.Generator().manual_seed(0)
-    classes = GaussianMixture(
-        torch.full((4,), 0.25),
-        torch.randn(4, dim, generator=gen) * 3,
-        torch.eye(dim).expand(4, dim, dim) * 0.5,
-        labels=torch.tensor([0, 0, 1, 1]),
+    rng = np.random.default_rng(0)
+    classes = Mixture(
+        np.full(4, 0.25, np.float32),
+        (rng.standard_normal((4, dim)) * 3).astype(np.float32),
+        np.broadcast_to(np.eye(dim, dtype=np.float32) * 0.5, (4, dim, dim)).copy(),
+        labels=np.array([0, 0, 1, 1]),
     )
     return MixturePrior(classes, classes=classes, accept_threshold=0.9, config={"fit": "test"})
 
@@ -142,24 +143,26 @@ def test_a_learned_prior_round_trips_through_a_weights_only_load(tmp_path):
     model = build_model("tiny").eval()
     prior = _mixture_prior(model.latent_dim)
     path = save_checkpoint(tmp_path / "m.pt", model, {}, prior=prior)
-    torch.load(path, weights_only=True)  # plain tensors and numbers only
+    stored = torch.load(path, weights_only=True)["prior"]  # plain tensors and numbers only
+    assert stored["mixture"]["weights"].dtype == torch.float32
+    assert stored["mixture"]["labels"].dtype == torch.int64
     loaded, _, back = load_checkpoint_and_prior(path)
     assert read_checkpoint(path)["format_version"] == FORMAT_VERSION == 2
     assert isinstance(back, MixturePrior) and back.digits() == [0, 1]
-    z = torch.randn(5, model.latent_dim)
-    assert torch.equal(back.log_prob(z), prior.log_prob(z))
+    z = np.random.default_rng(1).standard_normal((5, model.latent_dim))
+    assert np.array_equal(back.log_prob(z), prior.log_prob(z))
     assert back.config == {"fit": "test"} and back.accept_threshold == 0.9
 
 
 def test_without_a_prior_and_at_version_1_the_prior_is_the_standard_normal(tmp_path):
     model = build_model("tiny").eval()
     path = save_checkpoint(tmp_path / "m.pt", model, {})
-    assert isinstance(load_checkpoint_and_prior(path)[2], StandardNormalPrior)
+    assert isinstance(load_checkpoint_and_prior(path)[2], StandardNormal)
     payload = read_checkpoint(path)
     payload["format_version"] = 1  # what every checkpoint written before priors looks like
     torch.save(payload, path)
     loaded, _, prior = load_checkpoint_and_prior(path)
-    assert isinstance(prior, StandardNormalPrior) and prior.dim == model.latent_dim
+    assert isinstance(prior, StandardNormal) and prior.dim == model.latent_dim
     x = torch.rand(2, 1, 32, 32)
     assert torch.equal(loaded.encode(x)[0], model.encode(x)[0])
 

@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pytest
 
-from app.inference.export import main as export_main
+from app.inference.artifact.export_writer import main as export_main
 from models.progress import progress_bar
 from training.classifier import main as classifier_main
 from training.fit_prior import main as fit_prior_main

@@ -16,7 +16,6 @@ import numpy as np
 
 from models.torch_rng import TorchCompatibleGenerator
 
-BACKENDS = ("auto", "torch", "onnxruntime", "openvino", "openvino-bf16")
 # fp32 runners must match eager within 1e-4, relative above 1 (neg_elbo is ~100 nats, and a sum
 # over 784 pixels in another order differs by more than 1e-4 absolute, while pixels and latents are
 # held to 1e-4 absolute). Reduced precision gets its own documented bound.

@@ -6,7 +6,6 @@ import numpy as np
 import torch
 
 from models.likelihood import bernoulli_nll, crop_padding, gaussian_kl
-from models.prior import TorchRandom
 from models.vae import ConvVAE
 
 
@@ -62,8 +61,3 @@ class TorchRunner:
 
 def _out(t: torch.Tensor) -> np.ndarray:
     return t.float().cpu().numpy()
-
-
-def torch_random(seed: int) -> TorchRandom:
-    """The random numbers `/sample` draws from in the full image: torch's own generator."""
-    return TorchRandom(torch.Generator().manual_seed(seed))

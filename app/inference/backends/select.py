@@ -10,10 +10,10 @@ import logging
 
 import torch
 
-from app.inference.backends.base import BACKENDS, BackendInfo, Runner, check
+from app.inference.backends.base import BackendInfo, Runner, check
 from app.inference.backends.eager import TorchRunner
-from app.inference.backends.onnx import OnnxRuntimeRunner
 from app.inference.backends.onnx_export import export_onnx
+from app.inference.backends.table import graph_runner
 from models.vae import ConvVAE
 
 log = logging.getLogger("app.backends")
@@ -33,15 +33,9 @@ def resolve_backend(requested: str, device: torch.device) -> str:
 
 
 def build_runner(name: str, model: ConvVAE, threads: int, cache_key: str | None = None) -> Runner:
-    """A non-torch runner for `model` (float32, CPU); raises if it cannot be built here."""
-    graphs = export_onnx(model, cache_key)
-    if name == "onnxruntime":
-        return OnnxRuntimeRunner(graphs, threads)
-    if name in ("openvino", "openvino-bf16"):
-        from app.inference.backends.openvino import OpenVinoRunner  # the [openvino] extra
-
-        return OpenVinoRunner(graphs, threads, reduced=name == "openvino-bf16")
-    raise ValueError(f"unknown backend {name!r}; pick from {', '.join(BACKENDS)}")
+    """A non-torch runner for `model` (float32, CPU), from the one table of them; raises if it
+    cannot be built here."""
+    return graph_runner(name, export_onnx(model, cache_key), threads)
 
 
 def select_runner(

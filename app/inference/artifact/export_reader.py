@@ -1,10 +1,10 @@
-"""An export (`vae-export`'s folder) made ready to serve, with no torch: ONNX Runtime runs it.
+"""An export (`vae-export`'s folder) read and made ready to serve, with no torch.
 
-The folder holds `manifest.json` and the files it names: the three ONNX graphs, the prior's
-arrays (`prior.npz`), the recorded check (`check.npz`: fixed inputs and eager PyTorch's outputs
-for them) and the digit guide's graph. Each is listed with its sha256, and is read only if it is a
-plain file next to the manifest, within the size limit, with that hash. At load the runner must
-reproduce the recorded outputs within its bound, the check the full image makes against eager
+The folder holds `manifest.json` and the files it names (`export_format`): the three ONNX graphs,
+the prior's arrays (`prior.npz`), the recorded check (`check.npz`: fixed inputs and eager PyTorch's
+outputs for them) and the digit guide's graph. Each is listed with its sha256, and is read only if
+it is a plain file next to the manifest, within the size limit, with that hash. At load the runner
+must reproduce the recorded outputs within its bound, the check the full image makes against eager
 PyTorch, so a torch-free server serves what the full one would or refuses to start.
 
 Whatever is damaged, hashes matching or not, is refused with `ExportError` (a `CheckpointError`)
@@ -14,32 +14,27 @@ and the check (`export_graphs`); `vae-serve` runs `verify_export` before it star
 
 from __future__ import annotations
 
-import hashlib
 import os
 import stat
 from dataclasses import dataclass
 from pathlib import Path
 
-from app.inference.backends.base import BackendInfo, Runner
-from app.inference.backends.onnx import OnnxRuntimeRunner
-from app.inference.export_arrays import read_check, read_prior, read_typicality
-from app.inference.export_graphs import load_graphs, verify_graphs
-from app.inference.export_manifest import (
+from app.inference.artifact.export_arrays import read_check, read_prior, read_typicality
+from app.inference.artifact.export_format import (
     GRAPH_OPS,
+    MAX_FILE_BYTES,
+    MAX_MANIFEST_BYTES,
     ExportError,
-    FileEntry,
-    Manifest,
-    parse_manifest,
+    sha256_of,
 )
+from app.inference.artifact.export_graphs import load_graphs, verify_graphs
+from app.inference.artifact.export_manifest import FileEntry, Manifest, parse_manifest
+from app.inference.backends.base import BackendInfo, Runner
+from app.inference.backends.table import BackendUnavailable, graph_runner
 from app.inference.served import ArtifactInfo, LoadedModel, file_identity, warm_up
 from models.checkpoint_errors import CheckpointError
-from models.prior_arrays import Prior
-from models.torch_rng import TorchCompatibleGenerator
+from models.prior import Prior
 from models.typicality import Typicality
-
-MANIFEST_NAME = "manifest.json"
-MAX_FILE_BYTES = 1 << 30  # as a reloaded checkpoint (app/routes/checkpoint_paths.py)
-MAX_MANIFEST_BYTES = 1 << 20
 
 
 @dataclass(frozen=True)
@@ -61,10 +56,6 @@ class VerifiedExport:
     runner: Runner
     error: float  # the largest error against the recorded eager outputs
     typicality: Typicality | None = None
-
-
-def sha256_of(data: bytes) -> str:
-    return hashlib.sha256(data).hexdigest()
 
 
 def read_capped(path: Path, limit: int, what: str) -> bytes:
@@ -160,18 +151,15 @@ def load_export(
         artifact=ArtifactInfo(
             "onnx-export", str(path), export.sha256, f"onnxruntime {onnxruntime.__version__}"
         ),
-        random=TorchCompatibleGenerator,
         typicality=verified.typicality,
     )
 
 
 def _build_runner(backend: str, graphs: dict[str, bytes], threads: int) -> Runner:
-    if backend in ("auto", "onnxruntime"):
-        return OnnxRuntimeRunner(graphs, threads)
-    if backend in ("openvino", "openvino-bf16"):
-        try:
-            from app.inference.backends.openvino import OpenVinoRunner
-        except ImportError as exc:
-            raise CheckpointError(f"VAE_BACKEND={backend}: OpenVINO is not installed") from exc
-        return OpenVinoRunner(graphs, threads, reduced=backend == "openvino-bf16")
-    raise CheckpointError(f"VAE_BACKEND={backend} cannot serve an export; use onnxruntime")
+    """`auto` is ONNX Runtime (an export serves on the CPU); torch has nothing to run here."""
+    if backend == "torch":
+        raise CheckpointError("VAE_BACKEND=torch cannot serve an export; use onnxruntime")
+    try:
+        return graph_runner("onnxruntime" if backend == "auto" else backend, graphs, threads)
+    except BackendUnavailable as exc:
+        raise CheckpointError(f"VAE_BACKEND={backend}: {exc}") from None

@@ -12,14 +12,14 @@ from pathlib import Path
 
 import numpy as np
 
-from app.inference.artifacts import (
+from app.inference.artifact.export_format import (
     MANIFEST_NAME,
     MAX_FILE_BYTES,
     MAX_MANIFEST_BYTES,
-    read_capped,
-    read_listed,
+    ExportError,
 )
-from app.inference.export_manifest import ExportError, parse_json, parse_manifest
+from app.inference.artifact.export_manifest import parse_json, parse_manifest
+from app.inference.artifact.export_reader import read_capped, read_listed
 from models.checkpoint_errors import CheckpointError
 from models.digit_guide import DigitGuide
 

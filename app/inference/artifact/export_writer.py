@@ -28,21 +28,27 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from app.inference.artifacts import MANIFEST_NAME, sha256_of
+from app.inference.artifact.export_format import (
+    CHECK_FILE,
+    FORMAT_NAME,
+    FORMAT_VERSION,
+    GUIDE_FILE,
+    MANIFEST_NAME,
+    PRIOR_FILE,
+    TYPICALITY_FILE,
+    check_key,
+    graph_file,
+    sha256_of,
+)
 from app.inference.backends.base import FP32_BOUND, check_against, check_cases
 from app.inference.backends.eager import TorchRunner
 from app.inference.backends.onnx import OnnxRuntimeRunner
 from app.inference.backends.onnx_export import GRAPHS, OPSET, export_onnx
-from app.inference.export_manifest import FORMAT_NAME, FORMAT_VERSION
 from models import typicality as typicality_arrays
 from models.checkpoint import CheckpointError, file_sha256, load_checkpoint_parts
 from models.classifier import GUIDE_PATH, ClassifierError, DigitClassifier, load_classifier
-from models.prior import as_arrays
-from models.prior_arrays import save_npz
+from models.prior_npz import save_npz
 from models.progress import add_progress_flag, progress_bar
-
-GUIDE_FILE = "digit-guide.onnx"
-TYPICALITY_FILE = "typicality.npz"  # the "is this a digit?" calibration (models.typicality)
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -104,9 +110,9 @@ def _npz_bytes(arrays: dict[str, np.ndarray]) -> bytes:
 def _check_arrays(cases) -> dict[str, np.ndarray]:
     arrays: dict[str, np.ndarray] = {}
     for k, (op, rows, outputs) in enumerate(cases):
-        arrays[f"{op}.{k:02d}.input"] = rows
+        arrays[check_key(op, k)] = rows
         for i, out in enumerate(outputs):
-            arrays[f"{op}.{k:02d}.output{i}"] = out
+            arrays[check_key(op, k, i)] = out
     return arrays
 
 
@@ -116,7 +122,7 @@ def main(argv: list[str] | None = None) -> int:
         model, metadata, prior, stored_typicality = load_checkpoint_parts(args.checkpoint)
         typicality = None
         if stored_typicality is not None:
-            typicality = typicality_arrays.Typicality.from_dict(stored_typicality, as_arrays(prior))
+            typicality = typicality_arrays.Typicality.from_dict(stored_typicality, prior)
     except (CheckpointError, typicality_arrays.TypicalityError) as exc:
         print(f"vae-export: {exc}", file=sys.stderr)
         return 2
@@ -131,10 +137,10 @@ def main(argv: list[str] | None = None) -> int:
         print(f"vae-export: the graphs differ from eager by {error:.3g}", file=sys.stderr)
         return 1
     prior_buffer = io.BytesIO()
-    save_npz(as_arrays(prior), prior_buffer)
-    files = {f"{op}.onnx": graph for op, graph in graphs.items()}
-    files["prior.npz"] = prior_buffer.getvalue()
-    files["check.npz"] = _npz_bytes(_check_arrays(cases))
+    save_npz(prior, prior_buffer)
+    files = {graph_file(op): graph for op, graph in graphs.items()}
+    files[PRIOR_FILE] = prior_buffer.getvalue()
+    files[CHECK_FILE] = _npz_bytes(_check_arrays(cases))
     if typicality is not None:
         typicality_buffer = io.BytesIO()
         typicality_arrays.save_npz(typicality, typicality_buffer)
@@ -168,9 +174,9 @@ def main(argv: list[str] | None = None) -> int:
         "latent_dim": model.latent_dim,
         "config": model.config.to_dict(),
         "metadata": _json_safe(metadata),
-        "graphs": {op: entry(f"{op}.onnx") for op in graphs},
-        "prior": entry("prior.npz"),
-        "check": {**entry("check.npz"), "max_error": error, "bound": FP32_BOUND},
+        "graphs": {op: entry(graph_file(op)) for op in graphs},
+        "prior": entry(PRIOR_FILE),
+        "check": {**entry(CHECK_FILE), "max_error": error, "bound": FP32_BOUND},
         "digit_guide": guide_entry,
         "typicality": entry(TYPICALITY_FILE) if typicality is not None else None,
         "exported_with": {"torch": str(torch.__version__), "onnx_opset": OPSET},

@@ -1,6 +1,6 @@
 """An export's `manifest.json`, parsed and type-checked before anything trusts a field of it.
 
-`vae-export` writes it (`app.inference.export`). A damaged or hand-edited one is refused here with
+`vae-export` writes it (`export_writer`). A damaged or hand-edited one is refused here with
 `ExportError` and one line; unchecked, a wrong type surfaced later as a traceback at start-up, a
 500 on `/admin/reload`, or a model that loaded and then failed `/model` or `/sample`. Only the
 fields the server reads are checked; the rest (`exported_with`, the check's `max_error`) is
@@ -14,29 +14,16 @@ import re
 from dataclasses import dataclass
 from typing import Any
 
+from app.inference.artifact.export_format import (
+    FORMAT_NAME,
+    FORMAT_VERSION,
+    GRAPH_OPS,
+    ExportError,
+)
 from app.schemas import MAX_LATENT_DIM
-from models.checkpoint_errors import CheckpointError
 
-FORMAT_NAME = "mnist-vae-export"
-FORMAT_VERSION = 1
-GRAPH_OPS = ("encode", "decode", "reconstruct")
 MAX_DEPTH = 32  # vae-export writes 4 levels; `/model` answers with the metadata, so keep it flat
-MAX_REASON_CHARS = 400
 _SHA256 = re.compile(r"[0-9a-f]{64}")
-
-
-class ExportError(CheckpointError):
-    """A damaged or malformed export, in one line: a `CheckpointError`, so `vae-serve` prints it
-    and exits with 2, and `/admin/reload` answers 409 with it while the old model serves on."""
-
-    def __init__(self, reason: object) -> None:
-        super().__init__(one_line(reason))
-
-
-def one_line(reason: object, limit: int = MAX_REASON_CHARS) -> str:
-    """`reason` as one line of at most `limit` characters (runtimes' messages span many)."""
-    flat = " ".join(str(reason).split())
-    return flat if len(flat) <= limit else flat[: limit - 3] + "..."
 
 
 @dataclass(frozen=True)

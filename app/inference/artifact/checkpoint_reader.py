@@ -1,4 +1,5 @@
-"""A torch checkpoint made ready to serve: loaded, moved, given its checked backend, and warmed."""
+"""A torch checkpoint (`.pt`, `models.checkpoint`) read with torch and made ready to serve:
+loaded, moved, given its checked backend, and warmed."""
 
 from __future__ import annotations
 
@@ -6,11 +7,10 @@ from pathlib import Path
 
 import torch
 
-from app.inference.backends.eager import TorchRunner, torch_random
+from app.inference.backends.eager import TorchRunner
 from app.inference.backends.select import select_runner
 from app.inference.served import ArtifactInfo, LoadedModel, file_identity, warm_up
 from models.checkpoint import CheckpointError, file_sha256, load_checkpoint_parts
-from models.prior import as_arrays
 from models.runtime import resolve_device
 from models.typicality import Typicality, TypicalityError
 
@@ -34,7 +34,7 @@ def load_checkpoint_model(
     typicality = None
     if stored_typicality is not None:
         try:
-            typicality = Typicality.from_dict(stored_typicality, as_arrays(prior))
+            typicality = Typicality.from_dict(stored_typicality, prior)
         except TypicalityError as exc:
             raise CheckpointError(f"{path}: its typicality calibration: {exc}") from None
     sha256 = file_sha256(path)
@@ -71,9 +71,8 @@ def load_checkpoint_model(
         dtype=str(dtype).removeprefix("torch."),
         runner=runner,
         backend=info,
-        prior=as_arrays(prior),
+        prior=prior,
         artifact=ArtifactInfo("torch-checkpoint", str(path), sha256, f"torch {torch.__version__}"),
-        random=torch_random,
         model=model,
         typicality=typicality,
     )

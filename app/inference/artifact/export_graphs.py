@@ -9,8 +9,8 @@ from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 
+from app.inference.artifact.export_format import GRAPH_OPS, ExportError
 from app.inference.backends.base import Case, Runner, check_against
-from app.inference.export_manifest import GRAPH_OPS, ExportError
 from models.checkpoint_errors import CheckpointError
 
 RunnerFactory = Callable[[dict[str, bytes]], Runner]

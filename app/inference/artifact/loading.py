@@ -1,10 +1,10 @@
-"""A model made ready to serve: loaded, given its checked backend, and warmed.
+"""Which reader serves a model file, and the digit guide beside it.
 
-Two kinds of file serve. A torch checkpoint (`.pt`) is loaded with torch and its backend is
-checked against eager PyTorch at load (`app.inference.checkpoint_loading`). An export
-(`manifest.json` from `vae-export`: ONNX graphs, the prior as arrays, recorded checks) needs no
-torch and serves through ONNX Runtime (`app.inference.artifacts`); that is what the CPU image
-serves. Either way the routes get the same `LoadedModel`, whose runner speaks NumPy.
+Two kinds of file serve. A torch checkpoint (`.pt`) is read with torch and its backend is
+checked against eager PyTorch at load (`checkpoint_reader`). An export (`manifest.json` from
+`vae-export`, `export_writer`: ONNX graphs, the prior as arrays, recorded checks) is read without
+torch and serves through ONNX Runtime (`export_reader`); that is what the CPU image serves.
+Either way the routes get the same `LoadedModel`, whose runner speaks NumPy.
 """
 
 from __future__ import annotations
@@ -13,13 +13,12 @@ import logging
 from pathlib import Path
 
 from app.config import DEFAULT_DIGIT_GUIDE, Settings
+from app.inference.artifact.export_format import EXPORT_SUFFIX
 from app.inference.served import LoadedModel, torch_available
 from models.checkpoint_errors import CheckpointError
 from models.digit_guide import DigitGuide
 
 log = logging.getLogger("app.engine")
-
-EXPORT_SUFFIX = ".json"  # an export is named by its manifest
 
 
 def is_export(path: str | Path) -> bool:
@@ -39,7 +38,7 @@ def load_model(
     """Loads and warms a torch checkpoint or an export; raises `CheckpointError` with a one-line
     reason (a torch checkpoint where torch is not installed says how to export it)."""
     if is_export(path):
-        from app.inference.artifacts import load_export
+        from app.inference.artifact.export_reader import load_export
 
         return load_export(Path(path), device, max_batch_size, backend=backend, threads=threads)
     if not torch_available():
@@ -48,7 +47,7 @@ def load_model(
             f"{name} is a torch checkpoint, and this server runs without torch: export it with "
             f"`vae-export --checkpoint {name} --out DIR` and load DIR/manifest.json"
         )
-    from app.inference.checkpoint_loading import load_checkpoint_model
+    from app.inference.artifact.checkpoint_reader import load_checkpoint_model
 
     return load_checkpoint_model(
         Path(path),
@@ -72,7 +71,7 @@ def load_digit_guide(settings: Settings) -> DigitGuide | None:
         log.warning("digit guide %s not found: chosen digits are drawn unguided", path)
         return None
     if Path(path).suffix == ".onnx":
-        from app.inference.export_guide import load_onnx_guide
+        from app.inference.artifact.export_guide import load_onnx_guide
 
         guide = load_onnx_guide(Path(path), settings.digit_candidates)
     elif not torch_available():
@@ -104,7 +103,7 @@ def check_servable(path: Path, device: str, backend: str = "auto") -> None:
     An export is verified whole, its graphs run on its recorded check (half a second), since
     torch does not vouch for it."""
     if is_export(path):
-        from app.inference.artifacts import verify_export
+        from app.inference.artifact.export_reader import verify_export
 
         verify_export(path, device, backend=backend, threads=1)
         return
@@ -121,6 +120,6 @@ def check_digit_guide(settings: Settings) -> None:
     """What `vae-serve` checks of an `.onnx` guide (the torch-free image's, from the export)
     before it starts uvicorn: it loads (tens of milliseconds), or it fails with one line."""
     if settings.digit_guide and Path(settings.digit_guide).suffix == ".onnx":
-        from app.inference.export_guide import load_onnx_guide
+        from app.inference.artifact.export_guide import load_onnx_guide
 
         load_onnx_guide(Path(settings.digit_guide), settings.digit_candidates)

@@ -8,73 +8,34 @@ refused here with `ExportError` and one line instead.
 from __future__ import annotations
 
 import io
-import math
 
 import numpy as np
 
-from app.inference.backends.base import Case
-from app.inference.export_manifest import GRAPH_OPS, ExportError
-from models import typicality as typicality_arrays
-from models.prior_arrays import (
-    NPZ_READ_ERRORS,
-    Mixture,
-    MixturePrior,
-    Prior,
-    PriorFileError,
-    StandardNormal,
-    load_npz,
+from app.inference.artifact.export_format import (
+    CHECK_OUTPUTS,
+    GRAPH_OPS,
+    IMAGE_SHAPE,
+    ExportError,
 )
-
-IMAGE_SHAPE = (1, 32, 32)  # what the graphs take and give per row (`served.warm_up`)
-CHECK_OUTPUTS = {"encode": 2, "decode": 1, "reconstruct": 4}
-MAX_ROUNDS = 1024  # the shipped prior redraws up to 32 times; more is a stuck request
-NUM_DIGITS = 10
+from app.inference.backends.base import Case
+from models import typicality as typicality_arrays
+from models.prior import Prior, PriorError
+from models.prior_npz import NPZ_READ_ERRORS, load_npz
 
 
 def read_prior(data: bytes, name: str, latent_dim: int) -> Prior:
-    """The prior in `data` (the file `name`), of the model's latent size and drawable."""
+    """The prior in `data` (the file `name`), of the model's latent size; whether it can be
+    drawn from is what every prior is checked for when it is made (`models.prior`)."""
     buffer = io.BytesIO(data)
     buffer.name = name  # how `load_npz` names it in its reasons
     try:
         prior = load_npz(buffer)
-    except PriorFileError as exc:
+    except PriorError as exc:
         reason = str(exc)
         raise ExportError(reason if reason.startswith(name) else f"{name}: {reason}") from None
-    if isinstance(prior, StandardNormal):
-        if prior.dim != latent_dim:
-            raise ExportError(
-                f"{name}: N(0, I) of {prior.dim} dimensions, latents have {latent_dim}"
-            )
-        return prior
-    _check_rules(prior, name)
-    for part, mixture in (("mixture", prior.mixture), ("classes", prior.classes)):
-        if mixture is not None:
-            _check_mixture(mixture, f"{name}: {part}", latent_dim)
+    if prior.dim != latent_dim:
+        raise ExportError(f"{name}: a prior of {prior.dim} dimensions, latents have {latent_dim}")
     return prior
-
-
-def _check_rules(prior: MixturePrior, name: str) -> None:
-    if prior.draw_from not in ("mixture", "classes") or (
-        prior.draw_from == "classes" and prior.classes is None
-    ):
-        raise ExportError(f"{name}: cannot draw from {prior.draw_from!r}")
-    if not 1 <= prior.max_rounds <= MAX_ROUNDS:
-        raise ExportError(f"{name}: max_rounds must be 1..{MAX_ROUNDS}, not {prior.max_rounds}")
-    if not (math.isfinite(prior.accept_threshold) and prior.accept_threshold <= 1.0):
-        raise ExportError(f"{name}: accept_threshold {prior.accept_threshold} is not at most 1")
-
-
-def _check_mixture(mixture: Mixture, what: str, latent_dim: int) -> None:
-    """Shapes and finiteness are `Mixture`'s own checks; here what drawing from it needs."""
-    if mixture.dim != latent_dim:
-        raise ExportError(f"{what} has {mixture.dim} dimensions, latents have {latent_dim}")
-    if (mixture.weights < 0).any() or not mixture.weights.sum() > 0:
-        raise ExportError(f"{what} weights must be non-negative with a positive sum")
-    if not (np.diagonal(mixture.scale_tril, axis1=1, axis2=2) > 0).all():
-        raise ExportError(f"{what} scale_tril must have a positive diagonal (a Cholesky factor)")
-    labels = mixture.labels
-    if labels is not None and ((labels < 0) | (labels >= NUM_DIGITS)).any():
-        raise ExportError(f"{what} labels must be digits 0..9")
 
 
 def read_typicality(data: bytes, name: str, prior: Prior) -> typicality_arrays.Typicality:
