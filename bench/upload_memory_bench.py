@@ -13,18 +13,13 @@ from __future__ import annotations
 import argparse
 import json
 import struct
-import sys
 import time
 import zlib
 from concurrent.futures import ThreadPoolExecutor
-from pathlib import Path
 
 import httpx
 
-REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO / "tests" / "api"))
-
-from live_server import LiveServer  # noqa: E402
+from harness.live_server import REPO, LiveServer
 
 
 def png16_rgba(side: int) -> bytes:
@@ -42,16 +37,6 @@ def png16_rgba(side: int) -> bytes:
     return b"\x89PNG\r\n\x1a\n" + body
 
 
-def memory_mb(pid: int) -> dict[str, float]:
-    values = {}
-    with open(f"/proc/{pid}/status") as fh:
-        for line in fh:
-            key, _, rest = line.partition(":")
-            if key in ("VmRSS", "VmHWM"):
-                values[key] = int(rest.split()[0]) / 1024
-    return values
-
-
 def run(side: int, rounds: int, clients: int, **env: str) -> dict:
     """Starts a server, runs the rounds, returns the measurements (and stops it)."""
     png = png16_rgba(side)
@@ -59,7 +44,7 @@ def run(side: int, rounds: int, clients: int, **env: str) -> dict:
     try:
         with httpx.Client(timeout=120) as http:  # warm: one small upload
             http.post(f"{server.url}/encode", files={"file": ("w.png", png16_rgba(64))})
-        before = memory_mb(server.process.pid)
+        before = server.memory_mb()
         after_rounds, statuses = [], []
 
         def upload(_: int) -> int:
@@ -70,8 +55,8 @@ def run(side: int, rounds: int, clients: int, **env: str) -> dict:
             with ThreadPoolExecutor(clients) as pool:
                 statuses += list(pool.map(upload, range(clients)))
             time.sleep(0.5)
-            after_rounds.append(memory_mb(server.process.pid)["VmRSS"])
-        peak = memory_mb(server.process.pid)["VmHWM"]
+            after_rounds.append(server.memory_mb())
+        peak = server.memory_mb("VmHWM")
     finally:
         server.stop()
     return {
@@ -80,10 +65,10 @@ def run(side: int, rounds: int, clients: int, **env: str) -> dict:
         "rounds": rounds,
         "clients": clients,
         "statuses": {s: statuses.count(s) for s in sorted(set(statuses))},
-        "rss_before_mb": round(before["VmRSS"], 1),
+        "rss_before_mb": round(before, 1),
         "peak_rss_mb": round(peak, 1),
         "rss_after_rounds_mb": [round(v, 1) for v in after_rounds],
-        "retained_mb": round(after_rounds[-1] - before["VmRSS"], 1),
+        "retained_mb": round(after_rounds[-1] - before, 1),
     }
 
 

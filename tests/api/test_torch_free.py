@@ -24,11 +24,11 @@ import httpx
 import numpy as np
 import pytest
 from fastapi.testclient import TestClient
-from live_server import REPO, LiveServer
 from PIL import Image
 
 from app.inference.artifacts import MANIFEST_NAME
 from app.main import create_app
+from harness.live_server import REPO, LiveServer
 
 SHIPPED = REPO / "models" / "mnist-vae.pt"
 GUIDE = REPO / "models" / "mnist-digit-guide.pt"

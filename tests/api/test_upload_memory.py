@@ -15,7 +15,8 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import httpx
-from live_server import LiveServer
+
+from harness.live_server import LiveServer
 
 
 def png16_rgba(side: int) -> bytes:
