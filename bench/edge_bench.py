@@ -27,17 +27,16 @@ import json
 import signal
 import socket
 import statistics
-import struct
 import subprocess
 import sys
 import tempfile
 import threading
 import time
-import zlib
 from pathlib import Path
 
 from http_client import HOST, replay
 
+from harness.heavy_png import png16_rgba
 from harness.live_server import PLAIN_UVICORN, VAE_SERVE, LiveServer
 
 REPO = Path(__file__).resolve().parent.parent
@@ -273,22 +272,6 @@ def measure_shutdown(args: argparse.Namespace) -> dict:
     }
     log(f"shutdown: {result}")
     return result
-
-
-def png16_rgba(side: int) -> bytes:
-    """A white side x side 16-bit RGBA PNG: 130 KB on disk for 4096, 128 MB of samples."""
-
-    def chunk(kind: bytes, data: bytes) -> bytes:
-        crc = struct.pack(">I", zlib.crc32(kind + data) & 0xFFFFFFFF)
-        return struct.pack(">I", len(data)) + kind + data + crc
-
-    row = b"\x00" + b"\xff\xff" * 4 * side
-    compressor = zlib.compressobj(9)
-    data = b"".join(compressor.compress(row) for _ in range(side)) + compressor.flush()
-    header = struct.pack(">IIBBBBB", side, side, 16, 6, 0, 0, 0)
-    return (
-        b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IDAT", data) + chunk(b"IEND", b"")
-    )
 
 
 def upload_request(port: int, png: bytes) -> bytes:

@@ -12,29 +12,13 @@ from __future__ import annotations
 
 import argparse
 import json
-import struct
 import time
-import zlib
 from concurrent.futures import ThreadPoolExecutor
 
 import httpx
 
+from harness.heavy_png import png16_rgba
 from harness.live_server import REPO, LiveServer
-
-
-def png16_rgba(side: int) -> bytes:
-    """A white 16-bit RGBA PNG: tiny on the wire, side x side x 8 bytes once decoded."""
-
-    def chunk(kind: bytes, data: bytes) -> bytes:
-        crc = struct.pack(">I", zlib.crc32(kind + data) & 0xFFFFFFFF)
-        return struct.pack(">I", len(data)) + kind + data + crc
-
-    compressor = zlib.compressobj(9)
-    row = b"\x00" + b"\xff\xff" * 4 * side
-    idat = b"".join(compressor.compress(row) for _ in range(side)) + compressor.flush()
-    header = struct.pack(">IIBBBBB", side, side, 16, 6, 0, 0, 0)
-    body = chunk(b"IHDR", header) + chunk(b"IDAT", idat) + chunk(b"IEND", b"")
-    return b"\x89PNG\r\n\x1a\n" + body
 
 
 def run(side: int, rounds: int, clients: int, **env: str) -> dict:
