@@ -8,6 +8,7 @@ after a grace period.
 
 from __future__ import annotations
 
+import contextlib
 import http.client
 import shlex
 import subprocess
@@ -94,22 +95,21 @@ class ServerProcess:
         self._lines: list[str] = []
         argv = [str(a).replace("{port}", str(self.port)) for a in command]
         pin = ["taskset", "-c", cpus] if cpus else []
-        streams: dict = {"stdout": stdout, "stderr": subprocess.PIPE}
-        if output is not None:
-            if ready is None:
-                raise ValueError("a server that logs into a file is started by `ready`")
-            sink = output.open("w")
-            streams = {"stdout": sink, "stderr": subprocess.STDOUT}
-        self.process = subprocess.Popen(
-            [*pin, *argv],
-            cwd=cwd,
-            env=None if env is None else dict(env),
-            text=True,
-            start_new_session=own_session,
-            **streams,
-        )
-        if output is not None:
-            sink.close()  # the child has its own copy
+        if output is not None and ready is None:
+            raise ValueError("a server that logs into a file is started by `ready`")
+        with contextlib.ExitStack() as files:
+            streams: dict = {"stdout": stdout, "stderr": subprocess.PIPE}
+            if output is not None:  # closed here once started: the child has its own copy
+                sink = files.enter_context(output.open("w"))
+                streams = {"stdout": sink, "stderr": subprocess.STDOUT}
+            self.process = subprocess.Popen(
+                [*pin, *argv],
+                cwd=cwd,
+                env=None if env is None else dict(env),
+                text=True,
+                start_new_session=own_session,
+                **streams,
+            )
         self._bound = False
         self._settled = threading.Event()  # bound, or its log ended
         if output is None:
