@@ -24,20 +24,20 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
-import os
 import signal
 import socket
 import statistics
-import struct
 import subprocess
 import sys
 import tempfile
 import threading
 import time
-import zlib
 from pathlib import Path
 
 from http_client import HOST, replay
+
+from harness.heavy_png import png16_rgba
+from harness.live_server import PLAIN_UVICORN, VAE_SERVE, LiveServer
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -45,68 +45,21 @@ REPO = Path(__file__).resolve().parent.parent
 # ---------------------------------------------------------------- servers
 
 
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind((HOST, 0))
-        return sock.getsockname()[1]
-
-
-class Server:
-    """A server in a subprocess: `edge` is `vae-serve`, `plain` is `uvicorn app.main:app`."""
-
-    def __init__(self, kind: str, checkpoint: Path, cwd: Path = REPO, **env: str) -> None:
-        self.port = free_port()
-        environ = {k: v for k, v in os.environ.items() if not k.startswith("VAE_")}
-        environ.update(
-            {"VAE_CHECKPOINT": str(checkpoint), "VAE_DEVICE": "cpu", "VAE_LOG_LEVEL": "warning"}
-        )
-        environ.update(env)
-        environ["PYTHONPATH"] = str(cwd)
-        if kind == "edge":
-            command = [sys.executable, "-m", "app.server.cli"]
-        else:
-            command = [sys.executable, "-m", "uvicorn", "app.main:app", "--no-access-log"]
-        command += ["--host", HOST, "--port", str(self.port)]
-        self.process = subprocess.Popen(
-            command, cwd=cwd, env=environ, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE
-        )
-        self.log: list[bytes] = []
-        assert self.process.stderr is not None
-        stderr = self.process.stderr
-        threading.Thread(target=lambda: self.log.extend(stderr), daemon=True).start()
-        deadline = time.monotonic() + 180
-        while not self.ready():
-            if self.process.poll() is not None or time.monotonic() > deadline:
-                raise SystemExit(b"server did not start:\n" + b"".join(self.log[-20:]))
-            time.sleep(0.2)
-
-    def ready(self) -> bool:
-        try:
-            return http_get(self.port, "/readyz", timeout=2)[0] == 200
-        except OSError:
-            return False
-
-    def memory_mb(self, field: str = "VmRSS") -> float:
-        with open(f"/proc/{self.process.pid}/status") as fh:
-            for line in fh:
-                if line.startswith(field + ":"):
-                    return int(line.split()[1]) / 1024
-        raise RuntimeError(field)
-
-    def cpu_s(self) -> float:
-        """User plus system CPU seconds of the server, all threads: less sensitive to other
-        load on a shared machine than requests per second."""
-        fields = Path(f"/proc/{self.process.pid}/stat").read_text().rsplit(")", 1)[1].split()
-        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
-
-    def stop(self) -> None:
-        if self.process.poll() is None:
-            self.process.send_signal(signal.SIGTERM)
-            try:
-                self.process.wait(timeout=40)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-                self.process.wait()
+def start_server(kind: str, checkpoint: Path, cwd: Path = REPO, **env: str) -> LiveServer:
+    """A server from the checkout at `cwd`, started once /readyz answers: `edge` is `vae-serve`,
+    `plain` is `uvicorn app.main:app`."""
+    command = VAE_SERVE if kind == "edge" else [*PLAIN_UVICORN, "--no-access-log"]
+    return LiveServer(
+        checkpoint,
+        command=command,
+        ready=True,
+        cwd=cwd,
+        stdout=subprocess.DEVNULL,
+        stop_grace_s=40,
+        VAE_LOG_LEVEL="warning",
+        PYTHONPATH=str(cwd),
+        **env,
+    )
 
 
 def http_get(port: int, path: str, timeout: float = 10) -> tuple[int, bytes]:
@@ -181,8 +134,8 @@ def measure_cost(args: argparse.Namespace) -> dict:
     base_cwd = baseline_checkout(args.baseline_ref) if args.baseline_ref else REPO
     try:
         servers = {
-            "plain": Server(args.baseline_kind, args.checkpoint, base_cwd),
-            "edge": Server("edge", args.checkpoint),
+            "plain": start_server(args.baseline_kind, args.checkpoint, base_cwd),
+            "edge": start_server("edge", args.checkpoint),
         }
         cells: dict[str, list[dict]] = {}
         for _ in range(args.rounds):  # interleaved, so background load hits both alike
@@ -225,7 +178,7 @@ def measure_cost(args: argparse.Namespace) -> dict:
 
 def measure_headers(args: argparse.Namespace) -> dict:
     """20 connections each sending 50 MB of header that never ends."""
-    server = Server("edge", args.checkpoint)
+    server = start_server("edge", args.checkpoint)
     before = server.memory_mb()
     per_conn = args.header_mb * 1024 * 1024
     sent = [0] * args.connections
@@ -283,7 +236,7 @@ def half_sent_upload(port: int) -> socket.socket:
 
 def measure_shutdown(args: argparse.Namespace) -> dict:
     """SIGTERM while 5 clients are half-way through an upload and never send the rest."""
-    server = Server(
+    server = start_server(
         "edge", args.checkpoint, VAE_SHUTDOWN_GRACE_S=str(args.grace), VAE_BODY_TIMEOUT_S="3600"
     )
     uploads = [half_sent_upload(server.port) for _ in range(5)]
@@ -321,22 +274,6 @@ def measure_shutdown(args: argparse.Namespace) -> dict:
     return result
 
 
-def png16_rgba(side: int) -> bytes:
-    """A white side x side 16-bit RGBA PNG: 130 KB on disk for 4096, 128 MB of samples."""
-
-    def chunk(kind: bytes, data: bytes) -> bytes:
-        crc = struct.pack(">I", zlib.crc32(kind + data) & 0xFFFFFFFF)
-        return struct.pack(">I", len(data)) + kind + data + crc
-
-    row = b"\x00" + b"\xff\xff" * 4 * side
-    compressor = zlib.compressobj(9)
-    data = b"".join(compressor.compress(row) for _ in range(side)) + compressor.flush()
-    header = struct.pack(">IIBBBBB", side, side, 16, 6, 0, 0, 0)
-    return (
-        b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IDAT", data) + chunk(b"IEND", b"")
-    )
-
-
 def upload_request(port: int, png: bytes) -> bytes:
     body = (
         b'--b\r\nContent-Disposition: form-data; name="file"; filename="big.png"\r\n'
@@ -366,7 +303,7 @@ async def _one_upload(port: int, request: bytes) -> tuple[int, float, bool]:
 
 def measure_uploads(args: argparse.Namespace) -> dict:
     """64 concurrent uploads of a 4096x4096 16-bit RGBA PNG (within the limits)."""
-    server = Server("edge", args.checkpoint)
+    server = start_server("edge", args.checkpoint)
     before = server.memory_mb()
     request = upload_request(server.port, png16_rgba(4096))
 
@@ -396,7 +333,7 @@ def measure_uploads(args: argparse.Namespace) -> dict:
 
 def measure_soak(args: argparse.Namespace) -> dict:
     """`--requests` /sample calls at c=16 on keep-alive connections; memory before and after."""
-    server = Server("edge", args.checkpoint)
+    server = start_server("edge", args.checkpoint)
     warm = load_process("sample", server.port, 16, 2.0)
     before = server.memory_mb()
     done, errors, start = 0, 0, time.monotonic()

@@ -1,5 +1,5 @@
 """What the load generators share: one keep-alive connection replaying a request byte for byte,
-and the readiness probe they poll before measuring.
+and the line each measured cell prints. (Servers are started by the harness: `harness/`.)
 
 The benchmarks run as scripts (`python bench/x.py`), so they import this as `http_client`.
 """
@@ -7,7 +7,7 @@ The benchmarks run as scripts (`python bench/x.py`), so they import this as `htt
 from __future__ import annotations
 
 import asyncio
-import socket
+import sys
 import time
 from collections.abc import Callable
 
@@ -46,11 +46,12 @@ async def replay(request: bytes, port: int, stop_at: float, record: Record) -> N
         writer.close()
 
 
-def answers_200(port: int, path: str, timeout: float = 2.0) -> bool:
-    """One `GET path` on a fresh connection: is the server up and ready?"""
-    try:
-        with socket.create_connection((HOST, port), timeout=timeout) as sock:
-            sock.sendall(f"GET {path} HTTP/1.1\r\nHost: {HOST}\r\n\r\n".encode())
-            return sock.recv(64).startswith(b"HTTP/1.1 200")
-    except OSError:
-        return False
+def print_cell(label: str, concurrency: int, cell: dict, extra: str = "") -> None:
+    """One measured cell as a progress line on stderr: who and what, then its rate, latencies
+    (`extra` before the errors)."""
+    print(
+        f"{label} c={concurrency:<3} {cell['rps']:8.0f} req/s  p50 {cell['p50_ms']:7.2f} ms  "
+        f"p99 {cell['p99_ms']:7.2f} ms  {extra}errors {cell['errors']}",
+        file=sys.stderr,
+        flush=True,
+    )

@@ -51,18 +51,19 @@ from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
-from http_client import HOST
+from http_client import HOST, print_cell
 from peers.onnx_decoder import INPUT, MODEL_NAME, OUTPUT, decode, decoder_session
 from peers_bench import (
     REPO,
     Peer,
     Running,
-    free_port,
     parse_wrk,
     run_and_report,
     service,
     wrk_script,
 )
+
+from harness.processes import free_port
 
 INFER = f"/v2/models/{MODEL_NAME}/infer"
 READY = f"/v2/models/{MODEL_NAME}/ready"
@@ -457,13 +458,8 @@ def serve_rows(args, keys, make, workdir, lua, check_z, reference) -> list[dict]
                         args.load_cpu,
                     )
                     row[f"{b}@{c}"] = cell
-                    print(
-                        f"{row['label']:34} [{b:>2},L] c={c:<3} {cell['rps']:8.0f} req/s  "
-                        f"p50 {cell['p50_ms']:7.2f} ms  p99 {cell['p99_ms']:7.2f} ms  "
-                        f"CPU {cell['cpu_ms_per_req']:6.3f} ms/req  errors {cell['errors']}",
-                        file=sys.stderr,
-                        flush=True,
-                    )
+                    cpu = f"CPU {cell['cpu_ms_per_req']:6.3f} ms/req  "
+                    print_cell(f"{row['label']:34} [{b:>2},L]", c, cell, cpu)
     finally:
         server.stop()
     return rows

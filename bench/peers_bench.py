@@ -22,32 +22,26 @@ from __future__ import annotations
 
 import argparse
 import base64
-import contextlib
 import json
 import os
 import re
 import shutil
-import socket
 import subprocess
 import sys
 import tempfile
-import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from http_client import HOST, answers_200
+from http_client import HOST, print_cell
+
+from harness.processes import free_port
+from harness.server import DidNotStart, ServerProcess
 
 REPO = Path(__file__).resolve().parent.parent
 BASELINE = "eb9a3a9"  # main just before issue 8 (idle batch wait, eager torch, logging path)
 BOUNDARY = "benchboundary"
 UNSET = ("VAE_API_KEY", "VAE_ADMIN_TOKEN")  # every server here is open, as the peers are
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind((HOST, 0))
-        return sock.getsockname()[1]
 
 
 @dataclass
@@ -64,43 +58,28 @@ class Peer:
     startup_s: float = 180.0
 
 
-class Running:
-    """A peer's server process, pinned to `cpu`, up once its ready route answers 200."""
+class Running(ServerProcess):
+    """A peer's server process, pinned to `cpu` and in a session of its own (LitServe and Ray
+    start children: `stop` reaches them), up once its ready route answers 200. Its log goes to a
+    file: the kernel writes it, no reader competes for a core."""
 
     def __init__(self, peer: Peer, cpu: int, logs: Path) -> None:
         self.peer = peer
-        self.port = free_port()
-        command = [a.replace("{port}", str(self.port)) for a in peer.command]
-        # The server's log goes to a file: the kernel writes it, no reader competes for a core.
-        self.log_path = logs / f"server-{self.port}.log"
-        with self.log_path.open("w") as log:
-            self.process = subprocess.Popen(
-                ["taskset", "-c", str(cpu), *command],
+        port = free_port()
+        try:
+            super().__init__(
+                peer.command,
+                port=port,
                 cwd=peer.cwd,
                 env={k: v for k, v in {**os.environ, **peer.env}.items() if k not in UNSET},
-                stdout=log,
-                stderr=subprocess.STDOUT,
-                start_new_session=True,
+                ready=peer.ready,
+                output=logs / f"server-{port}.log",
+                cpus=str(cpu),
+                own_session=True,
+                startup_timeout_s=peer.startup_s,
             )
-        deadline = time.monotonic() + peer.startup_s
-        while not self._ready():
-            if self.process.poll() is not None or time.monotonic() > deadline:
-                self.stop()
-                tail = self.log_path.read_text(errors="replace").splitlines()[-15:]
-                raise RuntimeError(f"{peer.label} did not start:\n" + "\n".join(tail))
-            time.sleep(0.3)
-
-    def _ready(self) -> bool:
-        return answers_200(self.port, self.peer.ready)
-
-    def stop(self) -> None:
-        """SIGTERM to the server's own process group (LitServe and Ray start children)."""
-        try:
-            os.killpg(self.process.pid, 15)
-            self.process.wait(timeout=30)
-        except (ProcessLookupError, subprocess.TimeoutExpired):
-            with contextlib.suppress(ProcessLookupError):
-                os.killpg(self.process.pid, 9)
+        except DidNotStart as exc:
+            raise DidNotStart(f"{peer.label} did not start: {exc}") from None
 
 
 def digit_png() -> bytes:
@@ -276,13 +255,7 @@ def run(args: argparse.Namespace) -> dict:
                     script = None if route == "noop" else lua[route]
                     cell = wrk(server.port, path, script, c, args.duration, args.load_cpu)
                     row[f"{route}@{c}"] = cell
-                    print(
-                        f"{peer.label:42} {route:11} c={c:<3} {cell['rps']:8.0f} req/s  "
-                        f"p50 {cell['p50_ms']:7.2f} ms  p99 {cell['p99_ms']:7.2f} ms  "
-                        f"errors {cell['errors']}",
-                        file=sys.stderr,
-                        flush=True,
-                    )
+                    print_cell(f"{peer.label:42} {route:11}", c, cell)
             finally:
                 server.stop()
             results["rows"].append(row)

@@ -17,21 +17,21 @@ from __future__ import annotations
 import argparse
 import asyncio
 import base64
-import contextlib
 import json
 import os
-import shutil
-import signal
 import socket
 import statistics
 import subprocess
 import sys
-import tempfile
-import threading
 import time
 from pathlib import Path
 
-from http_client import HOST, answers_200, replay
+from http_client import HOST, print_cell, replay
+
+from harness.live_server import VAE_SERVE
+from harness.processes import free_port
+from harness.ray_cluster import RayNode, head_args, ray_env, serve_config, serve_run
+from harness.server import ServerProcess
 
 REPO = Path(__file__).resolve().parent.parent
 CONCURRENCY = (1, 16, 64)
@@ -118,14 +118,10 @@ def run_load_process(endpoint: str, port: int, concurrency: int, duration: float
     return json.loads(out.stdout)
 
 
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind((HOST, 0))
-        return sock.getsockname()[1]
-
-
-class Server:
-    """`vae-serve` in a subprocess; started when its log says uvicorn is up."""
+class Server(ServerProcess):
+    """`vae-serve` in a subprocess, started once /readyz answers 200 (as a load balancer sees
+    it). Unlike the tests' `LiveServer`, it keeps the shell's `VAE_*` settings (an API key
+    aside): a bench run may set them."""
 
     def __init__(
         self,
@@ -138,8 +134,7 @@ class Server:
     ) -> None:
         """`env`: more `VAE_*` settings; `cpus`: the cores to pin it to (`taskset -c`); `tree`:
         the checkout whose code it runs (another one: a baseline to compare with)."""
-        self.port = free_port()
-        env = {
+        environ = {
             **os.environ,
             **({"PYTHONPATH": str(tree)} if tree != REPO else {}),
             "VAE_CHECKPOINT": str(checkpoint),
@@ -148,101 +143,35 @@ class Server:
             "VAE_LOG_LEVEL": "warning",
             **(env or {}),
         }
-        env.pop("VAE_API_KEY", None)
-        pin = ["taskset", "-c", cpus] if cpus else []
-        self.process = subprocess.Popen(
-            [
-                *pin,
-                sys.executable,
-                "-m",
-                "app.server.cli",
-                "--host",
-                HOST,
-                "--port",
-                str(self.port),
-            ],
-            cwd=tree,
-            env=env,
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.PIPE,
-            text=True,
+        environ.pop("VAE_API_KEY", None)
+        command = [*VAE_SERVE, "--host", HOST, "--port", "{port}"]
+        super().__init__(
+            command, cwd=tree, env=environ, ready="/readyz", stdout=subprocess.DEVNULL, cpus=cpus
         )
-        self.log: list[str] = []
-        threading.Thread(target=lambda: self.log.extend(self.process.stderr), daemon=True).start()
-        deadline = time.monotonic() + 180
-        while not self._ready():
-            if self.process.poll() is not None or time.monotonic() > deadline:
-                raise SystemExit("server did not start:\n" + "".join(self.log[-20:]))
-            time.sleep(0.2)  # polling /readyz, as a load balancer would
-
-    def _ready(self) -> bool:
-        return answers_200(self.port, "/readyz")
-
-    def stop(self) -> None:
-        self.process.terminate()
-        self.process.wait(timeout=30)
 
 
 class RayServeServer:
-    """A one-node Ray cluster serving `deploy/ray/serve.yaml` with `replicas` fixed replicas.
-
-    The node gets one CPU per replica and its own temp dir and ports, on a loopback address other
-    than 127.0.0.1 (Ray swaps that one for the machine's outward address); `stop` kills every
-    process the node started.
-    """
+    """A one-node Ray cluster serving `deploy/ray/serve.yaml` with `replicas` fixed replicas:
+    one CPU per replica, and `stop` kills every process the node started."""
 
     NODE_IP = "127.0.0.2"
 
     def __init__(self, checkpoint: Path, replicas: int, device: str) -> None:
-        import yaml
-
         self.port = free_port()
-        self.temp_dir = tempfile.mkdtemp(prefix="ray-bench-", dir="/tmp")
-        gcs = f"{self.NODE_IP}:{free_port()}"
-        env = {**os.environ, "RAY_USAGE_STATS_ENABLED": "0", "PYTHONPATH": str(REPO)}
-        env["RAY_AUTH_MODE"] = "disabled"  # loopback only; a stray ~/.ray/auth_token is ignored
-        env.pop("VAE_API_KEY", None)
-        command = [str(Path(sys.executable).with_name("ray")), "start", "--head", "--block"]
-        command += ["--node-ip-address", self.NODE_IP, "--port", gcs.rsplit(":", 1)[1]]
-        command += ["--num-cpus", str(replicas), "--num-gpus", "0", "--temp-dir", self.temp_dir]
-        command += ["--include-dashboard=false", "--disable-usage-stats"]
-        command += ["--object-store-memory", "100000000"]
-        for flag in (
-            "--dashboard-port",
-            "--dashboard-agent-listen-port",
-            "--dashboard-agent-grpc-port",
-            "--metrics-export-port",
-            "--runtime-env-agent-port",
-            "--ray-client-server-port",
-        ):
-            command += [flag, str(free_port())]
-        self.process = subprocess.Popen(
-            command, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-            start_new_session=True,
-        )  # fmt: skip
-        self.log: list[str] = []
-        for line in self.process.stdout:
-            self.log.append(line)
-            if "Ray runtime started" in line:
-                break
-        threading.Thread(target=lambda: self.log.extend(self.process.stdout), daemon=True).start()
+        gcs_port = free_port()
+        env = ray_env()
+        self.node = RayNode("bench", head_args(self.NODE_IP, gcs_port), env, cpus=replicas)
         try:
-            config = yaml.safe_load((REPO / "deploy" / "ray" / "serve.yaml").read_text())
-            config["http_options"].update(host=HOST, port=self.port)
-            [application] = config["applications"]
-            application["runtime_env"]["env_vars"].update(
-                VAE_CHECKPOINT=str(checkpoint.resolve()), VAE_DEVICE=device, VAE_LOG_LEVEL="warning"
+            self.node.wait_started()
+            config = serve_config(
+                self.port,
+                replicas,
+                VAE_CHECKPOINT=str(checkpoint.resolve()),
+                VAE_DEVICE=device,
+                VAE_LOG_LEVEL="warning",
             )
-            [deployment] = application["deployments"]
-            # Exactly `replicas` (the deployment autoscales by default).
-            deployment["autoscaling_config"].update(
-                min_replicas=replicas, max_replicas=replicas, initial_replicas=replicas
-            )
-            path = Path(self.temp_dir) / "serve.yaml"
-            path.write_text(yaml.safe_dump(config))
-            serve = [str(Path(sys.executable).with_name("serve")), "run", str(path)]
-            serve += ["--address", gcs, "--non-blocking"]
-            subprocess.run(serve, env=env, check=True, capture_output=True, timeout=300)
+            path = Path(self.node.temp_dir) / "serve.yaml"
+            serve_run(config, path, f"{self.NODE_IP}:{gcs_port}", env)
             self._wait_for_replicas(replicas)
         except BaseException:
             self.stop()
@@ -269,29 +198,7 @@ class RayServeServer:
             time.sleep(0.5)
 
     def stop(self) -> None:
-        for pid in [self.process.pid, *_descendants(self.process.pid)]:
-            with contextlib.suppress(ProcessLookupError):
-                os.kill(pid, signal.SIGKILL)
-        self.process.wait(timeout=30)
-        shutil.rmtree(self.temp_dir, ignore_errors=True)
-
-
-def _descendants(pid: int) -> list[int]:
-    """Every process below `pid`: Ray's workers start sessions of their own, so no killpg."""
-    children: dict[int, list[int]] = {}
-    for entry in Path("/proc").iterdir():
-        if entry.name.isdigit():
-            try:
-                ppid = int((entry / "stat").read_text().rsplit(")", 1)[1].split()[1])
-            except OSError:
-                continue
-            children.setdefault(ppid, []).append(int(entry.name))
-    found, todo = [], [pid]
-    while todo:
-        for child in children.get(todo.pop(), []):
-            found.append(child)
-            todo.append(child)
-    return found
+        self.node.kill()
 
 
 def run_bench(args: argparse.Namespace) -> dict:
@@ -315,13 +222,7 @@ def run_bench(args: argparse.Namespace) -> dict:
                     cell = run_load_process(endpoint, server.port, concurrency, args.duration)
                     cell["mode"] = mode
                     results["cells"].append(cell)
-                    print(
-                        f"{mode:9} {endpoint:11} c={concurrency:<3} {cell['rps']:8.0f} req/s "
-                        f"p50 {cell['p50_ms']:7.2f} ms  p99 {cell['p99_ms']:7.2f} ms  "
-                        f"errors {cell['errors']}",
-                        file=sys.stderr,
-                        flush=True,
-                    )
+                    print_cell(f"{mode:9} {endpoint:11}", concurrency, cell)
         finally:
             server.stop()
     return results

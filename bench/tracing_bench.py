@@ -12,7 +12,6 @@ rounds. `--baseline REF` adds the service at REF (before tracing existed) as the
 from __future__ import annotations
 
 import argparse
-import os
 import re
 import statistics
 import subprocess
@@ -53,21 +52,15 @@ class OtlpSink:
         threading.Thread(target=self.server.serve_forever, daemon=True).start()
 
 
-def cpu_seconds(pid: int) -> float:
-    """User + system CPU time of a process so far (its threads included)."""
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
-
-
 def measure(server: Running, path: str, script: Path, duration: float) -> tuple[float, float]:
     """req/s and the server's CPU microseconds per request under `wrk -c64` (1 s warm-up first).
     CPU time per request hardly moves when a neighbour takes the core; req/s does."""
     url = f"http://{HOST}:{server.port}{path}"
     base = ["taskset", "-c", "1", "wrk", "-t1", "-c64", "--timeout", "10s", "-s", str(script)]
     subprocess.run([*base, "-d1s", url], capture_output=True, check=True)
-    before = cpu_seconds(server.process.pid)
+    before = server.cpu_s()
     out = subprocess.run([*base, f"-d{duration:g}s", url], capture_output=True, text=True).stdout
-    cpu = cpu_seconds(server.process.pid) - before
+    cpu = server.cpu_s() - before
     result = parse_wrk(out)
     assert result["errors"] == 0, (server.peer.label, path, out)
     requests = int(re.search(r"(\d+) requests in", out).group(1))

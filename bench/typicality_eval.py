@@ -5,7 +5,7 @@
 Every upload goes through the service's own normalisation (`normalize_upload`), so each score is
 taken on what the model saw; uploads it refuses (422: only lines across the picture) never get a
 score and are counted apart. Digits: MNIST test digits 5000 on (the calibration used 0-4999) and
-phone photos of them (`tests/photo_scenes.py`); the rest: `tests/not_digits.py`. Each candidate
+phone photos of them (`harness/photo_scenes.py`); the rest: `harness/not_digits.py`. Each candidate
 is oriented so that higher means less digit-like; AUROC 1.0 ranks every non-digit above every
 digit. The last columns are the share of MNIST and photo digits each candidate flags at the
 threshold that flags 1 % of the calibration digits. CPU-heavy: run it under `nice`.
@@ -22,15 +22,14 @@ from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
-sys.path.insert(0, str(REPO / "tests"))
 
-import not_digits as nd  # noqa: E402
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
 from PIL import Image  # noqa: E402
 
 from app.errors import ImageError  # noqa: E402
 from app.images.normalise import normalize_upload  # noqa: E402
+from harness import not_digits as nd  # noqa: E402
 from models.checkpoint import load_checkpoint_parts  # noqa: E402
 from models.digit_guide import load_guide  # noqa: E402
 from models.likelihood import bernoulli_nll, gaussian_kl  # noqa: E402

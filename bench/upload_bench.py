@@ -28,15 +28,14 @@ from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
-sys.path.insert(0, str(REPO / "tests"))
 
-import photo_scenes  # noqa: E402
 from fastapi.testclient import TestClient  # noqa: E402
 
 from app.config import Settings  # noqa: E402
 from app.images import normalise  # noqa: E402
 from app.main import create_app  # noqa: E402
 from app.routes import deps  # noqa: E402
+from harness import photo_scenes  # noqa: E402
 from training.data import load_split  # noqa: E402
 
 BEFORE = "eb9a3a9"  # main just before issue 13's first commit

@@ -12,44 +12,13 @@ from __future__ import annotations
 
 import argparse
 import json
-import struct
-import sys
 import time
-import zlib
 from concurrent.futures import ThreadPoolExecutor
-from pathlib import Path
 
 import httpx
 
-REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO / "tests" / "api"))
-
-from live_server import LiveServer  # noqa: E402
-
-
-def png16_rgba(side: int) -> bytes:
-    """A white 16-bit RGBA PNG: tiny on the wire, side x side x 8 bytes once decoded."""
-
-    def chunk(kind: bytes, data: bytes) -> bytes:
-        crc = struct.pack(">I", zlib.crc32(kind + data) & 0xFFFFFFFF)
-        return struct.pack(">I", len(data)) + kind + data + crc
-
-    compressor = zlib.compressobj(9)
-    row = b"\x00" + b"\xff\xff" * 4 * side
-    idat = b"".join(compressor.compress(row) for _ in range(side)) + compressor.flush()
-    header = struct.pack(">IIBBBBB", side, side, 16, 6, 0, 0, 0)
-    body = chunk(b"IHDR", header) + chunk(b"IDAT", idat) + chunk(b"IEND", b"")
-    return b"\x89PNG\r\n\x1a\n" + body
-
-
-def memory_mb(pid: int) -> dict[str, float]:
-    values = {}
-    with open(f"/proc/{pid}/status") as fh:
-        for line in fh:
-            key, _, rest = line.partition(":")
-            if key in ("VmRSS", "VmHWM"):
-                values[key] = int(rest.split()[0]) / 1024
-    return values
+from harness.heavy_png import png16_rgba
+from harness.live_server import REPO, LiveServer
 
 
 def run(side: int, rounds: int, clients: int, **env: str) -> dict:
@@ -59,7 +28,7 @@ def run(side: int, rounds: int, clients: int, **env: str) -> dict:
     try:
         with httpx.Client(timeout=120) as http:  # warm: one small upload
             http.post(f"{server.url}/encode", files={"file": ("w.png", png16_rgba(64))})
-        before = memory_mb(server.process.pid)
+        before = server.memory_mb()
         after_rounds, statuses = [], []
 
         def upload(_: int) -> int:
@@ -70,8 +39,8 @@ def run(side: int, rounds: int, clients: int, **env: str) -> dict:
             with ThreadPoolExecutor(clients) as pool:
                 statuses += list(pool.map(upload, range(clients)))
             time.sleep(0.5)
-            after_rounds.append(memory_mb(server.process.pid)["VmRSS"])
-        peak = memory_mb(server.process.pid)["VmHWM"]
+            after_rounds.append(server.memory_mb())
+        peak = server.memory_mb("VmHWM")
     finally:
         server.stop()
     return {
@@ -80,10 +49,10 @@ def run(side: int, rounds: int, clients: int, **env: str) -> dict:
         "rounds": rounds,
         "clients": clients,
         "statuses": {s: statuses.count(s) for s in sorted(set(statuses))},
-        "rss_before_mb": round(before["VmRSS"], 1),
+        "rss_before_mb": round(before, 1),
         "peak_rss_mb": round(peak, 1),
         "rss_after_rounds_mb": [round(v, 1) for v in after_rounds],
-        "retained_mb": round(after_rounds[-1] - before["VmRSS"], 1),
+        "retained_mb": round(after_rounds[-1] - before, 1),
     }
 
 

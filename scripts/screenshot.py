@@ -12,62 +12,26 @@ from __future__ import annotations
 import argparse
 import contextlib
 import math
-import os
-import socket
-import subprocess
 import sys
-import time
-import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
 
 from playwright.sync_api import Page, sync_playwright
 
+from harness.browser import CHROMIUM_ARGS, chromium_path
+from harness.live_server import PLAIN_UVICORN, LiveServer
+
 ROOT = Path(__file__).resolve().parent.parent
-CHROMIUM = "/usr/bin/chromium"
-CHROMIUM_ARGS = [
-    "--no-sandbox",
-    "--disable-gpu",
-    "--disable-background-networking",
-    "--disable-component-update",
-    "--disable-sync",
-    "--no-first-run",
-    "--disable-quic",
-]
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 @contextlib.contextmanager
-def serve(checkpoint: Path, timeout_s: float = 60.0) -> Iterator[str]:
-    """A real uvicorn on loopback serving `checkpoint`; yields its base URL once /readyz is 200."""
-    port = free_port()
-    env = {**os.environ, "VAE_CHECKPOINT": str(checkpoint), "VAE_LOG_LEVEL": "warning"}
-    cmd = [sys.executable, "-m", "uvicorn", "app.main:app", "--host", "127.0.0.1"]
-    proc = subprocess.Popen([*cmd, "--port", str(port)], cwd=ROOT, env=env)
-    base = f"http://127.0.0.1:{port}/"
-    try:
-        deadline = time.monotonic() + timeout_s
-        while True:
-            if proc.poll() is not None:
-                raise RuntimeError(f"the server exited with status {proc.returncode}")
-            with contextlib.suppress(OSError), urllib.request.urlopen(base + "readyz") as res:
-                if res.status == 200:
-                    break
-            if time.monotonic() > deadline:
-                raise RuntimeError(f"the server was not ready within {timeout_s:.0f} s")
-            time.sleep(0.2)
-        yield base
-    finally:
-        proc.terminate()
-        try:
-            proc.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            proc.kill()
+def serve(checkpoint: Path) -> Iterator[str]:
+    """`uvicorn app.main:app` on loopback serving `checkpoint`; yields its base URL once /readyz
+    answers 200, and stops it afterwards."""
+    with LiveServer(
+        checkpoint, command=PLAIN_UVICORN, ready=True, VAE_LOG_LEVEL="warning"
+    ) as server:
+        yield server.url + "/"
 
 
 def three(steps: int = 24) -> list[tuple[float, float]]:
@@ -95,8 +59,11 @@ def draw(page: Page, points: list[tuple[float, float]]) -> None:
 
 
 def take(base: str, out: Path, width: int) -> None:
+    chromium = chromium_path()
+    if chromium is None:
+        raise SystemExit("Chromium not found: apt-get install chromium")
     with sync_playwright() as pw:
-        browser = pw.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
+        browser = pw.chromium.launch(executable_path=chromium, args=CHROMIUM_ARGS)
         page = browser.new_page(viewport={"width": width, "height": 900}, device_scale_factor=1)
         page.goto(base)
         page.wait_for_function("document.querySelectorAll('#end-a option').length > 1")

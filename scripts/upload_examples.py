@@ -3,7 +3,7 @@ photo, what the model saw and its reconstruction, all through `/reconstruct` and
 
     python scripts/upload_examples.py [--checkpoint models/mnist-vae.pt] [--out docs]
 
-The photos are the seeded scenes of `tests/photo_scenes.py` with MNIST test digits, so the
+The photos are the seeded scenes of `harness/photo_scenes.py` with MNIST test digits, so the
 pictures are the same on every run.
 """
 
@@ -18,15 +18,14 @@ from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
-sys.path.insert(0, str(REPO / "tests"))
 
 import numpy as np  # noqa: E402
-import photo_scenes as scenes  # noqa: E402
 from fastapi.testclient import TestClient  # noqa: E402
 from PIL import Image, ImageDraw  # noqa: E402
 
 from app.config import Settings  # noqa: E402
 from app.main import create_app  # noqa: E402
+from harness import photo_scenes as scenes  # noqa: E402
 from training.data import load_split  # noqa: E402
 
 PHOTO = (240, 180)  # the photo's thumbnail

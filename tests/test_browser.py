@@ -7,8 +7,6 @@ from __future__ import annotations
 import base64
 import io
 import json
-import os
-import shutil
 import urllib.request
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -16,34 +14,20 @@ from pathlib import Path
 from urllib.parse import urlsplit
 
 import pytest
-from live_server import PLAIN_UVICORN, LiveServer
 from PIL import Image, ImageStat
+
+from harness.browser import CHROMIUM_ARGS, chromium_path
+from harness.live_server import PLAIN_UVICORN, LiveServer
 
 pytestmark = pytest.mark.browser
 
-CHROMIUM_ARGS = [
-    "--no-sandbox",
-    "--disable-gpu",
-    "--disable-background-networking",
-    "--disable-component-update",
-    "--disable-sync",
-    "--no-first-run",
-    "--disable-quic",
-]
 SEVEN = [(70, 60), (210, 60), (180, 130), (150, 200), (130, 250)]  # pad coordinates, 280x280
-
-
-def _chromium_path() -> str | None:
-    for name in ("/usr/bin/chromium", shutil.which("chromium"), shutil.which("chromium-browser")):
-        if name and os.access(name, os.X_OK):
-            return name
-    return None
 
 
 @pytest.fixture(scope="module")
 def browser():
     sync_api = pytest.importorskip("playwright.sync_api", reason="playwright is not installed")
-    path = _chromium_path()
+    path = chromium_path()
     if path is None:
         pytest.skip("Chromium not found (apt-get install chromium, or run `make system-deps`)")
     with sync_api.sync_playwright() as pw:

@@ -33,8 +33,9 @@ import httpx
 import numpy as np
 import pytest
 import yaml
-from live_server import free_port
 from PIL import Image
+
+from harness.processes import free_port
 
 ROOT = Path(__file__).resolve().parents[1]
 SCRIPTS = ROOT / "scripts" / "docker"

@@ -14,7 +14,6 @@ import struct
 import zlib
 
 import numpy as np
-import photo_scenes as scenes
 import pytest
 import torch
 import torch.nn.functional as F
@@ -26,6 +25,7 @@ from app.errors import ImageError, PayloadTooLarge, ServiceError, UnsupportedIma
 from app.images.normalise import normalize_upload as normalize_to_array
 from app.images.png import grid_png, strip_png, to_png
 from app.images.upload import decode_base64url
+from harness import photo_scenes as scenes
 from training.data import load_split
 
 

@@ -11,7 +11,6 @@ from __future__ import annotations
 import io
 
 import numpy as np
-import photo_scenes as scenes
 import pytest
 import torch
 import torch.nn.functional as F
@@ -19,6 +18,7 @@ from PIL import Image
 
 from app.images.normalise import normalize_upload
 from app.images.page import find_page
+from harness import photo_scenes as scenes
 from training.data import load_split
 
 

@@ -13,15 +13,6 @@ replica comes back on it.
 
 from __future__ import annotations
 
-import contextlib
-import json
-import os
-import shutil
-import signal
-import subprocess
-import sys
-import tempfile
-import threading
 import time
 from collections import Counter
 from collections.abc import Iterator
@@ -30,20 +21,17 @@ from pathlib import Path
 
 import httpx
 import pytest
-import yaml
-from live_server import free_port
+
+from harness.processes import free_port
+from harness.ray_cluster import RayNode, head_args, ray_env, serve_config, serve_run
 
 pytest.importorskip("ray.serve", reason="Ray Serve is not installed: pip install -e '.[ray]'")
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(300)]
 
-REPO = Path(__file__).resolve().parent.parent
-BIN = Path(sys.executable).parent
 SLOT = "vae_slot"
-# Each node on its own loopback address (Ray swaps a literal 127.0.0.1 for the machine's outward
-# address, so that one is avoided): all traffic stays on this machine's loopback.
+# Each node on its own loopback address: all traffic stays on this machine's loopback.
 HEAD_IP, WORKER_IP, NEW_WORKER_IP = "127.0.0.2", "127.0.0.3", "127.0.0.4"
-START_TIMEOUT_S = 90
 # Ray asks the GCS about a node's health every second and declares it dead after 3 misses.
 HEAD_SYSTEM_CONFIG = {
     "health_check_initial_delay_ms": 1000,
@@ -52,135 +40,56 @@ HEAD_SYSTEM_CONFIG = {
 }
 
 
-def _descendants(pid: int) -> list[int]:
-    """Every process below `pid` (Ray's workers start their own sessions, so no killpg)."""
-    children: dict[int, list[int]] = {}
-    for entry in Path("/proc").iterdir():
-        if not entry.name.isdigit():
-            continue
-        try:
-            stat = (entry / "stat").read_text()
-        except OSError:
-            continue
-        ppid = int(stat.rsplit(")", 1)[1].split()[1])
-        children.setdefault(ppid, []).append(int(entry.name))
-    found, todo = [], [pid]
-    while todo:
-        for child in children.get(todo.pop(), []):
-            found.append(child)
-            todo.append(child)
-    return found
-
-
-class RayNode:
-    """One `ray start --block` process and everything it starts, killed together."""
-
-    def __init__(self, name: str, args: list[str], env: dict[str, str]) -> None:
-        self.name = name
-        self.temp_dir = tempfile.mkdtemp(prefix=f"ray-{name}-", dir="/tmp")  # short socket paths
-        command = [str(BIN / "ray"), "start", "--block", "--temp-dir", self.temp_dir, *args]
-        command += ["--num-cpus", "1", "--num-gpus", "0", "--object-store-memory", "100000000"]
-        command += ["--resources", json.dumps({SLOT: 1}), "--disable-usage-stats"]
-        command += ["--dashboard-agent-listen-port", str(free_port())]
-        command += ["--dashboard-agent-grpc-port", str(free_port())]
-        command += ["--metrics-export-port", str(free_port())]
-        command += ["--runtime-env-agent-port", str(free_port())]
-        self.process = subprocess.Popen(
-            command,
-            env=env,
-            stdout=subprocess.PIPE,
-            stderr=subprocess.STDOUT,
-            text=True,
-            start_new_session=True,
-        )
-        self.log: list[str] = []
-        self._started = threading.Event()
-        threading.Thread(target=self._watch, daemon=True).start()
-
-    def _watch(self) -> None:
-        for line in self.process.stdout:
-            self.log.append(line)
-            if "Ray runtime started" in line:
-                self._started.set()
-        self._started.set()
-
-    def wait_started(self) -> None:
-        started = self._started.wait(START_TIMEOUT_S)
-        assert started, f"{self.name} did not start in time:\n{''.join(self.log[-30:])}"
-        assert self.process.poll() is None, f"{self.name} exited:\n{''.join(self.log[-30:])}"
-
-    def kill(self) -> None:
-        """SIGKILL to the node and all its processes: what a dead machine looks like."""
-        for pid in [self.process.pid, *_descendants(self.process.pid)]:
-            with contextlib.suppress(ProcessLookupError):
-                os.kill(pid, signal.SIGKILL)
-        self.process.wait(timeout=30)
-        shutil.rmtree(self.temp_dir, ignore_errors=True)
-
-
 class Cluster:
+    """Ray nodes of one cluster, each with one CPU and one `vae_slot`; a context manager that
+    kills them all."""
+
     def __init__(self) -> None:
         self.gcs_port = free_port()
         self.address = f"{HEAD_IP}:{self.gcs_port}"
-        self.env = {
-            **os.environ,
-            "PYTHONPATH": os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")])),
-            "RAY_USAGE_STATS_ENABLED": "0",
-            # A token in ~/.ray/auth_token (from any other Ray use here) would turn auth on for
-            # the head only; this cluster lives on loopback for one test.
-            "RAY_AUTH_MODE": "disabled",
-            # The proxy would otherwise send everything to the replica on its own node.
-            "RAY_SERVE_PROXY_PREFER_LOCAL_NODE_ROUTING": "0",
-        }
+        # The proxy would otherwise send everything to the replica on its own node.
+        self.env = ray_env(RAY_SERVE_PROXY_PREFER_LOCAL_NODE_ROUTING="0")
         self.nodes: list[RayNode] = []
 
     def start_head(self) -> RayNode:
-        args = ["--head", "--node-ip-address", HEAD_IP, "--port", str(self.gcs_port)]
-        args += ["--include-dashboard=false"]
-        args += ["--dashboard-port", str(free_port())]
-        args += ["--ray-client-server-port", str(free_port())]
-        args += ["--system-config", json.dumps(HEAD_SYSTEM_CONFIG)]
-        return self._add(RayNode("head", args, self.env))
+        return self._add("head", head_args(HEAD_IP, self.gcs_port, HEAD_SYSTEM_CONFIG))
 
     def start_worker(self, name: str, ip: str) -> RayNode:
-        args = ["--address", self.address, "--node-ip-address", ip]
-        return self._add(RayNode(name, args, self.env))
+        return self._add(name, ["--address", self.address, "--node-ip-address", ip])
 
-    def _add(self, node: RayNode) -> RayNode:
+    def _add(self, name: str, args: list[str]) -> RayNode:
+        node = RayNode(name, args, self.env, resources={SLOT: 1})
         self.nodes.append(node)
         node.wait_started()
         return node
 
-    def shutdown(self) -> None:
+    def __enter__(self) -> Cluster:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
         for node in reversed(self.nodes):
             node.kill()
 
 
 @pytest.fixture
 def cluster() -> Iterator[Cluster]:
-    cluster = Cluster()
-    try:
+    with Cluster() as cluster:
         yield cluster
-    finally:
-        cluster.shutdown()
 
 
-def _serve_config(tmp_path: Path, checkpoint: Path, port: int) -> Path:
-    """The shipped Serve config, with the tiny checkpoint, a free port and exactly two replicas."""
-    config = yaml.safe_load((REPO / "deploy" / "ray" / "serve.yaml").read_text())
-    config["http_options"].update(host="127.0.0.1", port=port)
-    [application] = config["applications"]
+def _serve_config(checkpoint: Path, port: int) -> dict:
+    """The shipped Serve config, with the tiny checkpoint, a free port and exactly two replicas,
+    one slot each (so one per node)."""
     # Eager torch: the replicas start without exporting ONNX graphs (seconds each, twice).
-    env_vars = {"VAE_CHECKPOINT": str(checkpoint), "VAE_DEVICE": "cpu", "VAE_BACKEND": "torch"}
-    application["runtime_env"]["env_vars"].update(env_vars)
+    config = serve_config(
+        port, 2, VAE_CHECKPOINT=str(checkpoint), VAE_DEVICE="cpu", VAE_BACKEND="torch"
+    )
+    [application] = config["applications"]
     application["args"] = {"num_cpus": 0, "num_gpus": 0}
     [deployment] = application["deployments"]
-    deployment["autoscaling_config"].update(min_replicas=2, max_replicas=2, initial_replicas=2)
     deployment["ray_actor_options"] = {"num_cpus": 0, "resources": {SLOT: 1}}
     deployment.update(health_check_period_s=1, health_check_timeout_s=5)
-    path = tmp_path / "serve.yaml"
-    path.write_text(yaml.safe_dump(config))
-    return path
+    return config
 
 
 class Traffic:
@@ -228,15 +137,8 @@ def test_two_replicas_on_two_nodes_survive_losing_one(cluster, tiny_checkpoint, 
     worker = cluster.start_worker("worker", WORKER_IP)
 
     port = free_port()
-    config = _serve_config(tmp_path, tiny_checkpoint, port)
-    deploy = subprocess.run(
-        [str(BIN / "serve"), "run", str(config), "--address", cluster.address, "--non-blocking"],
-        env=cluster.env,
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
-    assert deploy.returncode == 0, deploy.stdout + deploy.stderr
+    config = _serve_config(tiny_checkpoint, port)
+    serve_run(config, tmp_path / "serve.yaml", cluster.address, cluster.env)
     traffic = Traffic(f"http://127.0.0.1:{port}")
     traffic.one(deadline_s=120, deploying=True)  # waits for the replicas to load the model
     traffic.until_both_answer()

@@ -18,8 +18,9 @@ from pathlib import Path
 import httpx
 import numpy as np
 import pytest
-from live_server import LiveServer
 from PIL import Image
+
+from harness.live_server import LiveServer
 
 
 def _mounts(scratch: Path) -> str:

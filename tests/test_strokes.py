@@ -8,11 +8,11 @@ is no box, the flat base of a 2 no underline), and all but a few in a thousand u
 from __future__ import annotations
 
 import numpy as np
-import photo_scenes as scenes
 import pytest
 from PIL import Image, ImageDraw
 
 from app.images.strokes import MNIST_WIDTH, frame_or_underline, like_mnist_strokes, stroke_width
+from harness import photo_scenes as scenes
 from training.data import load_split
 
 

@@ -18,6 +18,7 @@ from app.inference.admission import (
     ReturnBook,
 )
 from app.routes.shedding import shedder
+from harness.heavy_png import png16_rgba
 
 
 def test_decodes_never_exceed_the_thread_count_or_the_pixel_budget():
@@ -113,28 +114,13 @@ def test_inference_gate_learns_seconds_per_row_from_the_batches():
     assert 0.008 < gate.seconds_per_row["encode"] < 0.03
 
 
-def _png16_rgba(side: int) -> bytes:
-    """A white 16-bit RGBA PNG: tiny on the wire, side x side x 8 bytes once decoded."""
-    import struct
-    import zlib
-
-    def chunk(kind: bytes, data: bytes) -> bytes:
-        crc = struct.pack(">I", zlib.crc32(kind + data) & 0xFFFFFFFF)
-        return struct.pack(">I", len(data)) + kind + data + crc
-
-    rows = (b"\x00" + b"\xff\xff" * 4 * side) * side
-    header = struct.pack(">IIBBBBB", side, side, 16, 6, 0, 0, 0)
-    idat = chunk(b"IDAT", zlib.compress(rows, 9))
-    return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + idat + chunk(b"IEND", b"")
-
-
 def test_a_flood_of_heavy_uploads_gets_503s_not_504s(make_settings, serving):
     """Issue 12's 64 x 4096x4096 16-bit PNGs, scaled down: 24 x 1024x1024 with one decode at a
     time and a 1.5 s timeout. Those that cannot be decoded in time are told so at once."""
     settings = make_settings(
         decode_concurrency=1, decode_pixel_budget=1024 * 1024, request_timeout_s=1.5
     )
-    png = _png16_rgba(1024)
+    png = png16_rgba(1024)
 
     async def flood() -> list:
         async with serving(settings) as client:

@@ -14,7 +14,8 @@ import time
 from pathlib import Path
 
 import httpx
-from live_server import LiveServer
+
+from harness.live_server import LiveServer
 
 MAX_CONNECTIONS = 200
 FLOOD = 10_000

@@ -19,11 +19,12 @@ from pathlib import Path
 import httpx
 import pytest
 from damaged_exports import DAMAGES, MANIFEST, Damage, copy_export
-from live_server import REPO, VAE_SERVE, LiveServer, free_port, server_env
 
 from app.inference.artifact.export_guide import load_onnx_guide
 from app.inference.artifact.loading import load_model
 from app.server import cli
+from harness.live_server import REPO, VAE_SERVE, LiveServer, server_env
+from harness.processes import free_port
 from models.checkpoint_errors import CheckpointError
 
 SHIPPED = REPO / "models" / "mnist-vae.pt"

@@ -8,7 +8,9 @@ from pathlib import Path
 
 import httpx
 import pytest
-from live_server import REPO, VAE_SERVE, LiveServer, free_port, server_env
+
+from harness.live_server import REPO, VAE_SERVE, LiveServer, server_env
+from harness.processes import free_port
 
 
 def failed_start(checkpoint: Path, **overrides: str) -> subprocess.CompletedProcess:

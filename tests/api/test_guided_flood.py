@@ -13,7 +13,8 @@ import time
 from collections import Counter
 
 import httpx
-from live_server import REPO, LiveServer
+
+from harness.live_server import REPO, LiveServer
 
 CLIENTS = 32
 FLOOD_S = 15

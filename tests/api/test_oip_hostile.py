@@ -16,9 +16,9 @@ from pathlib import Path
 import httpx
 import numpy as np
 import pytest
-from live_server import LiveServer, read_all, status_and_body
 
 from app.routes.oip import MAX_BODY_BYTES
+from harness.live_server import LiveServer, read_all, status_and_body
 from models.checkpoint import load_checkpoint
 
 

@@ -14,10 +14,10 @@ from pathlib import Path
 import httpx
 import numpy as np
 import pytest
-from live_server import LiveServer
 from PIL import Image
 
 from app.images.examples import ExampleStore
+from harness.live_server import LiveServer
 from models.checkpoint import file_sha256, load_checkpoint
 
 httpclient = pytest.importorskip("tritonclient.http", reason="pip install 'tritonclient[http]'")

@@ -9,9 +9,9 @@ import socket
 import time
 
 import httpx
-from live_server import PLAIN_UVICORN, LiveServer, read_all, status_and_body
 
 from app.http.unguarded import WITHOUT_EDGE
+from harness.live_server import PLAIN_UVICORN, LiveServer, read_all, status_and_body
 
 BODY_TIMEOUT_S = 1.5
 

@@ -6,7 +6,8 @@ from __future__ import annotations
 import shutil
 
 import httpx
-from live_server import LiveServer
+
+from harness.live_server import LiveServer
 
 TOKEN = "reload-names-token"
 AUTH = {"Authorization": f"Bearer {TOKEN}"}

@@ -15,7 +15,8 @@ from pathlib import Path
 
 import httpx
 import pytest
-from live_server import LiveServer, read_all, status_and_body
+
+from harness.live_server import LiveServer, read_all, status_and_body
 
 GRACE_S = 4.0
 

@@ -22,10 +22,10 @@ import httpx
 import numpy as np
 import pytest
 from fastapi.testclient import TestClient
-from live_server import REPO, LiveServer
 
 from app.inference.artifact.export_format import MANIFEST_NAME
 from app.main import create_app
+from harness.live_server import REPO, LiveServer
 
 SHIPPED = REPO / "models" / "mnist-vae.pt"
 GUIDE = REPO / "models" / "mnist-digit-guide.pt"

@@ -17,7 +17,6 @@ from pathlib import Path
 
 import httpx
 import pytest
-from live_server import REPO, LiveServer
 from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import (
     ExportTraceServiceRequest,
     ExportTraceServiceResponse,
@@ -29,6 +28,7 @@ from app import tracing
 from app.http.server_span import ServerSpanMiddleware
 from app.inference.batching import MicroBatcher
 from app.main import create_app
+from harness.live_server import REPO, LiveServer
 from models.checkpoint import load_checkpoint
 
 WAIT_S = 20  # for the batch processor (100 ms schedule here) to deliver what a test looks for

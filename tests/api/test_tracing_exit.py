@@ -15,9 +15,10 @@ from pathlib import Path
 
 import httpx
 import pytest
-from live_server import REPO, LiveServer, free_port
 
 from app import tracing
+from harness.live_server import REPO, LiveServer
+from harness.processes import free_port
 
 GRACE_S = 20  # VAE_SHUTDOWN_GRACE_S's default, which the collector used to take whole
 SLACK_S = 3.0  # reaping, and the log flush, on a slow shared machine: not the product's promise

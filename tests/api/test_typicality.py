@@ -1,6 +1,6 @@
 """Issue 30: "is this a digit?", a calibrated typicality score on every upload.
 
-The acceptance set is built here from real data (`tests/not_digits.py`): MNIST test digits and
+The acceptance set is built here from real data (`harness/not_digits.py`): MNIST test digits and
 phone photos of them on one side, Fashion-MNIST items, blank and near-blank pages, letters,
 scribbles, shapes, two digits side by side and noise on the other, every upload through the
 service's own normalisation. None of its digits is one the score was calibrated on (MNIST test
@@ -15,7 +15,6 @@ import subprocess
 import sys
 from pathlib import Path
 
-import not_digits as nd
 import numpy as np
 import pytest
 import torch
@@ -26,6 +25,7 @@ from app.images.normalise import normalize_upload
 from app.inference.artifact.loading import load_model
 from app.inference.engine import operation
 from app.main import create_app
+from harness import not_digits as nd
 from models.checkpoint import model_from_payload, read_checkpoint, save_checkpoint
 from models.checkpoint_errors import CheckpointError
 from training import typicality as calibrate_command

@@ -1,7 +1,7 @@
 """Photos with shadows, page edges and ruled lines, through `/reconstruct` and the shipped model.
 
 Each photo holds one MNIST test digit (one per class, none of them a bundled example) in a scene
-from `tests/photo_scenes.py`. The reconstruction must be that digit: its five nearest neighbours
+from `harness/photo_scenes.py`. The reconstruction must be that digit: its five nearest neighbours
 among 5000 other MNIST test digits (pixel distance, about 93 % right on reconstructions of clean
 digits) vote for the digit's own label, and it looks like the reconstruction of the clean 28x28
 digit. Digits whose clean reconstruction is already voted wrong are skipped for the next of their
@@ -20,12 +20,12 @@ import os
 from pathlib import Path
 
 import numpy as np
-import photo_scenes as scenes
 import pytest
 from fastapi.testclient import TestClient
 from PIL import Image
 
 from app.main import create_app
+from harness import photo_scenes as scenes
 from training.data import load_split, to_model_input
 
 REPO = Path(__file__).resolve().parents[2]

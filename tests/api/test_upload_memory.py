@@ -8,27 +8,14 @@ raised the peak by about 300 MB and kept 80 to 120 MB; the bounds here sit betwe
 
 from __future__ import annotations
 
-import struct
 import time
-import zlib
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import httpx
-from live_server import LiveServer
 
-
-def png16_rgba(side: int) -> bytes:
-    """A white 16-bit RGBA PNG: tiny on the wire, side x side x 8 bytes once decoded."""
-
-    def chunk(kind: bytes, data: bytes) -> bytes:
-        crc = struct.pack(">I", zlib.crc32(kind + data) & 0xFFFFFFFF)
-        return struct.pack(">I", len(data)) + kind + data + crc
-
-    rows = (b"\x00" + b"\xff\xff" * 4 * side) * side
-    header = struct.pack(">IIBBBBB", side, side, 16, 6, 0, 0, 0)
-    idat = chunk(b"IDAT", zlib.compress(rows))
-    return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + idat + chunk(b"IEND", b"")
+from harness.heavy_png import png16_rgba
+from harness.live_server import LiveServer
 
 
 def test_rounds_of_heavy_uploads_keep_the_peak_low_and_give_memory_back(tiny_checkpoint: Path):

@@ -14,8 +14,9 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import httpx
-from live_server import REPO, LiveServer, entry_point_command
 from prometheus_client.parser import text_string_to_metric_families
+
+from harness.live_server import REPO, LiveServer, entry_point_command
 
 ADMIN_TOKEN = "monitoring-test-admin-token"
 

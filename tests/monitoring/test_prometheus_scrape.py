@@ -10,17 +10,17 @@ and the reload-failure alert that the service's own traffic produced.
 from __future__ import annotations
 
 import shutil
-import subprocess
 import time
 from collections.abc import Iterator
 
 import httpx
 import pytest
 import yaml
-from live_server import free_port, stop, wait_until_answers
 from live_service import Service, exercise
 from monitoring_expressions import REPO, RULES
 from prometheus_client.parser import text_string_to_metric_families
+
+from harness.server import ServerProcess
 
 PROMETHEUS = shutil.which("prometheus")
 pytestmark = [
@@ -78,22 +78,17 @@ def prometheus(service: Service, tmp_path_factory: pytest.TempPathFactory) -> It
     folder = tmp_path_factory.mktemp("prometheus")
     config_path = folder / "prometheus.yml"
     config_path.write_text(yaml.safe_dump(test_config(service.host_port)))
-    port = free_port()
-    log_path = folder / "prometheus.log"
     command = [
         PROMETHEUS,
         f"--config.file={config_path}",
         f"--storage.tsdb.path={folder / 'data'}",
-        f"--web.listen-address=127.0.0.1:{port}",
+        "--web.listen-address=127.0.0.1:{port}",
     ]
-    with log_path.open("w") as log:
-        process = subprocess.Popen(command, cwd=folder, stdout=log, stderr=log)
-    url = f"http://127.0.0.1:{port}"
-    try:
-        wait_until_answers(f"{url}/-/ready", process, WAIT_S, lambda: log_path.read_text()[-3000:])
-        yield Prometheus(url)
-    finally:
-        stop(process)
+    output = folder / "prometheus.log"
+    with ServerProcess(
+        command, cwd=folder, output=output, ready="/-/ready", startup_timeout_s=WAIT_S
+    ) as server:
+        yield Prometheus(server.url)
 
 
 def _sample_count(service: Service) -> float:

@@ -1,7 +1,7 @@
 """Uploads that are not a digit, and uploads that are, as the bytes a caller would send; seeded.
 
 Issue 30's acceptance set for the typicality score (`models.typicality`): on the digit side MNIST
-test digits and phone photos of them (`tests/photo_scenes.py`, issue 13 and 20's scenes); on the
+test digits and phone photos of them (`harness/photo_scenes.py`, issue 13 and 20's scenes); on the
 other side Fashion-MNIST items, blank and near-blank pages, letters and scribbles drawn with a
 round pen as on the web page's pad, geometric shapes, two digits side by side and noise. Every
 builder takes a seed (and the real images it needs), so a test, `bench/typicality_eval.py` and
@@ -20,8 +20,9 @@ import math
 from collections.abc import Callable
 
 import numpy as np
-import photo_scenes as scenes
 from PIL import Image, ImageDraw
+
+from harness import photo_scenes as scenes
 
 PAD_SIDE = 280  # the web page's drawing pad (app/static/index.html), white strokes on black
 SUPER = 2  # strokes are drawn at twice the size and averaged down: antialiased as a browser's
