@@ -184,4 +184,11 @@ def _app_from_environment() -> FastAPI:
     return create_app(settings)
 
 
-app = _app_from_environment()
+def __getattr__(name: str) -> FastAPI:
+    """`app`, built on first use (`uvicorn app.main:app`), so that importing this module to build
+    an app another way (`vae-serve`, the tests) reads no settings and builds nothing."""
+    if name != "app":
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    app = globals().get("_app") or _app_from_environment()
+    globals()["_app"] = app
+    return app
