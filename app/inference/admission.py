@@ -46,7 +46,7 @@ IDLE_TRIM_DELAY_S = 0.5  # after the last large decode, time for its request to 
 PRIOR_INFERENCE_S_PER_ROW = 2e-3
 EWMA_WEIGHT = 0.2
 STRETCH_SAMPLE_MIN_S = 0.01  # light work booked ahead of a job for its wait to be a sample
-MAX_LIGHT_STRETCH = 8.0
+MAX_STRETCH = 8.0
 MAX_RETRY_AFTER_S = 10  # the longest `ReturnBook` makes a refused client wait
 
 
@@ -233,7 +233,7 @@ class Booking:
         booked: dict[str, float],
         lane: str,
         seconds: float,
-        learn: Callable[[float, float], None] | None = None,
+        learn: Callable[[str, float, float], None] | None = None,
     ) -> None:
         self._booked = booked
         self.lane = lane
@@ -247,7 +247,7 @@ class Booking:
         """The thread has run this job: how long it took, against the work booked ahead of it,
         goes to `learn`; then the booking is given back."""
         if self._learn is not None and self.seconds > 0:
-            self._learn(time.perf_counter() - self._started, self._ahead)
+            self._learn(self.lane, time.perf_counter() - self._started, self._ahead)
         self.close()
 
     def keep(self, seconds: float) -> None:
@@ -274,10 +274,11 @@ class InferenceGate:
         self.booked_s: dict[str, float] = {LIGHT: 0.0, HEAVY: 0.0}
         self.refused_share = 0.0  # of chosen digits' first candidates, by the guide
         self.typical_light_s = 0.0  # a light job's booking, on average (for `light_full`)
-        # Seconds a light job takes to get through its lane per second of work booked there: more
-        # than 1 where the event loop shares the inference thread's core (its work on each
-        # request is not booked), learned from the jobs themselves.
-        self.light_stretch = 1.0
+        # Seconds a job takes to get through its lane per second of work booked there, learned
+        # from the jobs themselves: more than 1 where the event loop shares the inference
+        # thread's core (its work on each request is not booked), where heavy slices wait for
+        # light turns, or where the machine is busy with other work.
+        self.stretch: dict[str, float] = {LIGHT: 1.0, HEAVY: 1.0}
         self.returns = ReturnBook()
 
     @property
@@ -311,8 +312,11 @@ class InferenceGate:
         if lane == LIGHT:
             typical = self.typical_light_s or seconds  # the first job is the first estimate
             self.typical_light_s = typical + EWMA_WEIGHT * (seconds - typical)
-            return Booking(self.booked_s, lane, seconds, self._learn_stretch)
-        return Booking(self.booked_s, lane, seconds)
+        return Booking(self.booked_s, lane, seconds, self._learn_stretch)
+
+    @property
+    def light_stretch(self) -> float:
+        return self.stretch[LIGHT]
 
     def light_full(self, time_left_s: float) -> bool:
         """Whether a light job of the usual size would be refused now (so a request can be
@@ -331,14 +335,14 @@ class InferenceGate:
 
     def _wait_s(self, lane: str, booked_s: float) -> float:
         """How long `booked_s` of work in `lane` takes to get through it, as far as learned."""
-        return booked_s * self.light_stretch if lane == LIGHT else booked_s
+        return booked_s * self.stretch[lane]
 
-    def _learn_stretch(self, took_s: float, booked_ahead_s: float) -> None:
-        """One light job's time through its lane over the work booked ahead of it (its own
-        included), into `light_stretch`; a nearly empty lane's fixed latencies say nothing."""
+    def _learn_stretch(self, lane: str, took_s: float, booked_ahead_s: float) -> None:
+        """One job's time through its lane over the work booked ahead of it (its own included),
+        into the lane's `stretch`; a nearly empty lane's fixed latencies say nothing."""
         if booked_ahead_s >= STRETCH_SAMPLE_MIN_S:
-            sample = min(max(took_s / booked_ahead_s, 1.0), MAX_LIGHT_STRETCH)
-            self.light_stretch += EWMA_WEIGHT * (sample - self.light_stretch)
+            sample = min(max(took_s / booked_ahead_s, 1.0), MAX_STRETCH)
+            self.stretch[lane] += EWMA_WEIGHT * (sample - self.stretch[lane])
 
     def _limit(self, lane: str, time_left_s: float) -> float:
         """How much work `lane` may hold with a new job in it."""

@@ -34,12 +34,15 @@ LIGHT_TURNS_PER_HEAVY = 4
 
 class SlicedJob(Protocol):
     """Heavy work in slices: `step` runs one on the inference thread and says whether it was the
-    last; `settle` (on the loop, after each step) gives back the booking of the rows done, and
-    `close` all of it, once the job ends or is dropped."""
+    last; `settle` (on the loop, after each step) gives back the booking of the rows done,
+    `finish` (after the last) tells admission how long the job took through its lane, and
+    `close` gives back all of it, once the job ends or is dropped."""
 
     def step(self) -> bool: ...
 
     def settle(self) -> None: ...
+
+    def finish(self) -> None: ...
 
     def result(self) -> Any: ...
 
@@ -172,6 +175,7 @@ class InferenceScheduler:
             self._running = False
         heavy.job.settle()
         if last:
+            heavy.job.finish()
             self._heavy.remove(heavy)
             self._end(heavy)
 

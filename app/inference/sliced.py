@@ -58,6 +58,9 @@ class RowsInSlices:
     def result(self) -> Output:
         return _joined(self._parts)
 
+    def finish(self) -> None:
+        self._booking.finish()
+
     def close(self) -> None:
         self._booking.close()
 
@@ -154,6 +157,9 @@ class GuidedDigits:
     def result(self) -> tuple[np.ndarray, np.ndarray]:
         assert self._result is not None
         return self._result
+
+    def finish(self) -> None:
+        self._booking.finish()
 
     def close(self) -> None:
         self._booking.close()

@@ -240,6 +240,30 @@ def test_the_light_lane_learns_how_much_longer_than_booked_its_jobs_take(monkeyp
     assert not gate.light_full(time_left_s=10) and gate.booked_s["light"] == 0.0
 
 
+def test_the_heavy_lane_learns_its_stretch_and_admits_what_it_can_finish(monkeypatch):
+    """Heavy slices wait for light turns, and a busy machine runs them slower than learned: a
+    guided flood got 504s under a load average of 5 with the heavy lane admitting booked work
+    up to half the time left. The lane now learns how much longer its jobs take than booked."""
+    clock = [0.0]
+    monkeypatch.setattr(time, "perf_counter", lambda: clock[0])
+    gate = InferenceGate(slice_s=0.04, light_queue_s=0.06, max_rows=64)
+    for _ in range(30):  # 0.5 s jobs behind 1 s of heavy work, done 3 s later: 2x
+        ahead = gate.book(HEAVY, 1.0, time_left_s=10)
+        job = gate.book(HEAVY, 0.5, time_left_s=10)
+        clock[0] += 3.0
+        job.finish()
+        ahead.close()
+    assert 1.9 < gate.stretch[HEAVY] <= 2.0 and gate.light_stretch == 1.0
+    held = [gate.book(HEAVY, 0.5, time_left_s=10)]
+    with pytest.raises(Overloaded):  # a sixth 0.5 s job would take about 6 s: past half of 10 s
+        for _ in range(10):
+            held.append(gate.book(HEAVY, 0.5, time_left_s=10))
+    assert len(held) == 5  # not the 10 that half of 10 s of booked work would admit
+    for booking in held:
+        booking.close()
+    assert gate.booked_s[HEAVY] == 0.0
+
+
 def test_a_nearly_empty_light_lane_teaches_nothing(monkeypatch):
     clock = [0.0]
     monkeypatch.setattr(time, "perf_counter", lambda: clock[0])
