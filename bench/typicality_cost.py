@@ -1,15 +1,20 @@
 """Issue 30's cost: /reconstruct and /encode with and without the typicality score, in one run.
 
-    python bench/typicality_cost.py [--rounds 200] [--concurrency 8] [--json out.json]
+    taskset -c 0 python bench/typicality_cost.py [--rounds 200] [--concurrency 8] [--json out.json]
 
 One app in this process (FastAPI's TestClient for one request at a time, httpx over ASGI for
-`--concurrency` at once), serving the shipped checkpoint. "with" is the model as loaded, its
-calibration scoring every encode and reconstruct; "without" is the same loaded model with the
+`--concurrency` at once), serving the shipped checkpoint with the digit guide, as `vae-serve`
+does. "with" is the model as loaded, its calibration scoring every encode and reconstruct (the
+three latent terms and the guide's confidence); "without" is the same loaded model with the
 calibration taken off (`typicality=None`: the answer then carries no score, as for a checkpoint
 from before issue 30). The two are swapped in before each request (or burst), interleaved, so
 both see the same load; the ratio of medians compares them. The upload is a 28x28 MNIST digit,
 the cheapest there is, where the score is the largest share of a request. The last rows time the
-score alone (`Typicality.score` on a batch) per row.
+score alone (`Typicality.score` on a batch, the guide's pass included) per row.
+
+Pinned to one core (`taskset -c 0`), the client, the event loop and the inference thread share
+it, as on a one-core server (lone rows then run on the event loop); on a shared machine run it
+two or three times and report every ratio.
 """
 
 from __future__ import annotations
@@ -18,6 +23,7 @@ import argparse
 import asyncio
 import dataclasses
 import json
+import os
 import platform
 import statistics
 import sys
@@ -103,10 +109,22 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--concurrency", type=int, default=8)
     p.add_argument("--checkpoint", type=Path, default=REPO / "models" / "mnist-vae.pt")
     p.add_argument("--json", type=Path, default=None)
+    p.add_argument(
+        "--digit-guide", default=None, help="VAE_DIGIT_GUIDE ('' scores without the guide)"
+    )
     args = p.parse_args(argv)
     digit = (REPO / "app" / "images" / "example_digits" / "7-0.png").read_bytes()
     files = {"file": ("7.png", digit, "image/png")}
-    settings = Settings(checkpoint=args.checkpoint, device="cpu", api_key=None, admin_token=None)
+    # what is measured is the score's cost, not admission control: a burst on one busy core must
+    # be served, not refused with 503 once the light lane holds more than 60 ms of work
+    settings = Settings(
+        checkpoint=args.checkpoint,
+        device="cpu",
+        api_key=None,
+        admin_token=None,
+        light_queue_ms=10_000,
+        **({} if args.digit_guide is None else {"digit_guide": args.digit_guide}),
+    )
     app = create_app(settings)
     results = []
     with TestClient(app) as client:
@@ -116,13 +134,18 @@ def main(argv: list[str] | None = None) -> int:
             print(f"{args.checkpoint} has no typicality calibration (vae-calibrate-typicality)")
             return 2
         models = {"without": dataclasses.replace(scored, typicality=None), "with": scored}
+        load_before = os.getloadavg()[0]
         measured = {"c=1": one_at_a_time(client, engine, models, files, args.rounds)}
         measured[f"c={args.concurrency}"] = client.portal.call(
             bursts, app, engine, models, files, args.rounds, args.concurrency
         )
         engine._current = scored
         alone = score_alone(scored)
-    print(f"28x28 PNG upload, medians; {platform.processor() or platform.machine()}")
+    terms = ", ".join(scored.typicality.served_terms)
+    cpus = sorted(os.sched_getaffinity(0))
+    print(f"28x28 PNG upload, medians; {platform.processor() or platform.machine()}, CPUs {cpus}")
+    load_after = os.getloadavg()[0]
+    print(f"score terms: {terms}; load average {load_before:.2f} before, {load_after:.2f} after")
     print(f"{'load':6s} {'route':26s} {'without ms':>11s} {'with ms':>9s} {'with/without':>13s}")
     for load, times in measured.items():
         for route in ROUTES:

@@ -1,48 +1,66 @@
-"""Is this a digit? A typicality score for every upload, from the VAE's own posterior.
+"""Is this a digit? A typicality score for every upload, from the VAE's posterior and the guide.
 
 The raw -ELBO fails as an out-of-distribution score (blank images get a *better* -ELBO than
 digits; docs/model-card.md has the table), so the score looks at where the encoder puts an upload
-instead, three ways, each measured against real digits the model never trained on:
+instead, and at what the digit guide (`models/digit_guide.py`) reads in it, each term measured
+against real digits the model never trained on:
 
 1. `prior_density`: -log p(mu) under the checkpoint's learned prior (the aggregate posterior of
    the training digits): a digit encodes where digits encode;
 2. `posterior_density`: -log p(mu, logvar) under a per-digit Gaussian mixture fitted to the
    training digits' posteriors: a digit also gets a digit's posterior *width* in each direction;
 3. `class_confidence`: 1 - max_c p(c | mu) from the prior's class-labelled mixture: a digit
-   encodes near one digit class, not between them.
+   encodes near one digit class, not between them;
+4. `guide_confidence`: 1 - the guide classifier's top probability on the upload itself: a digit
+   is one digit to a network trained to tell them apart (it sees the filled silhouettes of
+   Fashion-MNIST that encode where a thick 0 or 1 does).
 
 Each term becomes an upper-tail p-value against the calibration digits (the fraction of them that
-score at least as high), and Fisher's method combines them: T = -sum(log p_i). The typicality of
-an upload is the fraction of calibration digits whose T is larger, i.e. that look *less*
-digit-like than it: a typical digit is near 0.5, and 0.01 means "less digit-like than 99 % of
-real digits". An upload with no ink at all is 0.
+score at least as high), and Fisher's method combines them: T = -sum(log p_i). The served score
+is Fisher's over all four (`GUIDED_TERMS`) where the service has the digit guide the
+calibration was made with, and over the three latent ones (`LATENT_TERMS`) where it has none (or
+another one): each has its own reference statistic in the calibration. The typicality of an
+upload is the fraction of calibration digits whose T is larger, i.e. that look *less* digit-like
+than it: a typical digit is near 0.5, and 0.01 means "less digit-like than 99 % of real digits".
+An upload with no ink at all is 0.
 
-Everything is computed from the encoder's `mu` and `logvar` (and the input, for the ink check),
-in NumPy, so the torch and the torch-free runtimes share this code and the stored calibration,
-and `/encode` pays for no decoder pass. The calibration is made by `vae-calibrate-typicality`
-(`training/typicality.py`) and stored in the checkpoint (`typicality` section) and in the export
-(`typicality.npz`); it names the prior it was made with (`prior_fingerprint`), and a checkpoint
-whose prior was refitted since serves without a score.
+Everything is computed from the encoder's `mu` and `logvar`, the input and the guide's
+probabilities, in NumPy, so the torch and the torch-free runtimes share this code and the stored
+calibration, and `/encode` pays for no decoder pass. The calibration is made by
+`vae-calibrate-typicality` (`training/typicality.py`) and stored in the checkpoint (`typicality`
+section) and in the export (`typicality.npz`); it names the prior it was made with
+(`prior_fingerprint`), and a checkpoint whose prior was refitted since serves without a score. It
+holds a few calibration digits with the guide's probabilities on them (`GuideCalibration`), so a
+guide that reads them otherwise is not used for the score.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 import math
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from functools import cached_property
 from typing import Any, BinaryIO
 
 import numpy as np
 
+from models.mixture_density import MixtureDensity
 from models.prior import Mixture, MixturePrior, PriorError
 from models.prior_npz import NPZ_READ_ERRORS, read_npz
 
-FORMAT = "fisher-latent-v1"
-TERMS = ("prior_density", "posterior_density", "class_confidence")
+FORMAT = "fisher-guided-v2"
+LATENT_FORMAT = "fisher-latent-v1"  # before the guide's term: three rows, one reference; read too
+TERMS = ("prior_density", "posterior_density", "class_confidence", "guide_confidence")
+LATENT_TERMS = TERMS[:3]  # the score without a guide
+GUIDED_TERMS = TERMS  # with one
 NO_INK = 1.0 / 255.0  # an input whose brightest pixel is under one grey level is blank
 DEFAULT_THRESHOLD = 0.01  # is_digit = typicality >= this: 1 % of real digits are flagged
+CONFIDENT = 1e-9  # class_confidence under this is 0: one class holds all the mass
+GUIDE_TOLERANCE = 1e-4  # on the probe digits: torch and ONNX Runtime agree within 1e-6
+Classify = Callable[[np.ndarray], np.ndarray]  # images [N, 1, 32, 32] -> probabilities [N, 10]
 
 
 class TypicalityError(ValueError):
@@ -65,14 +83,46 @@ def prior_fingerprint(prior: MixturePrior) -> str:
 
 
 @dataclass(frozen=True, eq=False)
+class GuideCalibration:
+    """The score with the digit guide: its reference statistic over `GUIDED_TERMS`, and a few
+    calibration digits (`probe`, model inputs) with the guide's probabilities on them, which a
+    guide must reproduce to be used (the same network, in torch or in its ONNX graph)."""
+
+    reference: np.ndarray  # [n] sorted
+    probe: np.ndarray  # [k, 1, 32, 32] float32
+    probe_probabilities: np.ndarray  # [k, 10]
+
+    def mismatch(self, classify: Classify) -> str | None:
+        """Why `classify` is not the guide this was calibrated with, or None when it is."""
+        try:
+            got = np.asarray(classify(self.probe), np.float64)
+        except Exception as exc:  # a guide that cannot run on digits is not this guide
+            return f"the digit guide fails on the calibration's probe digits: {exc!r}"
+        if got.shape != self.probe_probabilities.shape:
+            return f"the digit guide answers {list(got.shape)} for the probe digits"
+        error = float(np.abs(got - self.probe_probabilities).max())
+        if not error <= GUIDE_TOLERANCE:
+            return (
+                f"the digit guide is not the one the calibration was made with (its "
+                f"probabilities on the probe digits differ by {error:.2g})"
+            )
+        return None
+
+
+@dataclass(frozen=True, eq=False)
 class Typicality:
-    """A calibration bound to the prior it was made with: `score` gives typicality in [0, 1]."""
+    """A calibration bound to the prior it was made with: `score` gives typicality in [0, 1].
+
+    `guide` is the classifier the served score runs (`with_guide`), None for the latent terms
+    alone; it is bound at load time, never stored."""
 
     prior: MixturePrior  # the checkpoint's own learned prior, with its class mixture
     joint: Mixture  # over [mu, logvar] (2 x latent dims), components labelled by digit
-    term_references: np.ndarray  # [len(TERMS), n]: each term on the calibration digits, sorted
-    reference: np.ndarray  # [n]: Fisher's statistic of the calibration digits, sorted
+    term_references: np.ndarray  # [len(TERMS), n] (3 rows for LATENT_FORMAT): sorted per term
+    reference: np.ndarray  # [n]: Fisher's statistic over LATENT_TERMS of the calibration digits
+    guided: GuideCalibration | None = None  # None: calibrated without a guide
     info: dict[str, Any] = field(default_factory=dict)  # how it was made (digits, counts, date)
+    guide: Classify | None = None
 
     def __post_init__(self) -> None:
         if self.prior.classes is None or self.prior.classes.labels is None:
@@ -83,52 +133,97 @@ class Typicality:
                 f"the posterior mixture is over {self.joint.dim} dims, not 2 x {dim} (mu, logvar)"
             )
         n = self.reference.shape[0] if self.reference.ndim == 1 else 0
-        if n < 1 or self.term_references.shape != (len(TERMS), n):
+        rows = len(TERMS) if self.guided is not None else len(LATENT_TERMS)
+        if n < 1 or self.term_references.shape != (rows, n):
             raise TypicalityError(
-                f"references must be [{len(TERMS)}, n] and [n] with n >= 1, not "
+                f"references must be [{rows}, n] and [n] with n >= 1, not "
                 f"{list(self.term_references.shape)} and {list(self.reference.shape)}"
             )
-        for array in (self.term_references, self.reference):
+        references = [self.term_references, self.reference]
+        if self.guided is not None:
+            g = self.guided
+            if g.reference.shape != (n,) or g.probe.ndim != 4 or g.probe.shape[1:] != (1, 32, 32):
+                raise TypicalityError("the guide's reference must be [n], its probe [k, 1, 32, 32]")
+            if g.probe_probabilities.shape != (len(g.probe), 10):
+                raise TypicalityError("the guide's probe probabilities must be [k, 10]")
+            references.append(g.reference)
+        for array in references:
             if not np.isfinite(array).all() or (np.diff(array, axis=-1) < 0).any():
                 raise TypicalityError("references must be finite and sorted")
+        if self.guide is not None and self.guided is None:
+            raise TypicalityError("a calibration made without a guide cannot score with one")
 
     @property
     def calibration_size(self) -> int:
         return int(self.reference.shape[0])
 
-    def terms(self, mu: np.ndarray, logvar: np.ndarray) -> np.ndarray:
-        """The three terms [N, 3] (higher: less digit-like) of posteriors mu, logvar [N, D].
+    @property
+    def served_terms(self) -> tuple[str, ...]:
+        return GUIDED_TERMS if self.guide is not None else LATENT_TERMS
 
-        The prior's two mixtures share one matrix product (both are over mu), the posterior
-        mixture takes another: a lone upload costs a few dozen NumPy calls, not hundreds."""
-        mu = np.asarray(mu, np.float64)
+    def with_guide(self, classify: Classify) -> Typicality:
+        """This calibration scoring with the guide `classify` too; `TypicalityError` (with the
+        reason) when it was made without a guide or with another one."""
+        if self.guided is None:
+            raise TypicalityError("the calibration was made without a digit guide")
+        reason = self.guided.mismatch(classify)
+        if reason is not None:
+            raise TypicalityError(reason)
+        return dataclasses.replace(self, guide=classify)
+
+    def terms(
+        self,
+        mu: np.ndarray,
+        logvar: np.ndarray,
+        guide_probabilities: np.ndarray | None = None,
+        names: tuple[str, ...] = TERMS,
+    ) -> np.ndarray:
+        """The terms `names` [N, len(names)] (higher: less digit-like) of posteriors mu, logvar
+        [N, D]; `guide_confidence` needs the guide's probabilities [N, 10] on the inputs.
+
+        The prior's mixtures share one matrix product (both are over mu), the posterior mixture
+        takes another, and a term not asked for costs nothing: a lone upload is a few dozen
+        NumPy calls."""
         n = len(mu)
+        out = np.empty((n, len(names)))
         if n == 0:
-            return np.zeros((0, len(TERMS)))
-        both = np.concatenate([mu, np.asarray(logvar, np.float64)], axis=1)
-        on_mu, joint = self._on_mu, self._joint
-        log_joint = on_mu.log_joint(mu)
-        split = self._prior_components
-        out = np.empty((n, len(TERMS)))
-        out[:, 0] = -_logsumexp(log_joint[:, :split])
-        out[:, 1] = -_logsumexp(joint.log_joint(both))
-        classes = log_joint[:, split:]
-        weights = np.exp(classes - classes.max(axis=1, keepdims=True))
-        assert self._class_labels is not None
-        out[:, 2] = 1.0 - (weights @ self._class_labels).max(axis=1) / weights.sum(axis=1)
+            return out
+        wanted = set(names)
+        values: dict[str, np.ndarray] = {}
+        if wanted & {"prior_density", "class_confidence"}:
+            with_classes = "class_confidence" in wanted
+            density = self._prior_and_classes if with_classes else self._prior_only
+            scaled = density.scaled(mu)
+            values["prior_density"] = density.neg_log_density(scaled[0])
+            if with_classes:
+                per_class = scaled[1] @ self._class_labels  # [N, 10]
+                total = per_class.sum(axis=1)
+                share = np.divide(per_class.max(axis=1), total, out=np.zeros(n), where=total > 0)
+                confusion = 1.0 - share
+                confusion[confusion < CONFIDENT] = 0.0  # rounding noise, not evidence
+                values["class_confidence"] = confusion
+        if "posterior_density" in wanted:
+            density = self._joint
+            values["posterior_density"] = density.neg_log_density(density.scaled(mu, logvar)[0])
+        if "guide_confidence" in wanted:
+            if guide_probabilities is None:
+                raise TypicalityError("guide_confidence needs the guide's probabilities")
+            values["guide_confidence"] = 1.0 - np.asarray(guide_probabilities).max(axis=1)
+        for i, name in enumerate(names):
+            out[:, i] = values[name]
         if not np.isfinite(out).all():  # a NaN from a broken input is as far from a digit as any
             out = np.nan_to_num(out, nan=np.inf, posinf=np.inf, neginf=-np.inf)
         return out
 
     @cached_property
-    def _on_mu(self) -> _Density:
-        """The prior's mixture and its class mixture, side by side (both are over mu)."""
-        assert self.prior.classes is not None
-        return _Density.side_by_side(_Density(self.prior.mixture), _Density(self.prior.classes))
+    def _prior_only(self) -> MixtureDensity:
+        return MixtureDensity(self.prior.mixture)
 
     @cached_property
-    def _prior_components(self) -> int:
-        return self.prior.mixture.n_components
+    def _prior_and_classes(self) -> MixtureDensity:
+        """The prior's mixture and its class mixture, side by side (both are over mu)."""
+        assert self.prior.classes is not None
+        return MixtureDensity(self.prior.mixture, self.prior.classes)
 
     @cached_property
     def _class_labels(self) -> np.ndarray:
@@ -136,48 +231,69 @@ class Typicality:
         return np.eye(10)[self.prior.classes.labels]  # [K, 10] one-hot
 
     @cached_property
-    def _joint(self) -> _Density:
-        return _Density(self.joint)
+    def _joint(self) -> MixtureDensity:
+        return MixtureDensity(self.joint)
 
-    def statistic(self, terms: np.ndarray) -> np.ndarray:
-        """Fisher's -sum(log p_i) [N] of terms [N, 3], each p_i the share of calibration digits
-        scoring at least as high on term i (plus one, so that it is never 0)."""
+    def statistic(self, terms: np.ndarray, names: tuple[str, ...] = LATENT_TERMS) -> np.ndarray:
+        """Fisher's -sum(log p_i) [N] of terms [N, len(names)], each p_i the share of calibration
+        digits scoring at least as high on term i (plus one, so that it is never 0)."""
+        neg_log_p = self._neg_log_p
+        statistic = np.zeros(len(terms))
+        for i, name in enumerate(names):
+            statistic += neg_log_p[np.searchsorted(self._references[name], terms[:, i])]
+        return statistic
+
+    @cached_property
+    def _neg_log_p(self) -> np.ndarray:
+        """-log p for k calibration digits below a value: -log((n + 1 - k) / (n + 1))."""
         n = self.calibration_size
-        below = np.stack(
-            [np.searchsorted(self.term_references[i], terms[:, i]) for i in range(len(TERMS))]
-        )
-        return -np.log((n + 1.0 - below) / (n + 1.0)).sum(axis=0)
+        return -np.log((n + 1.0 - np.arange(n + 1)) / (n + 1.0))
 
-    def typicality_of(self, statistic: np.ndarray) -> np.ndarray:
+    @cached_property
+    def _references(self) -> dict[str, np.ndarray]:
+        return {name: row for name, row in zip(TERMS, self.term_references, strict=False)}
+
+    def typicality_of(self, statistic: np.ndarray, reference: np.ndarray) -> np.ndarray:
         """The share of calibration digits whose statistic is larger (less digit-like)."""
         n = self.calibration_size
-        larger = n - np.searchsorted(self.reference, statistic, side="right")
+        larger = n - np.searchsorted(reference, statistic, side="right")
         return larger / n
 
     def score(self, x: np.ndarray, mu: np.ndarray, logvar: np.ndarray) -> np.ndarray:
         """Typicality [N] (float64, k / n) in [0, 1] of inputs x [N, 1, 32, 32] with posteriors mu,
-        logvar [N, D]; 0 for an input with no ink."""
-        typicality = self.typicality_of(self.statistic(self.terms(mu, logvar)))
+        logvar [N, D], over the guided terms where a guide is bound; 0 for an input with no ink."""
+        names, probabilities = self.served_terms, None
+        if self.guide is not None:
+            assert self.guided is not None
+            probabilities, reference = self.guide(x), self.guided.reference
+        else:
+            reference = self.reference
+        terms = self.terms(mu, logvar, probabilities, names)
+        typicality = self.typicality_of(self.statistic(terms, names), reference)
         blank = np.asarray(x).reshape(len(x), -1).max(axis=1, initial=0.0) < NO_INK
         typicality[blank] = 0.0
         return typicality
 
     def describe(self, threshold: float) -> dict[str, Any]:
         """For /model: what the score is, what it was calibrated on, and the threshold."""
+        made = {k: v for k, v in self.info.items() if isinstance(v, str | int | float | bool)}
+        if "digit_guide" in made:
+            made["calibrated_with_guide"] = made.pop("digit_guide")
         return {
-            "score": FORMAT,
-            "terms": list(TERMS),
+            **made,
+            "score": FORMAT if self.guided is not None else LATENT_FORMAT,
+            "terms": list(self.served_terms),
+            "digit_guide": self.guide is not None,  # whether the served score runs the guide
             "calibration_digits": self.calibration_size,
             "threshold": threshold,
-            **{k: v for k, v in self.info.items() if isinstance(v, str | int | float | bool)},
         }
 
     def to_dict(self) -> dict[str, Any]:
         """NumPy arrays and JSON-able values: `models.checkpoint` stores them as tensors."""
         joint = self.joint
         assert joint.labels is not None
-        return {
-            "format": FORMAT,
+        stored: dict[str, Any] = {
+            "format": FORMAT if self.guided is not None else LATENT_FORMAT,
             "prior_fingerprint": prior_fingerprint(self.prior),
             "joint": {
                 "weights": joint.weights,
@@ -189,14 +305,24 @@ class Typicality:
             "reference": self.reference,
             "info": json.loads(json.dumps(self.info, default=str)),
         }
+        if self.guided is not None:
+            stored["guided"] = {
+                "reference": self.guided.reference,
+                "probe": self.guided.probe,
+                "probe_probabilities": self.guided.probe_probabilities,
+            }
+        return stored
 
     @classmethod
     def from_dict(cls, data: Any, prior: Any) -> Typicality:
         """From `to_dict()` (arrays or CPU tensors), bound to `prior`; `TypicalityError` when the
         calibration is malformed, or was made with another prior."""
-        if not isinstance(data, dict) or data.get("format") != FORMAT:
+        formats = (FORMAT, LATENT_FORMAT)
+        if not isinstance(data, dict) or data.get("format") not in formats:
             kind = data.get("format") if isinstance(data, dict) else type(data).__name__
-            raise TypicalityError(f"unknown typicality format {kind!r}; this build reads {FORMAT}")
+            raise TypicalityError(
+                f"unknown typicality format {kind!r}; this build reads {' and '.join(formats)}"
+            )
         if not isinstance(prior, MixturePrior):
             raise TypicalityError("the calibration needs the learned prior it was made with")
         if data.get("prior_fingerprint") != prior_fingerprint(prior):
@@ -205,6 +331,7 @@ class Typicality:
                 "with vae-calibrate-typicality"
             )
         joint = data.get("joint")
+        guided = data.get("guided") if data["format"] == FORMAT else None
         try:
             if not isinstance(joint, dict):
                 raise TypicalityError("the posterior mixture must be a dict of arrays")
@@ -213,70 +340,29 @@ class Typicality:
                 raise TypicalityError("the posterior mixture's components need digit labels")
             term_references = np.asarray(data["term_references"], dtype=np.float64)
             reference = np.asarray(data["reference"], dtype=np.float64)
+            if data["format"] == FORMAT:
+                if not isinstance(guided, dict):
+                    raise TypicalityError(f"{FORMAT} needs the guide's reference and probe")
+                guided = GuideCalibration(
+                    np.asarray(guided["reference"], dtype=np.float64),
+                    np.asarray(guided["probe"], dtype=np.float32),
+                    np.asarray(guided["probe_probabilities"], dtype=np.float64),
+                )
         except TypicalityError:
             raise
         except (KeyError, TypeError, ValueError, PriorError) as exc:
             raise TypicalityError(f"malformed calibration: {exc}") from None
         info = data.get("info") or {}
-        return cls(prior, mixture, term_references, reference, dict(info))
-
-
-class _Density:
-    """Gaussian mixture components' log densities as one matrix product: the whitening
-    A_k (z - m_k) of every component k (A_k the inverse Cholesky factor) is
-    z @ [A_1^T ... A_K^T] - [m_1 A_1^T ... m_K A_K^T]. The same numbers as
-    `models.prior.Mixture.component_log_prob` (within float64 rounding), at a fraction of the
-    cost per upload: one BLAS call instead of one per component (issue 30's 5 % budget)."""
-
-    def __init__(self, mixture: Mixture | None, parts: tuple | None = None) -> None:
-        if parts is not None:
-            self.dim, self.components, self.project, self.shift, self.offset = parts
-            return
-        assert mixture is not None
-        k, d = mixture.means.shape
-        tril = mixture.scale_tril.astype(np.float64)
-        inverse_t = np.linalg.inv(tril).transpose(0, 2, 1)  # [K, D, D]: A_k^T
-        self.dim, self.components = d, k
-        self.project = np.ascontiguousarray(inverse_t.transpose(1, 0, 2).reshape(d, k * d))
-        self.shift = np.einsum("kd,kde->ke", mixture.means.astype(np.float64), inverse_t).ravel()
-        half_log_det = np.log(np.diagonal(tril, axis1=1, axis2=2)).sum(-1)
-        with np.errstate(divide="ignore"):
-            log_weights = np.log(mixture.weights.astype(np.float64))
-        self.offset = log_weights - half_log_det - 0.5 * d * math.log(2 * math.pi)
-
-    @classmethod
-    def side_by_side(cls, first: _Density, second: _Density) -> _Density:
-        """Two mixtures over the same z, their components' columns one after the other."""
-        assert first.dim == second.dim
-        return cls(
-            None,
-            (
-                first.dim,
-                first.components + second.components,
-                np.ascontiguousarray(np.concatenate([first.project, second.project], axis=1)),
-                np.concatenate([first.shift, second.shift]),
-                np.concatenate([first.offset, second.offset]),
-            ),
-        )
-
-    def log_joint(self, z: np.ndarray) -> np.ndarray:
-        """log w_k + log N(z; m_k, L_k L_k^T), [N, K]."""
-        white = z @ self.project
-        white -= self.shift
-        np.square(white, out=white)
-        return self.offset - 0.5 * white.reshape(len(z), self.components, self.dim).sum(axis=2)
-
-
-def _logsumexp(a: np.ndarray) -> np.ndarray:
-    top = a.max(axis=1, keepdims=True)
-    return top[:, 0] + np.log(np.exp(a - top).sum(axis=1))
+        return cls(prior, mixture, term_references, reference, guided, dict(info))
 
 
 def save_npz(typicality: Typicality, path: Any) -> None:
     """The calibration as arrays plus one JSON string of the rest; `load_npz` reads it back."""
     stored = typicality.to_dict()
     rules = {k: stored[k] for k in ("format", "prior_fingerprint", "info")}
-    arrays = {f"joint.{k}": v for k, v in stored["joint"].items()}
+    arrays = {
+        f"{part}.{k}": v for part in ("joint", "guided") for k, v in stored.get(part, {}).items()
+    }
     np.savez(
         path,
         rules=json.dumps(rules),
@@ -295,11 +381,14 @@ def load_npz(path: Any | BinaryIO, prior: Any) -> Typicality:
             kinds = "iu" if key.endswith(".labels") else "f"
             if value.dtype.kind not in kinds:
                 raise TypicalityError(f"{key} holds {value.dtype} values")
-        joint = {k.split(".", 1)[1]: v for k, v in arrays.items() if k.startswith("joint.")}
+        parts = {
+            part: {k.split(".", 1)[1]: v for k, v in arrays.items() if k.startswith(f"{part}.")}
+            for part in ("joint", "guided")
+        }
         return Typicality.from_dict(
             {
                 **rules,
-                "joint": joint,
+                **{part: held for part, held in parts.items() if held},
                 "term_references": arrays["term_references"],
                 "reference": arrays["reference"],
             },

@@ -7,8 +7,15 @@ are used, neither of them the ones its tests and its model card measure the scor
 - the posterior mixture over (mu, logvar) is fitted, two components per digit, to `--fit-digits`
   training digits (a seeded draw; the model trained on them, as the prior was fitted on them);
 - the calibration is the first `--calibration-digits` digits of the MNIST *test* set, which the
-  model never trained on: each term's distribution there, and Fisher's statistic of each of them,
-  sorted. The rest of the test set (from digit 5,000 on) is what the score is measured on.
+  model never trained on (nor did the guide): each term's distribution there, and Fisher's
+  statistic of each of them, sorted, once over the latent terms alone and once over the guided
+  terms (`models.typicality`). The rest of the test set (from digit 5,000 on) is what the score
+  is measured on.
+
+The guide is `--digit-guide` (the service's, `models/mnist-digit-guide.pt`; '' for a calibration
+without one, which scores on the latent terms alone). The calibration keeps the `PROBE_DIGITS`
+calibration digits the guide is least sure of and its probabilities on them, so a server whose
+guide reads them otherwise (another network) scores without it.
 
     vae-calibrate-typicality --checkpoint models/mnist-vae.pt            # in place
     vae-calibrate-typicality --checkpoint in.pt --out out.pt --json calibration.json
@@ -31,10 +38,19 @@ from models.checkpoint import (
     read_checkpoint,
     save_checkpoint,
 )
+from models.classifier import GUIDE_PATH, ClassifierError
+from models.digit_guide import DigitGuide, load_guide
 from models.prior import Mixture, MixturePrior
 from models.progress import add_progress_flag
-from models.typicality import DEFAULT_THRESHOLD, TERMS, Typicality
-from training.data import load_split
+from models.typicality import (
+    DEFAULT_THRESHOLD,
+    GUIDED_TERMS,
+    LATENT_TERMS,
+    TERMS,
+    GuideCalibration,
+    Typicality,
+)
+from training.data import load_split, to_model_input
 from training.fit_prior import posteriors
 from training.gmm import fit_gaussian_mixture, merge_labelled
 from training.metrics_log import print_record
@@ -43,6 +59,7 @@ CALIBRATION_DIGITS = 5000  # test[0:5000]; test[5000:] is where the score is mea
 FIT_DIGITS = 20_000
 COMPONENTS_PER_DIGIT = 2
 SEED = 0
+PROBE_DIGITS = 8  # calibration digits kept with the guide's probabilities on them
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -52,6 +69,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--checkpoint", type=Path, default=Path("models/mnist-vae.pt"))
     p.add_argument("--out", type=Path, default=None, help="default: rewrite --checkpoint")
     p.add_argument("--data-dir", type=Path, default=Path("data"))
+    p.add_argument(
+        "--digit-guide", default=str(GUIDE_PATH), help="the guide classifier ('' for none)"
+    )
     p.add_argument("--calibration-digits", type=int, default=CALIBRATION_DIGITS)
     p.add_argument("--fit-digits", type=int, default=FIT_DIGITS)
     p.add_argument("--components", type=int, default=COMPONENTS_PER_DIGIT, help="per digit")
@@ -82,23 +102,38 @@ def calibrate(
     fit_images: torch.Tensor,
     fit_labels: torch.Tensor,
     calibration_images: torch.Tensor,
+    guide: DigitGuide | None = None,
     components: int = COMPONENTS_PER_DIGIT,
     seed: int = SEED,
     progress: bool = False,
     info: dict | None = None,
 ) -> Typicality:
-    """The calibration of `model` with its `prior`: the posterior mixture fitted to `fit_images`,
-    the references from `calibration_images` (uint8 [N, 28, 28] each)."""
+    """The calibration of `model` with its `prior` (and `guide`, when given): the posterior
+    mixture fitted to `fit_images`, the references from `calibration_images` (uint8
+    [N, 28, 28] each)."""
     mu, logvar = posteriors(model, fit_images, progress=progress)
     joint = fit_posterior_mixture(mu, logvar, fit_labels, components, seed)
     cal_mu, cal_logvar = posteriors(model, calibration_images, progress=progress)
     n = len(calibration_images)
-    placeholder = Typicality(prior, joint, np.zeros((len(TERMS), n)), np.zeros(n))
-    terms = placeholder.terms(cal_mu.numpy(), cal_logvar.numpy())
+    names = TERMS if guide is not None else LATENT_TERMS
+    placeholder = Typicality(prior, joint, np.zeros((len(LATENT_TERMS), n)), np.zeros(n))
+    x = to_model_input(calibration_images).numpy()
+    probabilities = guide.probabilities(x) if guide is not None else None
+    terms = placeholder.terms(cal_mu.numpy(), cal_logvar.numpy(), probabilities, names)
     term_references = np.sort(terms, axis=0).T.copy()
-    scoring = Typicality(prior, joint, term_references, np.zeros(n))
-    reference = np.sort(scoring.statistic(terms))
-    return Typicality(prior, joint, term_references, reference, dict(info or {}))
+    scoring = Typicality(prior, joint, term_references[: len(LATENT_TERMS)], np.zeros(n))
+    latent = [names.index(name) for name in LATENT_TERMS]
+    reference = np.sort(scoring.statistic(terms[:, latent], LATENT_TERMS))
+    guided = None
+    if guide is not None:
+        # the probe: the digits the guide is least sure of, where another network differs most
+        probe = np.sort(np.argsort(probabilities.max(axis=1), kind="stable")[:PROBE_DIGITS])
+        probed = GuideCalibration(reference, x[probe], probabilities[probe])
+        scoring = Typicality(prior, joint, term_references, reference, probed)
+        chosen = [names.index(name) for name in GUIDED_TERMS]
+        guided_reference = np.sort(scoring.statistic(terms[:, chosen], GUIDED_TERMS))
+        guided = GuideCalibration(guided_reference, x[probe], probabilities[probe])
+    return Typicality(prior, joint, term_references, reference, guided, dict(info or {}))
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -117,6 +152,13 @@ def main(argv: list[str] | None = None) -> int:
             file=sys.stderr,
         )
         return 2
+    guide = None
+    if args.digit_guide:
+        try:
+            guide = load_guide(args.digit_guide)
+        except ClassifierError as exc:
+            print(f"vae-calibrate-typicality: --digit-guide: {exc}", file=sys.stderr)
+            return 2
     train = load_split(args.data_dir, "mnist", train=True)
     test = load_split(args.data_dir, "mnist", train=False)
     if not 1 <= args.calibration_digits < len(test):
@@ -130,6 +172,7 @@ def main(argv: list[str] | None = None) -> int:
             f"{args.components} full-covariance components per digit over (mu, logvar), fitted "
             f"to {len(pick)} training digits (seed {args.seed})"
         ),
+        "digit_guide": Path(args.digit_guide).name if guide is not None else "none",
         "default_threshold": DEFAULT_THRESHOLD,
         "created_at": datetime.now(UTC).isoformat(timespec="seconds"),
     }
@@ -140,6 +183,7 @@ def main(argv: list[str] | None = None) -> int:
         train.images[pick],
         train.labels[pick],
         test.images[: args.calibration_digits],
+        guide,
         args.components,
         args.seed,
         progress=not args.no_progress,
@@ -155,8 +199,12 @@ def main(argv: list[str] | None = None) -> int:
         typicality=typicality.to_dict(),
     )
     record = {"checkpoint": str(out), **info}
+    references = {"latent": typicality.reference}
+    if typicality.guided is not None:
+        references["guided"] = typicality.guided.reference
     record["reference_statistic_percentiles"] = {
-        str(q): float(np.quantile(typicality.reference, q / 100)) for q in (1, 50, 99)
+        name: {str(q): float(np.quantile(values, q / 100)) for q in (1, 50, 99)}
+        for name, values in references.items()
     }
     print_record(record, args.json)
     return 0

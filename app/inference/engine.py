@@ -26,12 +26,12 @@ from app.config import Settings
 from app.errors import CheckpointRejected, InvalidInput, NotReady
 from app.inference import metrics
 from app.inference.admission import LIGHT, Booking, DecodeGate, InferenceGate
-from app.inference.artifact.loading import load_digit_guide, load_model
+from app.inference.artifact.loading import load_digit_guide, load_model, with_digit_guide
 from app.inference.batching import MicroBatcher, Output
 from app.inference.scheduler import InferenceScheduler
 from app.inference.served import LoadedModel
 from app.inference.sliced import GuidedDigits, RowsInSlices
-from app.inference.threads import inference_threads, lone_rows_now
+from app.inference.threads import inference_threads, limit_numpy_threads, lone_rows_now
 from models.checkpoint_errors import CheckpointError
 from models.digit_guide import DigitGuide
 from models.prior import MixturePrior, StandardNormal
@@ -125,6 +125,7 @@ class Engine:
     async def start(self) -> LoadedModel:
         """Loads and warms the configured checkpoint off the event loop, then starts batching."""
         s = self.settings
+        limit_numpy_threads(inference_threads(s.torch_threads))
         self.guide = await asyncio.to_thread(load_digit_guide, s)
         loaded = await asyncio.to_thread(self._load, s.checkpoint)
         await asyncio.to_thread(self._calibrate, loaded)
@@ -164,8 +165,9 @@ class Engine:
         return loaded
 
     def _load(self, path: Path) -> LoadedModel:
+        """The model at `path`, its typicality score bound to the digit guide where they match."""
         s = self.settings
-        return load_model(
+        loaded = load_model(
             path,
             s.device,
             s.fp16,
@@ -174,6 +176,7 @@ class Engine:
             threads=inference_threads(s.torch_threads),
             cuda_graphs=s.cuda_graphs,
         )
+        return with_digit_guide(loaded, self.guide)
 
     def _calibrate(self, m: LoadedModel) -> None:
         """Times each operation on a batch, before the first request is admitted."""
@@ -226,8 +229,9 @@ class Engine:
         return deadline.time_left_s(self.settings.request_timeout_s)
 
     async def encode(self, m: LoadedModel, x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        """x [N,1,32,32] -> (mu, logvar), each [N, latent_dim]."""
-        mu, logvar, *_ = await self._submit(self.encoder, m, x)
+        """x [N,1,32,32] -> (mu, logvar), each [N, latent_dim], without the typicality score:
+        its rows run as `m.unscored`, which the batcher never merges with scored ones."""
+        mu, logvar, *_ = await self._submit(self.encoder, m.unscored, x)
         return mu, logvar
 
     async def encode_scored(
@@ -315,8 +319,9 @@ SCORED_OPS = ("encode", "reconstruct")
 
 def operation(m: LoadedModel, op: str) -> Callable[[np.ndarray], Output]:
     """The runner's `op`; encode and reconstruct of a calibrated model append the typicality of
-    each row (`models.typicality`, NumPy on mu and logvar), on the inference thread with the
-    forward pass, so admission control's timings include it."""
+    each row (`models.typicality`: NumPy on mu and logvar, and the digit guide on the rows where
+    one is bound), for the whole batch at once, on the inference thread with the forward pass, so
+    admission control's timings include it."""
     run = getattr(m.runner, op)
     typicality = m.typicality
     if typicality is None or op not in SCORED_OPS:

@@ -6,9 +6,11 @@ reference; requests in flight finish on the model they started with.
 
 from __future__ import annotations
 
+import dataclasses
 import os
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
+from functools import cached_property
 from pathlib import Path
 from typing import Any
 
@@ -52,6 +54,13 @@ class LoadedModel:
     # absolute path (None: `checkpoint` as configured).
     shown_as: str | None = None
     loaded_at: str = field(default_factory=lambda: datetime.now(UTC).isoformat(timespec="seconds"))
+
+    @cached_property
+    def unscored(self) -> LoadedModel:
+        """This model without the typicality score, for callers that drop it (`Engine.encode`):
+        one object per model, so the batcher merges its rows with each other, never with rows
+        that are scored."""
+        return self if self.typicality is None else dataclasses.replace(self, typicality=None)
 
 
 def torch_available() -> bool:

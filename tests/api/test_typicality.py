@@ -3,10 +3,11 @@
 The acceptance set is built here from real data (`harness/not_digits.py`): MNIST test digits and
 phone photos of them on one side, Fashion-MNIST items, blank and near-blank pages, letters,
 scribbles, shapes, two digits side by side and noise on the other, every upload through the
-service's own normalisation. None of its digits is one the score was calibrated on (MNIST test
-digits 0-4999). The goals are the issue's: AUROC >= 0.99 against every kind but letters and two
-digits (>= 0.95 there), and at the default threshold at most 2 % of MNIST test digits and 5 % of
-the photos flagged. This needs the shipped (calibrated) checkpoint.
+service's own normalisation, scored as the service scores it (with the digit guide). None of its
+digits is one the score was calibrated on (MNIST test digits 0-4999). The goals are the issue's:
+AUROC >= 0.99 against every kind but letters and two digits (>= 0.95 there), and at the default
+threshold at most 2 % of MNIST test digits and 5 % of the photos flagged. This needs the shipped
+(calibrated) checkpoint.
 """
 
 from __future__ import annotations
@@ -20,14 +21,18 @@ import pytest
 import torch
 from fastapi.testclient import TestClient
 
+from app.config import Settings
 from app.errors import ImageError
 from app.images.normalise import normalize_upload
-from app.inference.artifact.loading import load_model
+from app.inference.artifact.export_guide import load_onnx_guide
+from app.inference.artifact.loading import load_digit_guide, load_model, with_digit_guide
 from app.inference.engine import operation
 from app.main import create_app
 from harness import not_digits as nd
 from models.checkpoint import model_from_payload, read_checkpoint, save_checkpoint
 from models.checkpoint_errors import CheckpointError
+from models.classifier import DEFAULT_PATH as JUDGE
+from models.typicality import GUIDED_TERMS, LATENT_TERMS, Typicality
 from training import typicality as calibrate_command
 from training.data import DatasetUnavailable, load_split
 
@@ -37,10 +42,6 @@ GUIDE = REPO / "models" / "mnist-digit-guide.pt"
 PER_KIND = 120  # uploads of each kind, and more of those that cost little to normalise:
 MORE = {"mnist": 1000, "fashion": 500, "two-digits": 300}  # 28x28 ones (photos: 30 ms each)
 GOAL = {kind: 0.99 for kind in nd.OTHER_KINDS} | {"letters": 0.95, "two-digits": 0.95}
-# The issue asks 0.99 against Fashion-MNIST too. The score reaches 0.987-0.993 there depending on
-# the sample (filled silhouettes, a dress or a bag, encode where a thick 0 or 1 does; only the
-# digit guide, too costly per upload, sees them: docs/model-card.md), so this holds it to 0.98.
-GOAL["fashion"] = 0.98
 
 pytestmark = pytest.mark.skipif(
     not SHIPPED.is_file(), reason=f"needs the trained model at {SHIPPED}"
@@ -52,8 +53,15 @@ def upload(data: bytes) -> dict:
 
 
 @pytest.fixture(scope="module")
-def shipped():
-    return load_model(SHIPPED, "cpu", max_batch_size=8)
+def guide():
+    """The service's guide, as `vae-serve` loads it (its graph on ONNX Runtime)."""
+    return load_digit_guide(Settings(digit_guide=str(GUIDE)))
+
+
+@pytest.fixture(scope="module")
+def shipped(guide):
+    """The shipped model with its score bound to the guide, as the engine serves it."""
+    return with_digit_guide(load_model(SHIPPED, "cpu", max_batch_size=8), guide)
 
 
 @pytest.fixture(scope="module")
@@ -129,6 +137,7 @@ def test_reconstruct_and_encode_say_whether_it_is_a_digit(shipped_client, digit_
     assert blank["typicality"] == 0.0  # no ink at all
     info = shipped_client.get("/model").json()["typicality"]
     assert info["threshold"] == 0.01 and info["calibration_digits"] == 5000
+    assert info["digit_guide"] is True and info["terms"] == list(GUIDED_TERMS)
 
 
 def test_the_v2_encoder_answers_the_typicality_too(shipped_client) -> None:
@@ -160,6 +169,35 @@ def test_refusing_non_digits_answers_422_with_the_score(make_settings, digit_png
         assert client.post("/encode", files=upload(BLANK)).json()["is_digit"] is False
 
 
+def test_without_the_digit_guide_the_score_falls_back_to_the_latent_terms(
+    make_settings, digit_png, shipped_client
+) -> None:
+    """No guide (VAE_DIGIT_GUIDE=''), or another network than the one calibrated with (here the
+    judge classifier): the score runs on the latent terms, against their own reference."""
+    guided = shipped_client.post("/encode", files=upload(digit_png)).json()["typicality"]
+    for guide in ("", str(JUDGE)):
+        with TestClient(create_app(make_settings(checkpoint=SHIPPED, digit_guide=guide))) as c:
+            info = c.get("/model").json()["typicality"]
+            assert info["digit_guide"] is False and info["terms"] == list(LATENT_TERMS)
+            digit = c.post("/encode", files=upload(digit_png)).json()
+            assert digit["is_digit"] is True and digit["typicality"] != guided
+            scribble = c.post("/reconstruct?format=json", files=upload(nd.scribble(3))).json()
+            assert scribble["is_digit"] is False
+
+
+def test_encode_without_a_score_does_not_compute_one(shipped_client, monkeypatch) -> None:
+    """/interpolate encodes its ends through `Engine.encode`, which drops the score: its rows run
+    unscored, so the score is computed for none of them."""
+    calls = []
+    score = Typicality.score
+    monkeypatch.setattr(Typicality, "score", lambda self, *a: calls.append(1) or score(self, *a))
+    body = {"start": {"example": "3-0"}, "end": {"example": "8-0"}, "steps": 4}
+    assert shipped_client.post("/interpolate", json=body).status_code == 200
+    assert calls == []
+    shipped_client.get("/encode?example=3-0").raise_for_status()
+    assert calls == [1]
+
+
 def test_a_checkpoint_without_calibration_serves_without_a_score(client, digit_png) -> None:
     """The tiny test checkpoint, like every checkpoint before issue 30, has no calibration."""
     answer = client.post("/reconstruct?format=json", files=upload(digit_png))
@@ -188,6 +226,7 @@ def test_the_calibration_command_adds_a_score_and_keeps_the_model(
     assert torch.equal(before["prior"]["mixture"]["means"], after["prior"]["mixture"]["means"])
     m = load_model(out, "cpu", max_batch_size=4)
     assert m.typicality is not None and m.typicality.calibration_size == 300
+    assert m.typicality.guided is not None  # made with the service's guide (the default)
     x = np.zeros((2, 1, 32, 32), np.float32)
     x[1, 0, 8:24, 14:18] = 1.0  # a bar: some digit-likeness, not none
     mu, logvar, typicality = operation(m, "encode")(x)
@@ -205,17 +244,20 @@ def test_the_calibration_command_adds_a_score_and_keeps_the_model(
 
 @pytest.mark.slow
 def test_the_export_scores_as_the_checkpoint_does(shipped, tmp_path: Path) -> None:
-    """`vae-export` carries the calibration (typicality.npz); the export's runtime (ONNX Runtime,
-    no torch in its path) gives the same typicality as the checkpoint's."""
+    """`vae-export` carries the calibration (typicality.npz) and the guide's graph; the export's
+    runtime (ONNX Runtime, no torch in its path) gives the same typicality as the checkpoint's."""
     result = subprocess.run(
         [sys.executable, "-m", "app.inference.artifact.export_writer", "--checkpoint", str(SHIPPED),
-         "--digit-guide", "", "--out", str(tmp_path), "--no-progress"],
+         "--out", str(tmp_path), "--no-progress"],
         cwd=REPO, capture_output=True, text=True, timeout=300,
     )  # fmt: skip
     assert result.returncode == 0, result.stderr
     exported = load_model(tmp_path / "manifest.json", "cpu", max_batch_size=8)
+    exported = with_digit_guide(exported, load_onnx_guide(tmp_path / "digit-guide.onnx", 8))
     assert exported.typicality is not None and shipped.typicality is not None
-    assert np.array_equal(exported.typicality.reference, shipped.typicality.reference)
+    assert exported.typicality.guide is not None and shipped.typicality.guide is not None
+    assert exported.typicality.guided is not None and shipped.typicality.guided is not None
+    assert np.array_equal(exported.typicality.guided.reference, shipped.typicality.guided.reference)
     mnist = load_split(REPO / "data", "mnist", train=False).images.numpy()
     uploads = [nd.png_bytes(d) for d in mnist[5000:5100]] + nd.letters(50) + nd.noises(20)
     x = np.stack([normalize_upload(u) for u in uploads])
