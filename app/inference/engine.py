@@ -274,7 +274,7 @@ class Engine:
         booking = self._book("decode", n)  # before any work: a refusal costs nothing more
         try:
             chosen = m.prior if prior == "checkpoint" else StandardNormal(m.latent_dim)
-            z = chosen.sample(n, TorchCompatibleGenerator(seed), temperature)
+            z = chosen.sample(n, TorchCompatibleGenerator.for_one_call(seed), temperature)
         except BaseException:
             booking.close()
             raise
@@ -289,7 +289,8 @@ class Engine:
         assert isinstance(m.prior, MixturePrior)  # check_digits ran first
         guide, prior = self.guide, m.prior
         if guide is None:
-            z = prior.sample_digits(digits, TorchCompatibleGenerator(seed), temperature)
+            rng = TorchCompatibleGenerator.for_one_call(seed)
+            z = prior.sample_digits(digits, rng, temperature)
             return z, await self.decode(m, z)
         gate = self.admission
         rows = GuidedDigits.rows_to_book(len(digits), guide, gate)
