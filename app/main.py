@@ -117,21 +117,21 @@ def build_service(settings: Settings, *, behind_edge: bool) -> Service:
     # admin routes declare their own token), and the 401, 503 and 504 it may answer there.
     key = settings.api_key is not None
     api_key = [Security(api_key_scheme)] if key else []
+    timed = [*api_key, Depends(start_deadline)]
+    errors = guard_errors(api_key=key, deadline=True)
+    protocol_errors = guard_errors(api_key=key, deadline=True, protocol=True)
+    # The hot routes first (routing tries each route in turn); as direct routes
+    # (`app.routes.direct`) they start their deadline themselves.
+    app.include_router(generate.sample_router, dependencies=api_key, responses=errors)
+    app.include_router(oip.infer_router, dependencies=api_key, responses=protocol_errors)
     app.include_router(ops.router)
     app.include_router(oip.health_router)
     app.include_router(
         ops.model_router, dependencies=api_key, responses=guard_errors(api_key=key, deadline=False)
     )
-    timed = [*api_key, Depends(start_deadline)]
     for module in (generate, images, examples):
-        responses = guard_errors(api_key=key, deadline=True)
-        app.include_router(module.router, dependencies=timed, responses=responses)
-    # Direct routes (`app.routes.direct`) start their deadline themselves.
-    sample_errors = guard_errors(api_key=key, deadline=True)
-    app.include_router(generate.sample_router, dependencies=api_key, responses=sample_errors)
-    protocol_errors = guard_errors(api_key=key, deadline=True, protocol=True)
+        app.include_router(module.router, dependencies=timed, responses=errors)
     app.include_router(oip.router, dependencies=timed, responses=protocol_errors)
-    app.include_router(oip.infer_router, dependencies=api_key, responses=protocol_errors)
     if settings.admin_token is not None:
         admin_errors = guard_errors(api_key=False, deadline=False)
         app.include_router(admin.router, responses=admin_errors)
