@@ -122,8 +122,8 @@ def build_service(settings: Settings, *, behind_edge: bool) -> Service:
     protocol_errors = guard_errors(api_key=key, deadline=True, protocol=True)
     # The hot routes first (routing tries each route in turn); as direct routes
     # (`app.routes.direct`) they start their deadline themselves.
-    app.include_router(generate.sample_router, dependencies=api_key, responses=errors)
-    app.include_router(oip.infer_router, dependencies=api_key, responses=protocol_errors)
+    generate.add_sample_route(app.router, dependencies=api_key, responses=errors)
+    oip.add_infer_routes(app.router, dependencies=api_key, responses=protocol_errors)
     app.include_router(ops.router)
     app.include_router(oip.health_router)
     app.include_router(

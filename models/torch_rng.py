@@ -25,27 +25,26 @@ _reusable = threading.local()  # each thread's MT19937 state for `for_one_call`
 class TorchCompatibleGenerator:
     """`torch.Generator().manual_seed(seed)` on the CPU, for `rand_float64` and `randn_float32`."""
 
-    def __init__(self, seed: int, state: np.random.RandomState | None = None) -> None:
-        if state is None:
-            state = np.random.RandomState(seed & 0xFFFFFFFF)  # torch keeps the low 32 bits
-        else:
-            state.seed(seed & 0xFFFFFFFF)
-        self._state = state
+    def __init__(self, seed: int, bits: np.random.MT19937 | None = None) -> None:
+        self._bits = bits if bits is not None else np.random.MT19937(0)
+        # torch's seeding: MT19937's own init_genrand on the seed's low 32 bits (NumPy's legacy
+        # seeding, as `RandomState(seed)` does it)
+        self._bits._legacy_seeding(seed & 0xFFFFFFFF)
         self._cached_normal: float | None = None  # torch's next_double_normal_sample
 
     @classmethod
     def for_one_call(cls, seed: int) -> TorchCompatibleGenerator:
         """The same draws on this thread's reusable state: a new MT19937 costs 150 us to seed
-        (more than the rest of a one-digit `/sample`), a reseeded one 3 us. Only for draws made
+        (more than the rest of a one-digit `/sample`), a reseeded one 2 us. Only for draws made
         within one synchronous call: the next `for_one_call` on this thread reseeds that state."""
-        state = getattr(_reusable, "state", None)
-        if state is None:
-            state = _reusable.state = np.random.RandomState(0)
-        return cls(seed, state)
+        bits = getattr(_reusable, "bits", None)
+        if bits is None:
+            bits = _reusable.bits = np.random.MT19937(0)
+        return cls(seed, bits)
 
     def _raw(self, n: int) -> np.ndarray:
         """n raw 32-bit MT19937 outputs, as uint64 (a full-range draw is one raw output)."""
-        return self._state.randint(0, 1 << 32, size=n, dtype=np.uint64)
+        return self._bits.random_raw(n)
 
     def _random64(self, n: int) -> np.ndarray:
         pairs = self._raw(2 * n).reshape(n, 2)

@@ -18,7 +18,7 @@ from __future__ import annotations
 import asyncio
 import contextvars
 import functools
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any, TypeVar
@@ -65,8 +65,6 @@ Run = Callable[[Engine, LoadedModel, dict[str, np.ndarray]], Awaitable[dict[str,
 
 health_router = APIRouter(prefix=PREFIX, tags=["open inference protocol"])
 router = APIRouter(prefix=PREFIX, tags=["open inference protocol"])
-# Inference is the hot path: its routes skip FastAPI's per-request machinery.
-infer_router = APIRouter(prefix=PREFIX, tags=["open inference protocol"], route_class=DirectRoute)
 
 MODEL_ERRORS = errors(404, 422, protocol=True)  # 422: a parameter that does not validate
 NO_BODY: OpenApiResponses = {200: {"description": "yes (no body)", "content": {}}}
@@ -226,18 +224,25 @@ async def model_ready(m: ModelDep, name: str, version: str | None = None) -> Res
     return Response(status_code=200)
 
 
-@infer_router.post(
-    "/models/{name}/infer",
-    response_class=Response,
-    responses=INFER_RESPONSES,
-    openapi_extra=INFER_BODY,
-)
-@infer_router.post(
-    "/models/{name}/versions/{version}/infer",
-    response_class=Response,
-    responses=INFER_RESPONSES,
-    openapi_extra=INFER_BODY,
-)
+def add_infer_routes(
+    router: APIRouter, dependencies: Sequence[Any], responses: OpenApiResponses
+) -> None:
+    """The infer routes on `router` itself, the app's: inference is the hot path, so they skip
+    FastAPI's per-request machinery (direct routes) and an included router's second match."""
+    for path in ("/models/{name}/infer", "/models/{name}/versions/{version}/infer"):
+        router.add_api_route(
+            PREFIX + path,
+            infer,
+            methods=["POST"],
+            route_class_override=DirectRoute,
+            tags=["open inference protocol"],
+            dependencies=dependencies,
+            response_class=Response,
+            responses={**responses, **INFER_RESPONSES},
+            openapi_extra=INFER_BODY,
+        )
+
+
 async def infer(request: Request, name: str, version: str | None = None) -> Response:
     """Runs a batch through the model: JSON tensors, or JSON + binary tensors (`tritonclient`).
 
