@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import os
 import socket
+import subprocess
 import sys
 import time
 import tomllib
@@ -101,3 +102,9 @@ def read_all(sock: socket.socket, timeout: float = 10) -> bytes:
 def status_and_body(response: bytes) -> tuple[int, bytes]:
     head, _, body = response.partition(b"\r\n\r\n")
     return int(head.split(b" ", 2)[1]), body
+
+
+def start_that_stops(command: list[str], env: dict[str, str]) -> subprocess.CompletedProcess:
+    """Runs a start-up `command` (`VAE_SERVE`, `PLAIN_UVICORN`, with arguments) that is expected
+    to stop at once, as a bad setting makes it: its exit code and output, in text."""
+    return subprocess.run(command, cwd=REPO, env=env, capture_output=True, text=True, timeout=120)

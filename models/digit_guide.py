@@ -81,17 +81,6 @@ def load_guide(path: str | os.PathLike, candidates: int = DEFAULT_CANDIDATES) ->
     return DigitGuide(probabilities, Path(path), metadata, candidates)
 
 
-def draw_candidates(
-    prior: MixturePrior,
-    digits: np.ndarray | list[int],
-    candidates: int,
-    rng: RandomSource,
-    temperature: float = 1.0,
-) -> np.ndarray:
-    """[n, candidates, D] latents: row i holds image i's candidates, all drawn for digits[i]."""
-    return run_to_end(draw_candidates_in_steps(prior, digits, candidates, rng, temperature))
-
-
 def draw_candidates_in_steps(
     prior: MixturePrior,
     digits: np.ndarray | list[int],
@@ -99,7 +88,8 @@ def draw_candidates_in_steps(
     rng: RandomSource,
     temperature: float = 1.0,
 ) -> Generator[None, None, np.ndarray]:
-    """`draw_candidates` in steps (`MixturePrior.sample_digits_in_steps`)."""
+    """[n, candidates, D] latents: row i holds image i's candidates, all drawn for digits[i]; in
+    steps (`MixturePrior.sample_digits_in_steps`), `run_to_end` for all at once."""
     digits = np.asarray(digits, dtype=np.int64).reshape(-1)
     steps = prior.sample_digits_in_steps(np.repeat(digits, candidates), rng, temperature)
     z = yield from steps
@@ -161,7 +151,7 @@ def guided_digits(
 ) -> tuple[np.ndarray, np.ndarray]:
     """The whole procedure with a plain `decode` (latents -> images): what `vae-eval` runs."""
     digits = np.asarray(digits, dtype=np.int64).reshape(-1)
-    z = draw_candidates(prior, digits, guide.candidates, rng, temperature)
+    z = run_to_end(draw_candidates_in_steps(prior, digits, guide.candidates, rng, temperature))
     first_images = decode(first_candidates(z))
     first_probs = guide.probabilities(first_images)
     rows = refused(first_probs, digits)

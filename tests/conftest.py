@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from collections.abc import AsyncIterator, Iterator
 from contextlib import asynccontextmanager
 from pathlib import Path
@@ -17,6 +18,8 @@ from training import train
 from training.data import provision
 
 REPO = Path(__file__).resolve().parent.parent
+# The trained model the upload tests judge (`VAE_TEST_CHECKPOINT` to judge another)
+GOOD_CHECKPOINT = Path(os.environ.get("VAE_TEST_CHECKPOINT", REPO / "models" / "mnist-vae.pt"))
 
 
 @pytest.fixture(scope="session")
@@ -123,3 +126,12 @@ async def _serving(settings: Settings) -> AsyncIterator[httpx.AsyncClient]:
 def serving():
     """`async with serving(settings) as client:` an async httpx client on a started app."""
     return _serving
+
+
+@pytest.fixture(scope="module")
+def good_client(make_settings) -> Iterator[TestClient]:
+    """A test client serving `GOOD_CHECKPOINT`: what uploads become needs a trained model."""
+    if not GOOD_CHECKPOINT.is_file():
+        pytest.skip(f"needs a trained model at {GOOD_CHECKPOINT} (train it with `make train`)")
+    with TestClient(create_app(make_settings(checkpoint=GOOD_CHECKPOINT))) as client:
+        yield client

@@ -124,12 +124,13 @@ def test_a_checkpoint_replaced_while_loading_is_refused(
     """/model must never show a sha256 other than the weights being served."""
     import shutil
 
-    from app.inference.artifact import checkpoint_reader as engine
+    from app.inference.artifact import checkpoint_reader
+    from app.inference.artifact.loading import load_model
     from models.checkpoint import CheckpointError
 
     path = tmp_path / "model.pt"
     shutil.copy(tiny_checkpoint, path)
-    real_load = engine.load_checkpoint_parts
+    real_load = checkpoint_reader.load_checkpoint_parts
 
     def load_then_replace(p, device="cpu"):
         loaded = real_load(p, device=device)
@@ -138,6 +139,6 @@ def test_a_checkpoint_replaced_while_loading_is_refused(
         staged.replace(path)  # what vae-train's atomic save does to a served file
         return loaded
 
-    monkeypatch.setattr(engine, "load_checkpoint_parts", load_then_replace)
+    monkeypatch.setattr(checkpoint_reader, "load_checkpoint_parts", load_then_replace)
     with pytest.raises(CheckpointError, match="changed while it was being loaded"):
-        engine.load_checkpoint_model(path, "cpu")
+        load_model(path, "cpu")

@@ -3,15 +3,13 @@ with VAE_ADMIN_TOKEN too, `/admin/...` needs the admin token in that header inst
 
 from __future__ import annotations
 
-import os
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 from fastapi.testclient import TestClient
 
 from app.main import create_app
+from harness.live_server import PLAIN_UVICORN, VAE_SERVE, server_env, start_that_stops
 
 KEY = "s3cret-key"
 ADMIN = "adm1n-token"
@@ -100,15 +98,8 @@ def test_401_says_what_is_missing(guarded):
 )
 def test_a_blank_key_refuses_to_start_with_one_line(tiny_checkpoint, variable, value):
     """A blank key used to turn auth off without a word; now the server does not start."""
-    env = {k: v for k, v in os.environ.items() if not k.startswith("VAE_")}
-    env.update({"VAE_CHECKPOINT": str(tiny_checkpoint), variable: value})
-    done = subprocess.run(
-        [sys.executable, "-m", "app.server.cli", "--port", "0"],
-        cwd=REPO,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=60,
+    done = start_that_stops(
+        [*VAE_SERVE, "--port", "0"], server_env(tiny_checkpoint, **{variable: value})
     )
     assert done.returncode == 2
     assert done.stderr.strip().splitlines() == [
@@ -118,16 +109,8 @@ def test_a_blank_key_refuses_to_start_with_one_line(tiny_checkpoint, variable, v
 
 
 def test_plain_uvicorn_also_refuses_a_blank_key_with_one_line(tiny_checkpoint):
-    env = {k: v for k, v in os.environ.items() if not k.startswith("VAE_")}
-    env.update({"VAE_CHECKPOINT": str(tiny_checkpoint), "VAE_API_KEY": " "})
-    done = subprocess.run(
-        [sys.executable, "-m", "uvicorn", "app.main:app", "--port", "0"],
-        cwd=REPO,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=60,
-    )
+    env = server_env(tiny_checkpoint, VAE_API_KEY=" ")
+    done = start_that_stops([*PLAIN_UVICORN, "--port", "0"], env)
     assert done.returncode == 2
     assert done.stderr.strip().splitlines() == [
         "app.main: invalid configuration: VAE_API_KEY: Value error, must not be empty or start "

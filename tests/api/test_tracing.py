@@ -6,8 +6,6 @@ from __future__ import annotations
 
 import os
 import secrets
-import subprocess
-import sys
 import threading
 import time
 from collections.abc import Iterator
@@ -28,7 +26,7 @@ from app import tracing
 from app.http.server_span import ServerSpanMiddleware
 from app.inference.batching import MicroBatcher
 from app.main import create_app
-from harness.live_server import REPO, LiveServer
+from harness.live_server import VAE_SERVE, LiveServer, server_env, start_that_stops
 from models.checkpoint import load_checkpoint
 
 WAIT_S = 20  # for the batch processor (100 ms schedule here) to deliver what a test looks for
@@ -391,17 +389,9 @@ def test_which_variables_turn_tracing_on(env: dict[str, str], on: bool) -> None:
 
 
 def test_an_exporter_it_cannot_use_stops_vae_serve_with_one_line(tiny_checkpoint: Path) -> None:
-    environ = {k: v for k, v in os.environ.items() if not k.startswith(("VAE_", "OTEL_"))}
-    environ.update(
-        VAE_CHECKPOINT=str(tiny_checkpoint), VAE_DEVICE="cpu", OTEL_TRACES_EXPORTER="zipkin"
-    )
-    result = subprocess.run(
-        [sys.executable, "-m", "app.server.cli", "--port", "1"],
-        cwd=REPO,
-        env=environ,
-        capture_output=True,
-        text=True,
-        timeout=120,
+    environ = {k: v for k, v in server_env(tiny_checkpoint).items() if not k.startswith("OTEL_")}
+    result = start_that_stops(
+        [*VAE_SERVE, "--port", "1"], {**environ, "OTEL_TRACES_EXPORTER": "zipkin"}
     )
     assert result.returncode == 2
     assert result.stderr.strip() == (

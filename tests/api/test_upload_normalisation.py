@@ -9,31 +9,15 @@ from __future__ import annotations
 
 import base64
 import io
-import os
 from pathlib import Path
 
 import numpy as np
 import pytest
-from fastapi.testclient import TestClient
 from PIL import Image
 
-from app.main import create_app
-
 REPO = Path(__file__).resolve().parents[2]
-GOOD_CHECKPOINT = Path(os.environ.get("VAE_TEST_CHECKPOINT", REPO / "models" / "mnist-vae.pt"))
 DIGITS = [f"{label}-1" for label in range(10)]
 PAPER, INK = 235, 40  # grey levels of the paper and of the darkest ink
-
-pytestmark = pytest.mark.skipif(
-    not GOOD_CHECKPOINT.is_file(),
-    reason=f"needs a trained model at {GOOD_CHECKPOINT} (train it with `make train`)",
-)
-
-
-@pytest.fixture(scope="module")
-def good_client(make_settings):
-    with TestClient(create_app(make_settings(checkpoint=GOOD_CHECKPOINT))) as client:
-        yield client
 
 
 def drawn_on_paper(digit_png: bytes, offset: tuple[int, int]) -> bytes:

@@ -17,16 +17,16 @@ from models.typicality import Typicality, TypicalityError
 
 def load_checkpoint_model(
     path: Path,
-    device: str = "auto",
-    fp16: bool = False,
-    max_batch_size: int = 64,
+    device: str,
+    fp16: bool,
+    max_batch_size: int,
     *,
-    backend: str = "auto",
-    threads: int = 1,
-    cuda_graphs: bool = False,
+    backend: str,
+    threads: int,
+    cuda_graphs: bool,
 ) -> LoadedModel:
-    """Loads, moves and warms a checkpoint with the backend `select_runner` picks; raises
-    `CheckpointError` with a one-line reason."""
+    """Loads, moves and warms a checkpoint with the backend `select_runner` picks (the options as
+    `loading.load_model` takes them); raises `CheckpointError` with a one-line reason."""
     torch.set_num_threads(threads)
     dev = resolve_device(device)
     before = file_identity(path)
