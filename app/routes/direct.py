@@ -20,6 +20,7 @@ from fastapi import Request, Response
 from fastapi.exceptions import RequestValidationError
 from fastapi.routing import APIRoute
 from pydantic import BaseModel, TypeAdapter, ValidationError
+from starlette.requests import ClientDisconnect
 from starlette.types import Receive, Scope, Send
 
 MISSING_BODY = {"type": "missing", "loc": ("body",), "msg": "Field required", "input": None}
@@ -84,7 +85,7 @@ class DirectRoute(APIRoute):
 async def _json_body(request: Request, model: type[BaseModel]) -> BaseModel:
     """The body as `model`: parsed as JSON when its Content-Type says JSON (or says nothing), as
     FastAPI does; any other body fails the model's own validation, as it does there."""
-    raw = await request.body()
+    raw = await _read_body(request)
     if not raw:
         raise RequestValidationError([MISSING_BODY])
     try:
@@ -93,6 +94,20 @@ async def _json_body(request: Request, model: type[BaseModel]) -> BaseModel:
         return model.model_validate(raw)
     except ValidationError as exc:
         raise RequestValidationError(_located(exc, "body"), body=raw) from None
+
+
+async def _read_body(request: Request) -> bytes:
+    """The whole body, from `receive` straight (a small JSON body is one message; Starlette's
+    `Request.body` streams it through two generators): the endpoint gets the parsed model, so
+    nothing reads it again."""
+    message = await request.receive()
+    chunks = [message.get("body", b"")]
+    while message["type"] == "http.request" and message.get("more_body", False):
+        message = await request.receive()
+        chunks.append(message.get("body", b""))
+    if message["type"] == "http.disconnect":
+        raise ClientDisconnect()
+    return b"".join(chunks)
 
 
 def _says_json(content_type: str | None) -> bool:

@@ -3,6 +3,8 @@ path parameters, still matched, documented and error-handled like every route.""
 
 from __future__ import annotations
 
+import asyncio
+
 import pytest
 from fastapi import APIRouter, Depends, FastAPI, Request, Response
 from fastapi.testclient import TestClient
@@ -123,3 +125,41 @@ def test_an_endpoint_that_would_need_fastapi_to_fill_a_parameter_is_refused_at_s
 
     with pytest.raises(TypeError, match="takes `request`"):
         router.add_api_route("/items/{name}", needs_a_query, methods=["GET"])
+
+
+def test_a_body_in_several_messages_is_read_whole():
+    """The route reads its body from `receive` itself: every message of it, not just the first."""
+    chunks = [b'{"n"', b": 3", b"}"]
+    sent: list[dict] = []
+
+    async def call() -> None:
+        messages = [
+            {"type": "http.request", "body": c, "more_body": i < len(chunks) - 1}
+            for i, c in enumerate(chunks)
+        ]
+
+        async def receive() -> dict:
+            return messages.pop(0)
+
+        async def send(message: dict) -> None:
+            sent.append(message)
+
+        scope = {
+            "type": "http",
+            "asgi": {"version": "3.0"},
+            "http_version": "1.1",
+            "method": "POST",
+            "scheme": "http",
+            "path": "/orders/a",
+            "raw_path": b"/orders/a",
+            "query_string": b"",
+            "root_path": "",
+            "headers": [(b"content-type", b"application/json")],
+            "client": ("127.0.0.1", 1),
+            "server": ("test", 80),
+        }
+        await _ordering_app()(scope, receive, send)
+
+    asyncio.run(call())
+    assert sent[0]["status"] == 200
+    assert b"".join(m.get("body", b"") for m in sent[1:]) == b"a 3 10 None"
