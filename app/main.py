@@ -8,6 +8,7 @@ Ray Serve and the tests.
 
 from __future__ import annotations
 
+import functools
 import gc
 import logging
 import sys
@@ -170,6 +171,7 @@ def build_service(settings: Settings, *, behind_edge: bool) -> Service:
     return Service(app, settings, lifecycle, shed)
 
 
+@functools.cache
 def _app_from_environment() -> FastAPI:
     """`uvicorn app.main:app`: a bad `VAE_*` variable stops it with one line, like `vae-serve`."""
     try:
@@ -189,6 +191,4 @@ def __getattr__(name: str) -> FastAPI:
     an app another way (`vae-serve`, the tests) reads no settings and builds nothing."""
     if name != "app":
         raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-    app = globals().get("_app") or _app_from_environment()
-    globals()["_app"] = app
-    return app
+    return _app_from_environment()

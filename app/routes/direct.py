@@ -16,7 +16,7 @@ from __future__ import annotations
 import inspect
 from typing import Annotated, Any, get_args, get_origin, get_type_hints
 
-from fastapi import Request, Response
+from fastapi import APIRouter, Request, Response
 from fastapi.exceptions import RequestValidationError
 from fastapi.routing import APIRoute
 from pydantic import BaseModel, TypeAdapter, ValidationError
@@ -80,6 +80,15 @@ class DirectRoute(APIRoute):
         if errors:
             raise RequestValidationError(errors)
         return values
+
+
+def add_direct_route(router: APIRouter, path: str, endpoint: Any, **documented: Any) -> None:
+    """`endpoint` as a `DirectRoute` for `POST path` on `router` itself, the app's: an included
+    router is matched twice a request (`docs/benchmarks.md`, "One of each"). `documented`: what
+    OpenAPI says of it (tags, dependencies, responses, ...), as `add_api_route` takes it."""
+    router.add_api_route(
+        path, endpoint, methods=["POST"], route_class_override=DirectRoute, **documented
+    )
 
 
 async def _json_body(request: Request, model: type[BaseModel]) -> BaseModel:

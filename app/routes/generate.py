@@ -28,7 +28,7 @@ from app.routes.deps import (
     settings_of,
     to_model_input,
 )
-from app.routes.direct import DirectRoute
+from app.routes.direct import add_direct_route
 from app.routes.openapi import (
     PNG_RESPONSE,
     OpenApiResponses,
@@ -76,11 +76,10 @@ def add_sample_route(
 ) -> None:
     """`/sample` on `router` itself, the app's: the hot path skips FastAPI's per-request machinery
     (a direct route) and an included router's second match (`docs/benchmarks.md`)."""
-    router.add_api_route(
+    add_direct_route(
+        router,
         "/sample",
         sample,
-        methods=["POST"],
-        route_class_override=DirectRoute,
         tags=["generate"],
         dependencies=dependencies,
         response_model=SampleResponse,

@@ -32,7 +32,7 @@ from app.http.error_bodies import PROTOCOL_PREFIX
 from app.inference.engine import Engine
 from app.inference.served import LoadedModel
 from app.routes.deps import EngineDep, ModelDep, engine_of, settings_of
-from app.routes.direct import DirectRoute
+from app.routes.direct import add_direct_route
 from app.routes.oip_codec import (
     BINARY_EXTENSION,
     HEADER_LENGTH,
@@ -230,11 +230,10 @@ def add_infer_routes(
     """The infer routes on `router` itself, the app's: inference is the hot path, so they skip
     FastAPI's per-request machinery (direct routes) and an included router's second match."""
     for path in ("/models/{name}/infer", "/models/{name}/versions/{version}/infer"):
-        router.add_api_route(
+        add_direct_route(
+            router,
             PREFIX + path,
             infer,
-            methods=["POST"],
-            route_class_override=DirectRoute,
             tags=["open inference protocol"],
             dependencies=dependencies,
             response_class=Response,
