@@ -107,6 +107,8 @@ class DecodeGate:
         self._waiters: deque[_Waiter] = deque()
         self._pixels_waiting = 0
         self.seconds_per_pixel = PRIOR_DECODE_S_PER_PIXEL
+        self.typical_pixels = 0.0  # an upload's pixels, on average (for `refusal`)
+        self.returns = ReturnBook()
 
     @property
     def busy(self) -> bool:
@@ -124,6 +126,18 @@ class DecodeGate:
         alone takes the share of `time_left_s` that decoding may have."""
         return self.busy and self.expected_wait_s() >= HEAVY_SHARE_OF_TIME_LEFT * time_left_s
 
+    def refusal(self) -> Overloaded:
+        """The 503 for an upload: come back once the work ahead is done, spread by `returns` at
+        about the uploads the threads decode in a second, so refused clients do not return as
+        one burst that finds the gate full again and leaves it idle after."""
+        wait = self.expected_wait_s()
+        upload_s = max(self.typical_pixels * self.seconds_per_pixel, 1e-4)
+        per_second = max(1, int(self.concurrency / upload_s))
+        return Overloaded(
+            f"image decoding is busy (about {wait:.1f} s of work ahead), retry shortly",
+            retry_after=self.returns.appointment(retry_after(wait), per_second),
+        )
+
     async def run(self, pixels: int, fn: Callable[[], T], time_left_s: float) -> T:
         """Runs `fn` on a decode thread once `pixels` fit, or raises `Overloaded` (503)."""
         pixels = min(max(1, pixels), self.pixel_budget)
@@ -131,10 +145,9 @@ class DecodeGate:
         own = pixels * self.seconds_per_pixel
         limit = HEAVY_SHARE_OF_TIME_LEFT * time_left_s  # the rest: inference, answer, variance
         if (wait and wait + own > limit) or own > time_left_s:
-            raise Overloaded(
-                f"image decoding is busy (about {wait:.1f} s of work ahead), retry shortly",
-                retry_after=retry_after(wait),
-            )
+            raise self.refusal()
+        typical = self.typical_pixels or pixels
+        self.typical_pixels = typical + EWMA_WEIGHT * (pixels - typical)
         await self._acquire(pixels)
         loop = asyncio.get_running_loop()
         elapsed: float | None = None

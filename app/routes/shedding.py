@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from app.errors import Overloaded
 from app.http.shedding import Check
-from app.inference.admission import DecodeGate, retry_after
+from app.inference.admission import DecodeGate
 from app.inference.engine import Engine
 
 INFERENCE_POSTS = frozenset(
@@ -32,11 +32,7 @@ def shedder(engine: Engine, decode_gate: DecodeGate, timeout_s: float) -> Check:
         if engine.admission.light_full(timeout_s):
             return engine.admission.light_refusal()
         if _is_multipart(headers) and decode_gate.full(timeout_s):
-            wait = decode_gate.expected_wait_s()
-            return Overloaded(
-                f"image decoding is busy (about {wait:.1f} s of work ahead), retry shortly",
-                retry_after=retry_after(wait),
-            )
+            return decode_gate.refusal()
         return None
 
     return refusal

@@ -18,9 +18,10 @@ those limits by extending uvicorn's protocol (each override calls uvicorn's own 
 - idle keep-alive connections close after `keep_alive_s` (uvicorn's own timer);
 - a request the app's overload check (`app.http.shedding`) refuses from its head, or that asks
   again on the same connection before the `Retry-After` it was given: 503 with `Retry-After`
-  written here (after a pause of up to `RETRY_PAUSE_S` for the second kind), its body skipped,
-  the connection kept alive, no task started: under a flood of clients that send again at once,
-  that is what keeps refusals cheap.
+  written here (after a pause of up to `RETRY_PAUSE_S` for the second kind, or the whole
+  `Retry-After` for a body over `LARGE_BODY_BYTES`, left unread meanwhile), its body skipped, the
+  connection kept alive, no task started: under a flood of clients that send again at once, that
+  is what keeps refusals cheap.
 
 The body's size is checked once, in the app (`app/http/body_limit.py`). uvicorn's protocol is not a
 public API: `pyproject.toml` pins uvicorn's minor version and `tests/api/test_http_edge.py` checks
@@ -47,6 +48,9 @@ from app.http.error_bodies import error_body
 
 log = logging.getLogger("app.edge")
 RETRY_PAUSE_S = 0.25  # the longest a refusal waits for a client that ignored its Retry-After
+# A body larger than this, sent again before its Retry-After, waits all of it, unread: skipping
+# megabytes of upload four times a second per client would cost the loop what admitted work needs.
+LARGE_BODY_BYTES = 64 * 1024
 
 
 @dataclass(frozen=True)
@@ -291,7 +295,8 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
         """Answers 503 from the head when the app's overload check says so (only with no other
         request of this connection in progress, so answers stay in order). A connection that asks
         again for a path before the `Retry-After` it was given gets its 503 after a pause of up
-        to `RETRY_PAUSE_S`: a client that retries in a tight loop cannot starve admitted work."""
+        to `RETRY_PAUSE_S` (all of it with a large body): a client that retries in a tight loop
+        cannot starve admitted work."""
         check = self.overload_check
         if check is None or self.pipeline or (self.cycle and not self.cycle.response_complete):
             return False
@@ -300,7 +305,7 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
         until = self._told_to_wait.get(path)
         if until is not None and (left := until - time.monotonic()) > 0:
             overloaded = Overloaded("asked again before Retry-After", retry_after=math.ceil(left))
-            pause = min(left, RETRY_PAUSE_S)
+            pause = left if self._body_is_large() else min(left, RETRY_PAUSE_S)
         else:
             method = self.parser.get_method().decode("ascii")
             overloaded = check(method, path, self.scope["headers"])
@@ -319,15 +324,23 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
         )
         self._shedding, self._shed_read, self._shed_sent = True, False, False
         if pause > 0:
+            self.flow.pause_reading()  # the rest of its body stays in the kernel until then
             self._shed_timer = self.loop.call_later(pause, self._send_shed, reply, keep_alive)
         else:
             self._send_shed(reply, keep_alive)
         return True
 
+    def _body_is_large(self) -> bool:
+        for name, value in self.scope["headers"]:
+            if name == b"content-length":
+                return value.isdigit() and int(value) > LARGE_BODY_BYTES
+        return False
+
     def _send_shed(self, reply: bytes, keep_alive: bool) -> None:
         self._shed_timer = None
         if self.transport.is_closing():
             return
+        self.flow.resume_reading()
         self.transport.write(reply)
         if not keep_alive:
             self._refused = True

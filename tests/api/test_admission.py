@@ -299,3 +299,16 @@ def test_a_full_light_lane_refuses_with_retry_after_spread_by_what_it_serves(mon
         waits.append(refused.value.retry_after)
     assert min(waits) == 1 and max(waits) in (3, 4)  # 60 clients over 3 seconds (4 at a tick)
     assert gate.light_refusal().retry_after >= 3
+
+
+def test_refused_uploads_are_told_to_come_back_at_what_decoding_gets_through():
+    """Every upload refused in one moment was told the same `Retry-After`: a 16x flood of
+    12-megapixel uploads came back as one burst, found the gate full, and left it idle after
+    (goodput 0.77 of capacity with clients that wait)."""
+    gate = DecodeGate(concurrency=2, pixel_budget=100_000)
+    gate.seconds_per_pixel = 1e-4
+    gate.typical_pixels = 5_000  # 0.5 s an upload on each of 2 threads: 4 a second
+    gate._running, gate._pixels_running = 2, 20_000  # 1 s of work ahead on each thread
+    gate.returns = ReturnBook(clock=lambda: 100.2)  # no second ticks by mid-test
+    waits = [gate.refusal().retry_after for _ in range(12)]
+    assert waits == [1] * 4 + [2] * 4 + [3] * 4
