@@ -75,12 +75,13 @@ class Settings(BaseSettings):
         "larger request), so a light request waits behind at most one slice of heavy work",
     )
     light_queue_ms: float = Field(
-        60.0,
+        40.0,
         gt=0,
         le=60_000,
         description="light requests (one slice or less) are refused with 503 once they would "
         "wait longer than this in their lane (booked work, stretched as learned), so they never "
-        "wait long",
+        "wait long; two typical light jobs are always admitted, so the thread never waits for "
+        "the next one",
     )
     queue_size: int = Field(2048, ge=1, description="queued requests before answering 503")
     request_timeout_s: float = Field(10.0, gt=0, description="per request, queue wait included")
