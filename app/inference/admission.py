@@ -294,6 +294,7 @@ class InferenceGate:
         # light turns, or where the machine is busy with other work.
         self.stretch: dict[str, float] = {LIGHT: 1.0, HEAVY: 1.0}
         self.returns = ReturnBook()
+        self.heavy_returns = ReturnBook()
 
     @property
     def pending_s(self) -> float:
@@ -322,7 +323,9 @@ class InferenceGate:
             earliest = retry_after(self._wait_s(lane, ahead + seconds) - limit)
             if lane == LIGHT:
                 raise self.light_refusal(detail, earliest)
-            raise Overloaded(detail, retry_after=earliest)
+            # spread at about the jobs of this size the lane finishes in a second, like light work
+            per_second = max(1, int(1.0 / max(seconds * self.stretch[HEAVY], 1e-4)))
+            raise Overloaded(detail, self.heavy_returns.appointment(earliest, per_second))
         if lane == LIGHT:
             typical = self.typical_light_s or seconds  # the first job is the first estimate
             self.typical_light_s = typical + EWMA_WEIGHT * (seconds - typical)

@@ -327,3 +327,18 @@ def test_the_light_lane_always_admits_a_second_job_so_the_thread_never_waits_for
     running.finish()
     assert not gate.light_full(time_left_s=10)
     ready.finish()
+
+
+def test_refused_heavy_work_is_told_to_come_back_at_what_the_lane_finishes():
+    """Heavy refusals all said "come back when the lane has room": a guided flood's clients came
+    back together, one was admitted, and the rest were refused again while the lane ran down."""
+    gate = InferenceGate(slice_s=0.04, light_queue_s=0.04, max_rows=64)
+    gate.heavy_returns = ReturnBook(clock=lambda: 100.2)  # no second ticks by mid-test
+    held = gate.book(HEAVY, 4.8, time_left_s=10)  # nearly its share of 10 s: 5 s
+    waits = []
+    for _ in range(6):  # jobs of 0.5 s: two a second
+        with pytest.raises(Overloaded) as refused:
+            gate.book(HEAVY, 0.5, time_left_s=10)
+        waits.append(refused.value.retry_after)
+    assert waits == [1, 1, 2, 2, 3, 3]
+    held.close()
