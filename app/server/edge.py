@@ -47,7 +47,7 @@ from app.http import shedding
 from app.http.error_bodies import error_body
 
 log = logging.getLogger("app.edge")
-RETRY_PAUSE_S = 0.25  # the longest a refusal waits for a client that ignored its Retry-After
+RETRY_PAUSE_S = 1.0  # the longest a refusal waits for a client that ignored its Retry-After
 # A body larger than this, sent again before its Retry-After, waits all of it, unread: skipping
 # megabytes of upload four times a second per client would cost the loop what admitted work needs.
 LARGE_BODY_BYTES = 64 * 1024
