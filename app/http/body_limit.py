@@ -39,7 +39,7 @@ class BodyLimitMiddleware:
             await self.app(scope, receive, send)
             return
         max_bytes = self.protocol_max_bytes if speaks_protocol(scope["path"]) else self.max_bytes
-        length = _content_length(scope)
+        length = content_length(scope)
         if length is not None and length > max_bytes:
             await self._refuse(scope, receive, send)
             return
@@ -75,7 +75,8 @@ class BodyLimitMiddleware:
         await response(scope, receive, send)
 
 
-def _content_length(scope: Scope) -> int | None:
+def content_length(scope: Scope) -> int | None:
+    """The request's declared `Content-Length`, or None when absent or not a number."""
     for name, value in scope["headers"]:
         if name == b"content-length":
             return int(value) if value.isdigit() else None

@@ -67,6 +67,10 @@ class ReturnBook:
         self._clock = clock
         self._promised: dict[int, int] = {}  # second (of `clock`) -> clients told to come then
 
+    def come_back_after(self, earliest_s: int, job_s: float, workers: int = 1) -> int:
+        """`appointment` for jobs of `job_s` seconds each, run `workers` at a time."""
+        return self.appointment(earliest_s, max(1, int(workers / max(job_s, 1e-4))))
+
     def appointment(self, earliest_s: int, per_second: int) -> int:
         """Seconds from now to the first second, `earliest_s` or later, that has room."""
         now = int(self._clock())
@@ -132,11 +136,10 @@ class DecodeGate:
         about the uploads the threads decode in a second, so refused clients do not return as
         one burst that finds the gate full again and leaves it idle after."""
         wait = self.expected_wait_s()
-        upload_s = max(self.typical_pixels * self.seconds_per_pixel, 1e-4)
-        per_second = max(1, int(self.concurrency / upload_s))
+        upload_s = self.typical_pixels * self.seconds_per_pixel
         return Overloaded(
             f"image decoding is busy (about {wait:.1f} s of work ahead), retry shortly",
-            retry_after=self.returns.appointment(retry_after(wait), per_second),
+            retry_after=self.returns.come_back_after(retry_after(wait), upload_s, self.concurrency),
         )
 
     async def run(self, pixels: int, fn: Callable[[], T], time_left_s: float) -> T:
@@ -324,8 +327,8 @@ class InferenceGate:
             if lane == LIGHT:
                 raise self.light_refusal(detail, earliest)
             # spread at about the jobs of this size the lane finishes in a second, like light work
-            per_second = max(1, int(1.0 / max(seconds * self.stretch[HEAVY], 1e-4)))
-            raise Overloaded(detail, self.heavy_returns.appointment(earliest, per_second))
+            job_s = seconds * self.stretch[HEAVY]
+            raise Overloaded(detail, self.heavy_returns.come_back_after(earliest, job_s))
         if lane == LIGHT:
             typical = self.typical_light_s or seconds  # the first job is the first estimate
             self.typical_light_s = typical + EWMA_WEIGHT * (seconds - typical)
@@ -347,8 +350,8 @@ class InferenceGate:
     ) -> Overloaded:
         """The 503 for light work, its `Retry-After` spread by `returns` over the seconds ahead
         at about the light jobs the thread gets through in a second."""
-        job_s = max(self.typical_light_s * self.light_stretch, 1e-4)
-        return Overloaded(detail, self.returns.appointment(earliest_s, max(1, int(1.0 / job_s))))
+        job_s = self.typical_light_s * self.light_stretch
+        return Overloaded(detail, self.returns.come_back_after(earliest_s, job_s))
 
     def _too_long(self, lane: str, booked_s: float, limit: float) -> bool:
         """Whether `booked_s` in `lane` (a new job's included) would wait past `limit`. The light

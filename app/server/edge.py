@@ -44,6 +44,7 @@ from uvicorn.protocols.http.httptools_impl import STATUS_LINE, HttpToolsProtocol
 from app.config import MAX_URL_BYTES, Settings
 from app.errors import Overloaded
 from app.http import shedding
+from app.http.body_limit import content_length
 from app.http.error_bodies import error_body
 
 log = logging.getLogger("app.edge")
@@ -331,10 +332,8 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
         return True
 
     def _body_is_large(self) -> bool:
-        for name, value in self.scope["headers"]:
-            if name == b"content-length":
-                return value.isdigit() and int(value) > LARGE_BODY_BYTES
-        return False
+        length = content_length(self.scope)
+        return length is not None and length > LARGE_BODY_BYTES
 
     def _send_shed(self, reply: bytes, keep_alive: bool) -> None:
         self._shed_timer = None
