@@ -1,20 +1,22 @@
 """The Docker images and the compose stack, for real: build, run, health check, HTTP, teardown.
 
-The test starts its own dockerd (no bridge, no NAT, host network only, all state in a temporary
-folder), builds a stand-in for `python:3.11-slim` with debootstrap (scripts/docker/), builds both
-project images on it from the one Dockerfile (the GPU image first, then the `cpu` target, whose
-export stage is the GPU image's layers, reused from the cache), brings up
-docker-compose.cpu.yml + docker-compose.test.yml, waits for the container's health check and
+The test starts its own dockerd (no bridge, no NAT, host network only, its sockets in a temporary
+folder, its images and layers in a cache folder kept for `LAYER_CACHE_MAX_AGE_S` so that a run
+builds only the layers that changed), builds a stand-in for `python:3.11-slim` with debootstrap
+(scripts/docker/), builds both project images on it from the one Dockerfile (the GPU image first,
+then the `cpu` target, whose export stage is the GPU image's layers, reused from the cache), brings
+up docker-compose.cpu.yml + docker-compose.test.yml, waits for the container's health check and
 calls the API from the host. It measures each image's cold start (container start -> /readyz 200)
 and holds the CPU image's answers to the GPU image's (which serves on the CPU here). It removes
-the containers, volumes and images it made and stops the daemon by its PID. It skips, saying why,
-only where no engine can be started (not root, no dockerd/debootstrap) or the shipped checkpoint
-is missing.
+the containers, volumes and image tags it made (their layers stay, as the cache) and stops the
+daemon by its PID. It skips, saying why, only where no engine can be started (not root, no
+dockerd/debootstrap) or the shipped checkpoint is missing.
 """
 
 from __future__ import annotations
 
 import contextlib
+import fcntl
 import io
 import json
 import os
@@ -45,6 +47,10 @@ PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 ADMIN_TOKEN = uuid.uuid4().hex
 CPU_IMAGE_MAX_BYTES = 1_000_000_000  # 1 GB, as `docker image inspect` counts (uncompressed)
 BOUND = 1e-4  # the backend bound: the CPU image's floats against the GPU image's
+CACHE_DIR = Path(os.environ.get("VAE_CACHE_DIR") or Path.home() / ".cache" / "mnist-vae")
+# The layer cache is started again from nothing after this long, so that every dependency is
+# fetched and installed afresh at least that often and old layers do not pile up.
+LAYER_CACHE_MAX_AGE_S = 3 * 24 * 3600
 
 # The first test also pays for both image builds (about 6 min, longer when the machine is busy).
 pytestmark = [pytest.mark.docker, pytest.mark.slow, pytest.mark.timeout(1500)]
@@ -138,6 +144,36 @@ def fetch_png(response: httpx.Response) -> Image.Image:
     return image
 
 
+@contextlib.contextmanager
+def layer_cache() -> Iterator[Path | None]:
+    """The engine's data root kept between runs, held for this run; None while another run holds
+    it (that run's engine owns it, so this one builds everything in its temporary folder)."""
+    CACHE_DIR.mkdir(parents=True, exist_ok=True)
+    root = CACHE_DIR / "dockerd-data"
+    with open(CACHE_DIR / "dockerd-data.lock", "w") as lock:
+        try:
+            fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            yield None
+            return
+        stamp = root / "created"
+        if stamp.is_file() and time.time() - stamp.stat().st_mtime > LAYER_CACHE_MAX_AGE_S:
+            remove_data_root(root)
+        root.mkdir(exist_ok=True)
+        stamp.touch(exist_ok=True)
+        yield root
+
+
+def remove_data_root(root: Path) -> None:
+    unmount_below(root)
+    shutil.rmtree(root, ignore_errors=True)
+
+
+def start_dockerd(state: Path, data_root: Path | None) -> subprocess.CompletedProcess[str]:
+    args = [SCRIPTS / "start-dockerd.sh", state] + ([data_root] if data_root else [])
+    return subprocess.run(args, capture_output=True, text=True)
+
+
 @pytest.fixture(scope="module")
 def engine() -> Iterator[Engine]:
     reason = why_no_engine()
@@ -146,26 +182,35 @@ def engine() -> Iterator[Engine]:
     if not CHECKPOINT.is_file():
         pytest.skip(f"no shipped checkpoint at {CHECKPOINT.relative_to(ROOT)} to put in the image")
     state = Path(tempfile.mkdtemp(prefix="vae-dockerd-"))
-    started = subprocess.run([SCRIPTS / "start-dockerd.sh", state], capture_output=True, text=True)
-    if started.returncode != 0:
-        shutil.rmtree(state, ignore_errors=True)
-        pytest.skip(f"no Docker engine can be started here:\n{started.stderr[-2000:]}")
-    fields = dict(item.split("=", 1) for item in started.stdout.split())
-    engine = Engine(host=fields["DOCKER_HOST"], pid=int(fields["DOCKERD_PID"]), state=state)
-    try:
-        yield engine
-    finally:
-        os.kill(engine.pid, signal.SIGTERM)
-        for _ in range(60):
-            try:
-                os.kill(engine.pid, 0)
-            except ProcessLookupError:
-                break
-            time.sleep(0.5)
-        else:
-            os.kill(engine.pid, signal.SIGKILL)
-        unmount_below(state)
-        shutil.rmtree(state, ignore_errors=True)
+    with layer_cache() as data_root:
+        started = start_dockerd(state, data_root)
+        if started.returncode != 0 and data_root is not None:
+            remove_data_root(data_root)  # a cache a killed daemon left unusable: start afresh
+            data_root.mkdir()
+            (data_root / "created").touch()
+            started = start_dockerd(state, data_root)
+        if started.returncode != 0:
+            shutil.rmtree(state, ignore_errors=True)
+            pytest.skip(f"no Docker engine can be started here:\n{started.stderr[-2000:]}")
+        fields = dict(item.split("=", 1) for item in started.stdout.split())
+        engine = Engine(host=fields["DOCKER_HOST"], pid=int(fields["DOCKERD_PID"]), state=state)
+        try:
+            # what a run that was killed left behind; the images stay, as the cache
+            engine.docker("container", "prune", "--force", check=False)
+            engine.docker("volume", "prune", "--force", check=False)
+            yield engine
+        finally:
+            os.kill(engine.pid, signal.SIGTERM)
+            for _ in range(60):
+                try:
+                    os.kill(engine.pid, 0)
+                except ProcessLookupError:
+                    break
+                time.sleep(0.5)
+            else:
+                os.kill(engine.pid, signal.SIGKILL)
+            unmount_below(state)
+            shutil.rmtree(state, ignore_errors=True)
 
 
 def unmount_below(folder: Path) -> None:
@@ -185,19 +230,14 @@ class Build:
 
 @pytest.fixture(scope="module")
 def build(engine: Engine, report: Callable[[str], None]) -> Iterator[Build]:
-    """The stand-in base image; removed afterwards, with every dangling layer."""
-    base = f"mnist-vae-base:test-{uuid.uuid4().hex[:8]}"
+    """The stand-in base image, kept in the layer cache (a new import would be a new base)."""
     start = time.monotonic()
-    engine.run(str(SCRIPTS / "build-base-image.sh"), base)
+    base = engine.run(str(SCRIPTS / "build-base-image.sh")).strip()
     report(f"stand-in base image ready in {time.monotonic() - start:.0f} s")
     hosts = engine.run(
         str(SCRIPTS / "registry-hosts.sh"), env={**engine.env, "PYTHON": sys.executable}
     )
-    try:
-        yield Build(base, hosts.split())
-    finally:
-        engine.docker("rmi", "--force", base, check=False)
-        engine.docker("image", "prune", "--force", check=False)
+    yield Build(base, hosts.split())
 
 
 def build_image(engine: Engine, build: Build, report: Callable[[str], None], variant: str) -> str:
@@ -221,12 +261,12 @@ def image_bytes(engine: Engine, tag: str) -> int:
 def built_image(
     engine: Engine, build: Build, report: Callable[[str], None], target: str
 ) -> Iterator[str]:
-    """`build_image`'s tag, removed afterwards."""
+    """`build_image`'s tag, removed afterwards (its layers stay, as the cache)."""
     tag = build_image(engine, build, report, target)
     try:
         yield tag
     finally:
-        engine.docker("rmi", "--force", tag, check=False)
+        engine.docker("rmi", "--force", "--no-prune", tag, check=False)
 
 
 @pytest.fixture(scope="module")

@@ -2,14 +2,15 @@
 # Builds a stand-in for `python:3.11-slim` where no image registry can be reached: a Debian
 # bookworm minbase root file system made with debootstrap, with python3, python3-venv and the
 # host's CA certificates (registries are reached through an intercepting proxy), imported with
-# `docker import`. The root file system tarball is cached, so later runs only import it.
+# `docker import`. The root file system tarball is cached, so later runs only import it. Without
+# TAG the image is tagged with the tarball's key, and kept where the engine has it already: a new
+# import would be a new base, and every layer built on the old one would be built again.
 #
-#   scripts/docker/build-base-image.sh [TAG]      (default TAG: mnist-vae-base:bookworm)
+#   scripts/docker/build-base-image.sh [TAG]      (default TAG: mnist-vae-base:bookworm-<key>)
 #
 # Environment: VAE_CACHE_DIR (default ~/.cache/mnist-vae). Needs root, debootstrap and docker.
 set -euo pipefail
 
-tag=${1:-mnist-vae-base:bookworm}
 suite=bookworm
 cache_dir=${VAE_CACHE_DIR:-$HOME/.cache/mnist-vae}
 packages=python3,python3-venv,ca-certificates
@@ -28,6 +29,11 @@ mirror=$(
 key=$( { echo "$suite $packages v1"; cat /usr/local/share/ca-certificates/* 2>/dev/null; } \
   | sha256sum | cut -c1-16)
 tarball=$cache_dir/rootfs-$suite-$key.tar
+tag=${1:-mnist-vae-base:$suite-$key}
+if [ $# -eq 0 ] && docker image inspect "$tag" >/dev/null 2>&1; then
+  echo "$tag"
+  exit 0
+fi
 
 if [ ! -s "$tarball" ]; then
   mkdir -p "$cache_dir"

@@ -3,10 +3,11 @@
 # containers use the host network only and never reach a private-range address. It resolves no
 # names (--dns 127.0.0.1): builds get registry hosts through --add-host (registry-hosts.sh).
 #
-#   scripts/docker/start-dockerd.sh [STATE_DIR]
+#   scripts/docker/start-dockerd.sh [STATE_DIR [DATA_ROOT]]
 #
 # With STATE_DIR, the daemon keeps everything there (data-root, exec-root, pidfile, socket), so it
-# clashes with no other daemon. Prints `DOCKER_HOST=... DOCKERD_PID=...` once `docker info` answers.
+# clashes with no other daemon; DATA_ROOT puts its images and layer cache elsewhere (a folder kept
+# between runs, so that an unchanged layer is not built again). Prints `DOCKER_HOST=... DOCKERD_PID=...` once `docker info` answers.
 # Stop it with: kill "$DOCKERD_PID".
 set -euo pipefail
 
@@ -14,7 +15,8 @@ args=(--bridge=none --iptables=false --ip-masq=false --ip6tables=false --dns 127
 if [ $# -ge 1 ]; then
   state=$(mkdir -p "$1" && cd "$1" && pwd)
   host=unix://$state/docker.sock
-  args+=(--data-root "$state/data" --exec-root "$state/exec" --pidfile "$state/dockerd.pid"
+  data=${2:-$state/data}
+  args+=(--data-root "$data" --exec-root "$state/exec" --pidfile "$state/dockerd.pid"
          --host "$host")
   log=$state/dockerd.log
 else
