@@ -2,7 +2,10 @@
 
 Each server runs on `--server-cpus` from its own tree (`PYTHONPATH`), the load on the cores this
 script runs on (start it with `taskset -c 1`); each tree is measured `--rounds` times, A B A B,
-so drift on a shared machine falls on both.
+so drift on a shared machine falls on both. A third row runs this tree with the light lane opened
+wide (`VAE_LIGHT_QUEUE_MS=2000`): the load's 64 clients send again at once after a 503, so at
+c=64 the default lane refuses some of them, and each refused client waits out its `Retry-After`
+(the edge holds it); the third row is the same code without that shedding.
 
     git worktree add /tmp/base 05b2127
     taskset -c 1 .venv/bin/python bench/sample_regression.py --baseline /tmp/base
@@ -16,6 +19,7 @@ from pathlib import Path
 from serve_bench import Server, run_load_process
 
 REPO = Path(__file__).resolve().parent.parent
+OPEN_LANE = {"VAE_LIGHT_QUEUE_MS": "2000"}
 
 
 def main() -> int:
@@ -25,27 +29,39 @@ def main() -> int:
     parser.add_argument("--duration", type=float, default=6.0)
     parser.add_argument("--rounds", type=int, default=2)
     args = parser.parse_args()
-    trees = {"before": args.baseline.resolve(), "after": REPO}
+    rows = {
+        "before": (args.baseline.resolve(), {}),
+        "after": (REPO, {}),
+        "after, lane open": (REPO, OPEN_LANE),
+    }
     ok: dict[tuple[str, int], list[float]] = {}
+    cpu: dict[tuple[str, int], list[float]] = {}
     for _ in range(args.rounds):
-        for name, tree in trees.items():
+        for name, (tree, env) in rows.items():
             checkpoint = tree / "models" / "mnist-vae.pt"
-            server = Server(checkpoint, 64, "cpu", cpus=args.server_cpus, tree=tree)
+            server = Server(checkpoint, 64, "cpu", env=env, cpus=args.server_cpus, tree=tree)
             try:
                 for clients in (1, 64):
+                    cpu_before = server.cpu_s()
                     r = run_load_process("sample", server.port, clients, args.duration)
-                    rate = (r["requests"] - r["errors"]) / args.duration
-                    ok.setdefault((name, clients), []).append(rate)
+                    answered = r["requests"] - r["errors"]
+                    used = server.cpu_s() - cpu_before
+                    ok.setdefault((name, clients), []).append(answered / args.duration)
+                    cpu.setdefault((name, clients), []).append(used / max(1, answered))
                     print(
-                        f"{name} c={clients}: {rate:.0f} ok/s, {r['errors']} non-2xx, "
-                        f"p99 {r['p99_ms']:.1f} ms",
+                        f"{name} c={clients}: {answered / args.duration:.0f} ok/s, "
+                        f"{r['errors']} non-2xx, p99 {r['p99_ms']:.1f} ms, "
+                        f"server CPU {1000 * used / max(1, answered):.2f} ms per 2xx",
                         flush=True,
                     )
             finally:
                 server.stop()
     for clients in (1, 64):
-        ratio = sum(ok[("after", clients)]) / sum(ok[("before", clients)])
-        print(f"c={clients}: after/before = {ratio:.3f}")
+        before = sum(ok[("before", clients)])
+        for name in ("after", "after, lane open"):
+            ratio = sum(ok[(name, clients)]) / before
+            cpu_ratio = sum(cpu[(name, clients)]) / sum(cpu[("before", clients)])
+            print(f"c={clients}: {name}/before = {ratio:.3f} ok/s, {cpu_ratio:.3f} CPU per 2xx")
     return 0
 
 
