@@ -6,7 +6,7 @@ time out (504) instead of being told to come back (503). Both gates admit work o
 finish before the request's deadline, and otherwise answer 503 with `Retry-After` at once:
 
 - `DecodeGate` runs at most `concurrency` decodes, on its own threads, with at most
-  `pixel_budget` pixels among them (one maximal image by default), in arrival order. It learns
+  `pixel_budget` pixels among them (two maximal images by default), in arrival order. It learns
   the seconds per pixel as it goes, and refuses a decode whose wait plus run would pass the
   request's deadline.
 - `InferenceGate` books the estimated seconds of inference work (rows times the learned seconds

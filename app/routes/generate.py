@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-import secrets
+import random
 from collections.abc import Sequence
 from typing import Annotated, Any
 
@@ -98,7 +98,9 @@ async def sample(request: Request, body: SampleRequest, format: FormatQuery = No
     as_json = asks_for_json(format, request.headers.get("accept", ""))
     digits = body.digit_list
     check_digits(m, body.prior, digits)
-    seed = body.seed if body.seed is not None else secrets.randbits(63)
+    # a seed is echoed to be reused, not to be secret: no system call for it (the loop's thread
+    # would give the core to the inference thread at every request)
+    seed = body.seed if body.seed is not None else random.getrandbits(63)
     z, images = await engine.sample(m, body.n, seed, body.temperature, body.prior, digits)
     prior = sample_prior_name(m, body.prior, digits)
     return await encoded(
