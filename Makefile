@@ -7,12 +7,9 @@ PORT ?= 8000
 
 .PHONY: install serve test lint format system-deps bench gpu-check gpu-train gpu-evaluate clean
 
-# --no-compile: pip would byte-compile every file of the 5 GB of wheels (90 s of a 4-minute
-# install); Python compiles what it imports, once, on first use.
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
-	$(VENV)/bin/pip install --quiet --disable-pip-version-check --no-compile \
-		-e '.[dev,train,openvino,ray,otel]'
+	$(VENV)/bin/pip install --quiet --disable-pip-version-check -e '.[dev,train,openvino,ray,otel]'
 	touch $@
 
 install: $(VENV)/.installed
