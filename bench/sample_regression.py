@@ -45,13 +45,13 @@ def main() -> int:
                     cpu_before = server.cpu_s()
                     r = run_load_process("sample", server.port, clients, args.duration)
                     answered = r["requests"] - r["errors"]
-                    used = server.cpu_s() - cpu_before
+                    cpu_per_2xx = (server.cpu_s() - cpu_before) / max(1, answered)
                     ok.setdefault((name, clients), []).append(answered / args.duration)
-                    cpu.setdefault((name, clients), []).append(used / max(1, answered))
+                    cpu.setdefault((name, clients), []).append(cpu_per_2xx)
                     print(
                         f"{name} c={clients}: {answered / args.duration:.0f} ok/s, "
                         f"{r['errors']} non-2xx, p99 {r['p99_ms']:.1f} ms, "
-                        f"server CPU {1000 * used / max(1, answered):.2f} ms per 2xx",
+                        f"server CPU {1000 * cpu_per_2xx:.2f} ms per 2xx",
                         flush=True,
                     )
             finally:

@@ -157,16 +157,17 @@ def layer_cache() -> Iterator[Path | None]:
             yield None
             return
         stamp = root / "created"
-        if stamp.is_file() and time.time() - stamp.stat().st_mtime > LAYER_CACHE_MAX_AGE_S:
-            remove_data_root(root)
-        root.mkdir(exist_ok=True)
-        stamp.touch(exist_ok=True)
+        if not stamp.is_file() or time.time() - stamp.stat().st_mtime > LAYER_CACHE_MAX_AGE_S:
+            reset_data_root(root)
         yield root
 
 
-def remove_data_root(root: Path) -> None:
+def reset_data_root(root: Path) -> None:
+    """An empty data root, stamped with the time it was made (its age bounds the cache's)."""
     unmount_below(root)
     shutil.rmtree(root, ignore_errors=True)
+    root.mkdir()
+    (root / "created").touch()
 
 
 def start_dockerd(state: Path, data_root: Path | None) -> subprocess.CompletedProcess[str]:
@@ -185,9 +186,7 @@ def engine() -> Iterator[Engine]:
     with layer_cache() as data_root:
         started = start_dockerd(state, data_root)
         if started.returncode != 0 and data_root is not None:
-            remove_data_root(data_root)  # a cache a killed daemon left unusable: start afresh
-            data_root.mkdir()
-            (data_root / "created").touch()
+            reset_data_root(data_root)  # a cache a killed daemon left unusable: start afresh
             started = start_dockerd(state, data_root)
         if started.returncode != 0:
             shutil.rmtree(state, ignore_errors=True)
@@ -229,7 +228,7 @@ class Build:
 
 
 @pytest.fixture(scope="module")
-def build(engine: Engine, report: Callable[[str], None]) -> Iterator[Build]:
+def build(engine: Engine, report: Callable[[str], None]) -> Build:
     """The stand-in base image, kept in the layer cache (a new import would be a new base)."""
     start = time.monotonic()
     base = engine.run(str(SCRIPTS / "build-base-image.sh")).strip()
@@ -237,7 +236,7 @@ def build(engine: Engine, report: Callable[[str], None]) -> Iterator[Build]:
     hosts = engine.run(
         str(SCRIPTS / "registry-hosts.sh"), env={**engine.env, "PYTHON": sys.executable}
     )
-    yield Build(base, hosts.split())
+    return Build(base, hosts.split())
 
 
 def build_image(engine: Engine, build: Build, report: Callable[[str], None], variant: str) -> str:

@@ -7,7 +7,8 @@
 #
 # With STATE_DIR, the daemon keeps everything there (data-root, exec-root, pidfile, socket), so it
 # clashes with no other daemon; DATA_ROOT puts its images and layer cache elsewhere (a folder kept
-# between runs, so that an unchanged layer is not built again). Prints `DOCKER_HOST=... DOCKERD_PID=...` once `docker info` answers.
+# between runs, so that an unchanged layer is not built again). Prints
+# `DOCKER_HOST=... DOCKERD_PID=...` once `docker info` answers.
 # Stop it with: kill "$DOCKERD_PID".
 set -euo pipefail
 
