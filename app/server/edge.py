@@ -303,17 +303,20 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
             return False
         path = self.url.split(b"?", 1)[0].decode("latin-1")
         pause = 0.0
+        now = time.monotonic()
         until = self._told_to_wait.get(path)
-        if until is not None and (left := until - time.monotonic()) > 0:
+        if until is not None and (left := until - now) > 0:
+            # the time it was told stands: asking early neither shortens nor extends it
             overloaded = Overloaded("asked again before Retry-After", retry_after=math.ceil(left))
             pause = left if self._body_is_large() else min(left, RETRY_PAUSE_S)
         else:
             method = self.parser.get_method().decode("ascii")
             overloaded = check(method, path, self.scope["headers"])
+            until = now + overloaded.retry_after if overloaded is not None else None
         if overloaded is None:
             return False
         shedding.REFUSED_FROM_HEAD.inc()
-        self._told_to_wait[path] = time.monotonic() + overloaded.retry_after
+        self._told_to_wait[path] = until
         keep_alive = self.parser.get_http_version() != "1.0" and self.parser.should_keep_alive()
         reply = _error_bytes(
             path,

@@ -34,7 +34,13 @@ async def ok_app(scope, receive, send) -> None:
     await send({"type": "http.response.body", "body": b"ok"})
 
 
+REFUSE_ONCE: set[str] = set()  # paths refused the next time only, with Retry-After: 1
+
+
 def refuse_posts(method: str, path: str, headers: list) -> Overloaded | None:
+    if path in REFUSE_ONCE:
+        REFUSE_ONCE.discard(path)
+        return Overloaded("busy for a second", retry_after=1)
     return Overloaded("busy", retry_after=RETRY_AFTER_S) if method == "POST" else None
 
 
@@ -118,3 +124,24 @@ def test_a_large_body_asked_again_at_once_waits_out_its_retry_after_unread(port)
     assert second.startswith(b"HTTP/1.1 503")
     assert waited > RETRY_AFTER_S - 0.5
     assert after.startswith(b"HTTP/1.1 200")
+
+
+def test_asking_early_does_not_extend_the_retry_after(port):
+    """A client told `Retry-After: 1` that asks again 0.3 s later is answered when its second is
+    up, and asking again then is checked as any request is (here admitted): the early request
+    does not start a new second of waiting."""
+    REFUSE_ONCE.add("/once")
+    request = b"GET /once HTTP/1.1\r\nHost: x\r\n\r\n"
+    with socket.create_connection(("127.0.0.1", port), timeout=10) as sock:
+        sock.sendall(request)
+        first, _ = answer(sock)
+        told_at = time.monotonic()
+        assert first.startswith(b"HTTP/1.1 503") and b"retry-after: 1" in first.lower()
+        time.sleep(0.3)
+        sock.sendall(request)
+        early, _ = answer(sock)
+        assert early.startswith(b"HTTP/1.1 503")
+        assert 0.6 < time.monotonic() - told_at < 1.4  # held until its second was up
+        sock.sendall(request)
+        then, waited = answer(sock)
+    assert then.startswith(b"HTTP/1.1 200") and waited < 0.2
