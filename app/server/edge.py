@@ -49,6 +49,9 @@ from app.http.error_bodies import error_body
 
 log = logging.getLogger("app.edge")
 RETRY_PAUSE_S = 1.0  # the longest a refusal waits for a client that ignored its Retry-After
+# A request this close to its Retry-After is on time: the pause above ends by a timer (uvloop's
+# count milliseconds, and may fire that early), and the client's own clock is no better.
+ON_TIME_S = 0.01
 # A body larger than this, sent again before its Retry-After, waits all of it, unread: skipping
 # megabytes of upload four times a second per client would cost the loop what admitted work needs.
 LARGE_BODY_BYTES = 64 * 1024
@@ -305,7 +308,7 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
         pause = 0.0
         now = time.monotonic()
         until = self._told_to_wait.get(path)
-        if until is not None and (left := until - now) > 0:
+        if until is not None and (left := until - now) > ON_TIME_S:
             # the time it was told stands: asking early neither shortens nor extends it
             overloaded = Overloaded("asked again before Retry-After", retry_after=math.ceil(left))
             pause = left if self._body_is_large() else min(left, RETRY_PAUSE_S)
