@@ -172,6 +172,12 @@ def baseline_worktree(ref: str, into: Path) -> Path:
     return into
 
 
+def drop_worktree(tree: Path) -> None:
+    """Removes a worktree `baseline_worktree` made, files and registration."""
+    command = ["git", "worktree", "remove", "--force", str(tree)]
+    subprocess.run(command, cwd=REPO, capture_output=True)
+
+
 def service(
     label: str, checkpoint: Path, cwd: Path = REPO, device: str = "cpu", **env: str
 ) -> Peer:
@@ -261,11 +267,7 @@ def run(args: argparse.Namespace) -> dict:
             results["rows"].append(row)
     finally:
         if baseline is not None:
-            subprocess.run(
-                ["git", "worktree", "remove", "--force", str(baseline)],
-                cwd=REPO,
-                capture_output=True,
-            )
+            drop_worktree(baseline)
         shutil.rmtree(workdir, ignore_errors=True)
     return results
 

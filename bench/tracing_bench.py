@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import argparse
 import re
+import shutil
 import statistics
 import subprocess
 import tempfile
@@ -20,7 +21,16 @@ import threading
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
-from peers_bench import HOST, REPO, Running, baseline_worktree, parse_wrk, scripts, service
+from peers_bench import (
+    HOST,
+    REPO,
+    Running,
+    baseline_worktree,
+    drop_worktree,
+    parse_wrk,
+    scripts,
+    service,
+)
 
 CELLS = {
     "/sample c=64": ("sample", "/sample"),
@@ -96,13 +106,15 @@ def main() -> int:
             OTEL_TRACES_SAMPLER="parentbased_traceidratio",
         ),
     ]
-    if args.baseline:
-        tree = baseline_worktree(args.baseline, workdir / "baseline")
+    tree = baseline_worktree(args.baseline, workdir / "baseline") if args.baseline else None
+    if tree is not None:
         peers.insert(0, service(f"before ({args.baseline})", args.checkpoint, cwd=tree))
-    servers = [Running(peer, 0, workdir) for peer in peers]
     rps: dict[tuple[str, str], list[float]] = {}
     cpu_us: dict[tuple[str, str], list[float]] = {}
+    servers: list[Running] = []
     try:
+        for peer in peers:  # one by one, so that those started are stopped if one fails
+            servers.append(Running(peer, 0, workdir))
         for round_ in range(args.rounds):
             for cell, (script, path) in CELLS.items():
                 for server in servers:
@@ -114,6 +126,9 @@ def main() -> int:
     finally:
         for server in servers:
             server.stop()
+        if tree is not None:
+            drop_worktree(tree)
+        shutil.rmtree(workdir, ignore_errors=True)
     reference = peers[0].label
     print(f"\n{args.rounds} rounds x {args.duration:g} s per cell, medians (vs the first row)")
     print("| server | " + " | ".join(f"{c} req/s | {c} CPU us/req" for c in CELLS) + " |")
