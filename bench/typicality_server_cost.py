@@ -47,12 +47,11 @@ def main() -> int:
     with tempfile.TemporaryDirectory() as scratch:
         plain = without_calibration(args.checkpoint, Path(scratch) / "without.pt")
         rows = {"with": args.checkpoint, "without": plain}
-        servers = {
-            name: Server(path, 64, "cpu", env=OPEN_LANE, cpus=args.server_cpus)
-            for name, path in rows.items()
-        }
+        servers: dict[str, Server] = {}
         cpu: dict[tuple[str, str, int], list[float]] = {}
         try:
+            for name, path in rows.items():  # one by one: those started are stopped if one fails
+                servers[name] = Server(path, 64, "cpu", env=OPEN_LANE, cpus=args.server_cpus)
             for round_ in range(args.rounds):
                 order = list(servers) if round_ % 2 == 0 else list(servers)[::-1]
                 for name in order:
