@@ -44,35 +44,46 @@ def digit_png() -> bytes:
     return (REPO / "app" / "images" / "example_digits" / "7-0.png").read_bytes()
 
 
-def request_bytes(endpoint: str, port: int) -> bytes:
-    """The exact bytes of one request, built once and replayed."""
+def request_bytes(endpoint: str, port: int, upload: Path | None = None) -> bytes:
+    """The exact bytes of one request, built once and replayed. Uploads are a 28x28 MNIST PNG
+    (`/encode` takes it in the query), or the file `upload` (a PNG or JPEG, uploaded to both)."""
     host = f"Host: {HOST}:{port}\r\n"
+    image = upload.read_bytes() if upload is not None else digit_png()
+    jpeg = upload is not None and upload.suffix in (".jpg", ".jpeg")
+    kind = "image/jpeg" if jpeg else "image/png"
     if endpoint == "healthz":
         return f"GET /healthz HTTP/1.1\r\n{host}\r\n".encode()
-    if endpoint == "encode":
-        image = base64.urlsafe_b64encode(digit_png()).decode().rstrip("=")
-        return f"GET /encode?image={image} HTTP/1.1\r\n{host}\r\n".encode()
+    if endpoint == "encode" and upload is None:
+        query = base64.urlsafe_b64encode(image).decode().rstrip("=")
+        return f"GET /encode?image={query} HTTP/1.1\r\n{host}\r\n".encode()
     if endpoint in ("sample", "sample-digit"):
         body = b'{"n": 1}' if endpoint == "sample" else b'{"n": 1, "digit": 4}'
         head = f"POST /sample HTTP/1.1\r\n{host}Content-Type: application/json\r\n"
     else:
         body = (
             (
-                f'--{BOUNDARY}\r\nContent-Disposition: form-data; name="file"; filename="7.png"\r\n'
-                "Content-Type: image/png\r\n\r\n"
+                f'--{BOUNDARY}\r\nContent-Disposition: form-data; name="file"; filename="7"\r\n'
+                f"Content-Type: {kind}\r\n\r\n"
             ).encode()
-            + digit_png()
+            + image
             + f"\r\n--{BOUNDARY}--\r\n".encode()
         )
         head = (
-            f"POST /reconstruct HTTP/1.1\r\n{host}"
+            f"POST /{endpoint} HTTP/1.1\r\n{host}"
             f"Content-Type: multipart/form-data; boundary={BOUNDARY}\r\n"
         )
     return head.encode() + f"Content-Length: {len(body)}\r\n\r\n".encode() + body
 
 
-async def _load(endpoint: str, port: int, concurrency: int, duration: float, warmup: float) -> dict:
-    request = request_bytes(endpoint, port)
+async def _load(
+    endpoint: str,
+    port: int,
+    concurrency: int,
+    duration: float,
+    warmup: float,
+    upload: Path | None = None,
+) -> dict:
+    request = request_bytes(endpoint, port, upload)
     latencies: list[float] = []
     errors: list[int] = []
     now = time.perf_counter()
@@ -99,9 +110,11 @@ async def _load(endpoint: str, port: int, concurrency: int, duration: float, war
     }
 
 
-def run_load_process(endpoint: str, port: int, concurrency: int, duration: float) -> dict:
+def run_load_process(
+    endpoint: str, port: int, concurrency: int, duration: float, upload: Path | None = None
+) -> dict:
     """Runs one cell's load from a separate process, so the client never shares the server's CPU
-    time slice or event loop."""
+    time slice or event loop. `upload`: the image uploads send (`request_bytes`)."""
     command = [
         sys.executable,
         __file__,
@@ -113,6 +126,7 @@ def run_load_process(endpoint: str, port: int, concurrency: int, duration: float
         str(concurrency),
         "--duration",
         str(duration),
+        *(["--upload", str(upload)] if upload is not None else []),
     ]
     out = subprocess.run(command, capture_output=True, text=True, check=True, timeout=duration + 60)
     return json.loads(out.stdout)
@@ -332,6 +346,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     )
     p.add_argument("--load", choices=ENDPOINTS, help=argparse.SUPPRESS)
     p.add_argument("--port", type=int, help=argparse.SUPPRESS)
+    p.add_argument("--upload", type=Path, default=None, help=argparse.SUPPRESS)
     return p.parse_args(argv)
 
 
@@ -345,7 +360,7 @@ def main(argv: list[str] | None = None) -> int:
         except ImportError:
             pass
         result = asyncio.run(
-            _load(args.load, args.port, args.concurrency[0], args.duration, warmup=0.5)
+            _load(args.load, args.port, args.concurrency[0], args.duration, 0.5, upload=args.upload)
         )
         print(json.dumps(result))
         return 0

@@ -1,6 +1,7 @@
 """Issue 30's cost on real servers: `vae-serve` with and without the typicality score, interleaved.
 
     taskset -c 1 .venv/bin/python bench/typicality_server_cost.py [--rounds 12] [--duration 3]
+        [--upload mnist|drawing|photo]
 
 `bench/typicality_cost.py` times the score in one process through FastAPI's TestClient; this
 starts two `vae-serve` processes on `--server-cpus` (one core by default, as a one-core server
@@ -10,17 +11,25 @@ no score, as for a checkpoint from before issue 30). The load runs on the cores 
 on. Each round measures `/encode` (a 28x28 PNG in the query) and `/reconstruct` (the same PNG
 uploaded) at `--concurrency` on both, in turn, the order alternating, and reads each server's CPU
 time per answer; the ratio per round is with / without, and the table gives their median.
+`--upload` picks what is sent: `mnist` (the default, the cheapest upload there is, so where the
+score weighs most), `drawing` (the same digit as the web page's 280x280 pad sends it: a PNG,
+white ink on black) or `photo` (a 640x480 JPEG of it on paper, `harness.photo_scenes`); the
+last two go to `POST /encode` as uploads.
 """
 
 from __future__ import annotations
 
 import argparse
+import io
 import statistics
 import tempfile
 from pathlib import Path
 
-from serve_bench import Server, run_load_process
+import numpy as np
+from PIL import Image
+from serve_bench import Server, digit_png, run_load_process
 
+from harness.photo_scenes import clean_page
 from models.checkpoint import model_from_payload, read_checkpoint, save_checkpoint
 
 REPO = Path(__file__).resolve().parent.parent
@@ -36,6 +45,20 @@ def without_calibration(checkpoint: Path, out: Path) -> Path:
     return save_checkpoint(out, model, payload["metadata"], prior=payload.get("prior"))
 
 
+def upload_file(kind: str, folder: Path) -> Path | None:
+    """The upload of `kind` written into `folder`; None for `mnist` (the load's own default)."""
+    if kind == "mnist":
+        return None
+    digit = np.asarray(Image.open(io.BytesIO(digit_png())).convert("L"))
+    if kind == "photo":
+        path = folder / "photo.jpg"
+        path.write_bytes(clean_page(digit))
+        return path
+    path = folder / "drawing.png"
+    Image.fromarray(digit).resize((280, 280), Image.BILINEAR).save(path)
+    return path
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--checkpoint", type=Path, default=SHIPPED)
@@ -43,9 +66,11 @@ def main() -> int:
     parser.add_argument("--duration", type=float, default=3.0, help="seconds per cell")
     parser.add_argument("--concurrency", type=int, nargs="+", default=[1, 8])
     parser.add_argument("--server-cpus", default="0")
+    parser.add_argument("--upload", choices=("mnist", "drawing", "photo"), default="mnist")
     args = parser.parse_args()
     with tempfile.TemporaryDirectory() as scratch:
         plain = without_calibration(args.checkpoint, Path(scratch) / "without.pt")
+        upload = upload_file(args.upload, Path(scratch))
         rows = {"with": args.checkpoint, "without": plain}
         servers: dict[str, Server] = {}
         cpu: dict[tuple[str, str, int], list[float]] = {}
@@ -59,7 +84,9 @@ def main() -> int:
                     for route in ROUTES:
                         for clients in args.concurrency:
                             before = server.cpu_s()
-                            load = run_load_process(route, server.port, clients, args.duration)
+                            load = run_load_process(
+                                route, server.port, clients, args.duration, upload
+                            )
                             answered = load["requests"] - load["errors"]
                             per_answer = (server.cpu_s() - before) / max(1, answered)
                             cpu.setdefault((name, route, clients), []).append(per_answer)
@@ -67,7 +94,10 @@ def main() -> int:
         finally:
             for server in servers.values():
                 server.stop()
-    print(f"\n{args.rounds} rounds x {args.duration:g} s per cell; server CPU per answer, ms")
+    print(
+        f"\n{args.rounds} rounds x {args.duration:g} s per cell, {args.upload} uploads; "
+        "server CPU per answer, ms"
+    )
     print("| route | clients | without | with | with / without (median of rounds) |")
     print("|---|---|---|---|---|")
     for route in ROUTES:
