@@ -18,6 +18,7 @@ import argparse
 import asyncio
 import base64
 import json
+import mimetypes
 import os
 import socket
 import statistics
@@ -48,24 +49,23 @@ def request_bytes(endpoint: str, port: int, upload: Path | None = None) -> bytes
     """The exact bytes of one request, built once and replayed. Uploads are a 28x28 MNIST PNG
     (`/encode` takes it in the query), or the file `upload` (a PNG or JPEG, uploaded to both)."""
     host = f"Host: {HOST}:{port}\r\n"
-    image = upload.read_bytes() if upload is not None else digit_png()
-    jpeg = upload is not None and upload.suffix in (".jpg", ".jpeg")
-    kind = "image/jpeg" if jpeg else "image/png"
     if endpoint == "healthz":
         return f"GET /healthz HTTP/1.1\r\n{host}\r\n".encode()
     if endpoint == "encode" and upload is None:
-        query = base64.urlsafe_b64encode(image).decode().rstrip("=")
+        query = base64.urlsafe_b64encode(digit_png()).decode().rstrip("=")
         return f"GET /encode?image={query} HTTP/1.1\r\n{host}\r\n".encode()
     if endpoint in ("sample", "sample-digit"):
         body = b'{"n": 1}' if endpoint == "sample" else b'{"n": 1, "digit": 4}'
         head = f"POST /sample HTTP/1.1\r\n{host}Content-Type: application/json\r\n"
     else:
+        name = upload.name if upload is not None else "7.png"
         body = (
             (
-                f'--{BOUNDARY}\r\nContent-Disposition: form-data; name="file"; filename="7"\r\n'
-                f"Content-Type: {kind}\r\n\r\n"
+                f"--{BOUNDARY}\r\n"
+                f'Content-Disposition: form-data; name="file"; filename="{name}"\r\n'
+                f"Content-Type: {mimetypes.guess_type(name)[0]}\r\n\r\n"
             ).encode()
-            + image
+            + (upload.read_bytes() if upload is not None else digit_png())
             + f"\r\n--{BOUNDARY}--\r\n".encode()
         )
         head = (
