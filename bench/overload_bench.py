@@ -96,7 +96,11 @@ async def _client(port, request, stop_at, mode, statuses, latencies, every_s=0.0
     reader = writer = None
     while time.perf_counter() < stop_at:
         try:
-            if writer is None:
+            if writer is None or reader.at_eof():
+                # closed while it waited (the server's keep-alive timeout, or `Connection: close`):
+                # a new one, as HTTP clients do before they reuse a connection
+                if writer is not None:
+                    writer.close()
                 reader, writer = await asyncio.open_connection(HOST, port)
             started = time.perf_counter()
             writer.write(request)

@@ -251,6 +251,10 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
     # Parser callbacks
 
     def on_message_begin(self) -> None:
+        # A request is in progress, so the connection is not idle. A refusal's answer can arm
+        # uvicorn's keep-alive timer inside this same read, and that timer would otherwise close
+        # the connection while this request waits out its pause.
+        self._unset_keepalive_if_required()
         super().on_message_begin()
         self._reading_head = True
         self._head_bytes = 0

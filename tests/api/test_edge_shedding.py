@@ -22,6 +22,7 @@ from app.server.edge import LARGE_BODY_BYTES, RETRY_PAUSE_S, EdgeLimits, Guarded
 from harness.processes import free_port
 
 RETRY_AFTER_S = 2
+KEEP_ALIVE_S = 1  # shorter than the pauses below, in which a connection is not idle
 
 
 async def ok_app(scope, receive, send) -> None:
@@ -61,6 +62,7 @@ def port() -> Iterator[int]:
         http=GuardedHttpToolsProtocol.configured(limits, refuse_posts),
         lifespan="off",
         log_level="warning",
+        timeout_keep_alive=KEEP_ALIVE_S,
     )
     server = uvicorn.Server(config)
     thread = threading.Thread(target=server.run, daemon=True)
@@ -145,3 +147,22 @@ def test_asking_early_does_not_extend_the_retry_after(port):
         sock.sendall(request)
         then, waited = answer(sock)
     assert then.startswith(b"HTTP/1.1 200") and waited < 0.2
+
+
+def test_a_request_waiting_out_its_pause_is_not_closed_as_idle(port):
+    """The first refusal's answer is complete within the read that brings the next request's head;
+    that request then waits out its `Retry-After` unread, longer than the keep-alive timeout. It
+    gets its 503; uvicorn's keep-alive timer, armed by the first answer, closed it before."""
+    with socket.create_connection(("127.0.0.1", port), timeout=10) as sock:
+        sender = threading.Thread(
+            target=sock.sendall, args=(post(100) + post(8 * LARGE_BODY_BYTES),)
+        )
+        sender.start()
+        first, _ = answer(sock)
+        assert first.startswith(b"HTTP/1.1 503")
+        second, waited = answer(sock)
+        sender.join(10)
+        sock.sendall(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n")
+        after, _ = answer(sock)
+    assert second.startswith(b"HTTP/1.1 503") and waited > KEEP_ALIVE_S
+    assert after.startswith(b"HTTP/1.1 200")
