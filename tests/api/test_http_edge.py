@@ -248,7 +248,8 @@ def test_the_uvicorn_internals_the_edge_extends_are_still_there():
         "on_response_complete",
         "send_400_response",
     ]
-    for name in overridden:
+    called = ["_unset_keepalive_if_required"]
+    for name in overridden + called:
         assert callable(getattr(protocol, name, None)), f"HttpToolsProtocol.{name} is gone"
     # A limit hit in a parser callback reaches the client through send_400_response.
     assert "self.send_400_response(" in inspect.getsource(protocol.data_received)
