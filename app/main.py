@@ -37,7 +37,7 @@ from app.inference.admission import DecodeGate
 from app.inference.engine import Engine
 from app.routes import admin, examples, generate, images, oip, ops
 from app.routes.openapi import guard_errors
-from app.routes.shedding import shedder
+from app.routes.shedding import shedder, upload_reserver
 from app.routes.static_pages import StaticPages
 from models.checkpoint_errors import CheckpointError
 
@@ -150,7 +150,13 @@ def build_service(settings: Settings, *, behind_edge: bool) -> Service:
         protocol_max_bytes=oip.MAX_BODY_BYTES,
     )
     shed = shedder(app.state.engine, app.state.decode_gate, settings.request_timeout_s)
-    app.add_middleware(RequestGuardMiddleware, settings=settings, lifecycle=lifecycle, shed=shed)
+    app.add_middleware(
+        RequestGuardMiddleware,
+        settings=settings,
+        lifecycle=lifecycle,
+        shed=shed,
+        reserve=upload_reserver(app.state.decode_gate),
+    )
     if settings.cors_origins:
         app.add_middleware(
             CORSMiddleware,

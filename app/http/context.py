@@ -7,6 +7,7 @@ is also the last resort for an unexpected exception, answered here while the id 
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import time
 from typing import Any
@@ -19,6 +20,13 @@ from app.http.logs import ACCESS_LOG
 from app.http.request_id import REQUEST_ID, request_id_for
 
 log = logging.getLogger("app")
+
+# Set in a request's scope by the edge (`app.server.edge`) when its client went away before the
+# answer began: the edge cancels the request's task, so no thread keeps decoding or sampling for
+# nobody, and the request ends here with nginx's status for it, "client closed request".
+CLIENT_GONE_KEY = "vae.client_gone"
+REQUEST_TASK_KEY = "vae.request_task"  # the task running the request: what the edge cancels
+CLIENT_CLOSED_REQUEST = 499
 
 REQUESTS = Counter(
     "vae_http_requests_total", "HTTP requests answered", ["method", "route", "status"]
@@ -41,6 +49,7 @@ class RequestContextMiddleware:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
+        scope[REQUEST_TASK_KEY] = asyncio.current_task()
         request_id = request_id_for(scope)
         token = REQUEST_ID.set(request_id)
         start = time.perf_counter()
@@ -57,6 +66,13 @@ class RequestContextMiddleware:
 
         try:
             await self.app(scope, receive, send_with_id)
+        except asyncio.CancelledError:
+            if started or not scope.get(CLIENT_GONE_KEY):
+                raise
+            current = asyncio.current_task()
+            if current is not None:
+                current.uncancel()  # cancelled for this request only: its task ends normally
+            status = CLIENT_CLOSED_REQUEST
         except Exception:
             # Starlette's own last-resort handler would run after the id is gone.
             log.exception("unhandled error")

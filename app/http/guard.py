@@ -10,7 +10,8 @@ and inside CORS (so preflights stay open):
 - While the service drains (`app.http.lifecycle`), new work gets 503 with `Retry-After` and
   `Connection: close`; health, readiness and metrics still answer.
 - Work that would be refused whatever its body says (`shed`, `app.routes.shedding`) gets 503 with
-  `Retry-After` before its body is read.
+  `Retry-After` before its body is read; admitted work may hold a `reserve`ation (an upload's
+  place at the decode gate) from then until it ends.
 - Each request runs under an `asyncio.timeout` that waits until its deadline starts
   (`app.deadline.start`, once the body has arrived); past it, the request gets 504.
 """
@@ -26,9 +27,10 @@ from app import deadline
 from app.config import Settings
 from app.http import shedding
 from app.http.auth import authorized, bearer_value, required_key
+from app.http.context import CLIENT_GONE_KEY
 from app.http.error_bodies import error_response
 from app.http.lifecycle import Lifecycle
-from app.http.shedding import Check
+from app.http.shedding import Check, Reserve
 
 # Health, readiness (also the Open Inference Protocol's) and metrics: for probes and scrapers.
 OPEN_PATHS = frozenset({"/healthz", "/readyz", "/metrics", "/v2/health/live", "/v2/health/ready"})
@@ -41,9 +43,11 @@ class RequestGuardMiddleware:
         settings: Settings,
         lifecycle: Lifecycle,
         shed: Check | None = None,
+        reserve: Reserve | None = None,
     ) -> None:
         self.app = app
         self.shed = shed
+        self.reserve = reserve
         self.api_key = bearer_value(settings.api_key)
         self.admin_token = bearer_value(settings.admin_token)
         self.lifecycle = lifecycle
@@ -70,6 +74,9 @@ class RequestGuardMiddleware:
             headers = {"Retry-After": str(overloaded.retry_after)}
             await error_response(path, 503, overloaded.detail, headers)(scope, receive, send)
             return
+        reservation = self.reserve and self.reserve(scope["method"], path, scope["headers"])
+        if reservation:
+            scope[shedding.RESERVATION_KEY] = reservation
         started = False
 
         async def send_tracking(message: Message) -> None:
@@ -92,11 +99,14 @@ class RequestGuardMiddleware:
         except asyncio.CancelledError:
             # uvicorn cancels what is still running when the shutdown grace runs out (e.g. an
             # upload whose client went silent): answer it, rather than a traceback per request.
-            if started or not self.lifecycle.draining:
+            if started or not self.lifecycle.draining or scope.get(CLIENT_GONE_KEY):
                 raise
             detail = "server shut down before this request completed; retry"
             refusal = error_response(path, 503, detail, {"Connection": "close"})
             await refusal(scope, receive, send)
+        finally:
+            if reservation:
+                reservation.release()
 
 
 def _note_retry_after(scope: Scope, start: Message) -> None:

@@ -11,6 +11,7 @@ again for what it was just refused.
 from __future__ import annotations
 
 from collections.abc import Callable
+from typing import Protocol
 
 from prometheus_client import Counter
 
@@ -27,3 +28,15 @@ RETRY_AFTER_KEY = "vae.retry_after"
 
 # (method, path, headers) -> the refusal, or None to go on
 Check = Callable[[str, str, list[tuple[bytes, bytes]]], Overloaded | None]
+
+
+class Reservation(Protocol):
+    """Work a request holds from its head until it ends (`release` may be called more than once)."""
+
+    def release(self) -> None: ...
+
+
+# (method, path, headers) -> what an admitted request holds while its body arrives, or None. The
+# guard keeps it in the request's scope under `RESERVATION_KEY` and releases it when it ends.
+Reserve = Callable[[str, str, list[tuple[bytes, bytes]]], Reservation | None]
+RESERVATION_KEY = "vae.reservation"

@@ -83,6 +83,28 @@ class ReturnBook:
         return wait
 
 
+class IncomingUpload:
+    """An upload whose head was admitted and whose body is still arriving, held at the gate's
+    typical upload until it reaches `DecodeGate.run` or its request ends: the heads of a burst of
+    uploads arrive together, and without it every body would be read before the gate refused
+    most of them (256 clients of 12 MP stalled the loop for 3 s, docs/benchmarks.md)."""
+
+    __slots__ = ("_gate", "_pixels")
+
+    def __init__(self, gate: DecodeGate, pixels: float) -> None:
+        self._gate = gate
+        self._pixels: float | None = pixels
+        gate._incoming += 1
+        gate._pixels_incoming += pixels
+
+    def release(self) -> None:
+        """Once: the upload reached the gate, or its request ended without reaching it."""
+        if self._pixels is not None:
+            self._gate._incoming -= 1
+            self._gate._pixels_incoming -= self._pixels
+            self._pixels = None
+
+
 @dataclass(eq=False)
 class _Waiter:
     pixels: int
@@ -111,6 +133,8 @@ class DecodeGate:
         self._pixels_running = 0
         self._waiters: deque[_Waiter] = deque()
         self._pixels_waiting = 0
+        self._incoming = 0  # uploads admitted from their head, bodies still arriving
+        self._pixels_incoming = 0.0
         self.seconds_per_pixel = PRIOR_DECODE_S_PER_PIXEL
         self.typical_pixels = 0.0  # an upload's pixels, on average (for `refusal`)
         self.returns = ReturnBook()
@@ -120,16 +144,32 @@ class DecodeGate:
         """Uploads are being decoded or wait to be: they are on their way to a batcher."""
         return self._running > 0 or bool(self._waiters)
 
-    def expected_wait_s(self) -> float:
-        """Time until a decode arriving now could start: the work ahead of it, spread over the
-        threads (the pixel budget may let fewer run at once, so this is a lower bound)."""
+    def expected_wait_s(self, incoming: bool = True) -> float:
+        """Time until a decode arriving now could start: the work ahead of it (with `incoming`,
+        the uploads still arriving too), spread over the threads (the pixel budget may let fewer
+        run at once, so this is a lower bound)."""
         ahead = self._pixels_running + self._pixels_waiting
+        if incoming:
+            ahead += self._pixels_incoming
         return ahead * self.seconds_per_pixel / self.concurrency
 
     def full(self, time_left_s: float) -> bool:
-        """Whether `run` would refuse any upload arriving now, whatever its size: the work ahead
-        alone takes the share of `time_left_s` that decoding may have."""
-        return self.busy and self.expected_wait_s() >= HEAVY_SHARE_OF_TIME_LEFT * time_left_s
+        """Whether an upload whose head arrives now would be refused, whatever its size: the
+        work ahead and the uploads still arriving take the share of `time_left_s` that decoding
+        may have."""
+        return (self.busy or self._incoming > 0) and (
+            self.expected_wait_s() >= HEAVY_SHARE_OF_TIME_LEFT * time_left_s
+        )
+
+    @property
+    def incoming_uploads(self) -> int:
+        """Uploads admitted from their head whose bodies have not reached the gate yet."""
+        return self._incoming
+
+    def incoming(self) -> IncomingUpload:
+        """Holds a typical upload's pixels for a request whose body is arriving (none before the
+        first upload: the gate has not seen one to go by)."""
+        return IncomingUpload(self, self.typical_pixels)
 
     def refusal(self) -> Overloaded:
         """The 503 for an upload: come back once the work ahead is done, spread by `returns` at
@@ -142,10 +182,19 @@ class DecodeGate:
             retry_after=self.returns.come_back_after(retry_after(wait), upload_s, self.concurrency),
         )
 
-    async def run(self, pixels: int, fn: Callable[[], T], time_left_s: float) -> T:
-        """Runs `fn` on a decode thread once `pixels` fit, or raises `Overloaded` (503)."""
+    async def run(
+        self,
+        pixels: int,
+        fn: Callable[[], T],
+        time_left_s: float,
+        incoming: IncomingUpload | None = None,
+    ) -> T:
+        """Runs `fn` on a decode thread once `pixels` fit, or raises `Overloaded` (503).
+        `incoming`: what its request held while its body arrived, released here."""
+        if incoming is not None:
+            incoming.release()
         pixels = min(max(1, pixels), self.pixel_budget)
-        wait = self.expected_wait_s() if (self._running or self._waiters) else 0.0
+        wait = self.expected_wait_s(incoming=False) if (self._running or self._waiters) else 0.0
         own = pixels * self.seconds_per_pixel
         limit = HEAVY_SHARE_OF_TIME_LEFT * time_left_s  # the rest: inference, answer, variance
         if (wait and wait + own > limit) or own > time_left_s:

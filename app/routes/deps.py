@@ -13,10 +13,11 @@ from fastapi import Depends, File, Query, Request, UploadFile
 from app import tracing
 from app.config import Settings
 from app.deadline import time_left_s
+from app.http.shedding import RESERVATION_KEY
 from app.images.examples import ExampleStore
 from app.images.normalise import normalize
 from app.images.upload import UPLOAD_DESCRIPTION, open_upload, read_upload
-from app.inference.admission import DecodeGate
+from app.inference.admission import DecodeGate, IncomingUpload
 from app.inference.engine import Engine
 from app.inference.served import LoadedModel
 from app.routes.responses import asks_for_json
@@ -78,28 +79,43 @@ PreprocessQuery = Annotated[
 
 @tracing.traced("upload.decode")
 async def to_model_input(
-    data: bytes, settings: Settings, preprocess: Preprocess, gate: DecodeGate
+    data: bytes,
+    settings: Settings,
+    preprocess: Preprocess,
+    gate: DecodeGate,
+    incoming: IncomingUpload | None = None,
 ) -> np.ndarray:
     """Upload bytes -> [1, 1, 32, 32]: the header checked here, the decode on the gate's threads,
-    which bound the pixels being decoded at once (503 when it cannot finish in time)."""
+    which bound the pixels being decoded at once (503 when it cannot finish in time).
+    `incoming`: the place its request held at the gate while the body arrived."""
     image = open_upload(
         data, max_bytes=settings.max_upload_bytes, max_pixels=settings.max_image_pixels
     )
     pixels = image.size[0] * image.size[1]
     decode = functools.partial(normalize, image, preprocess=preprocess != "none")
-    x = await gate.run(pixels, decode, time_left_s(settings.request_timeout_s))
+    x = await gate.run(pixels, decode, time_left_s(settings.request_timeout_s), incoming)
     return x[None]
+
+
+def incoming_upload(request: Request) -> IncomingUpload | None:
+    """What the guard reserved at the decode gate for this request's upload, if anything."""
+    reservation = request.scope.get(RESERVATION_KEY)
+    return reservation if isinstance(reservation, IncomingUpload) else None
+
+
+IncomingDep = Annotated[IncomingUpload | None, Depends(incoming_upload)]
 
 
 async def uploaded_image(
     file: Annotated[UploadFile, File(description=UPLOAD_DESCRIPTION)],
     settings: SettingsDep,
     gate: DecodeGateDep,
+    incoming: IncomingDep,
     preprocess: PreprocessQuery = "auto",
 ) -> np.ndarray:
     """The model input [1, 1, 32, 32] of the multipart `file`, within the upload limits."""
     data = await read_upload(file, settings.max_upload_bytes)
-    return await to_model_input(data, settings, preprocess, gate)
+    return await to_model_input(data, settings, preprocess, gate, incoming)
 
 
 UploadedImage = Annotated[np.ndarray, Depends(uploaded_image)]

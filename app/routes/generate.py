@@ -20,6 +20,7 @@ from app.routes.deps import (
     EngineDep,
     ExamplesDep,
     FormatQuery,
+    IncomingDep,
     JsonDep,
     ModelDep,
     PreprocessQuery,
@@ -147,13 +148,16 @@ async def interpolate_uploads(
     m: ModelDep,
     settings: SettingsDep,
     gate: DecodeGateDep,
+    incoming: IncomingDep,
     as_json: JsonDep,
     steps: Annotated[int, Form(ge=2, le=MAX_STEPS)] = 10,
     preprocess: PreprocessQuery = "auto",
 ) -> Response:
     """A strip between the encodings (posterior means) of two uploaded images."""
     uploads = [await read_upload(f, settings.max_upload_bytes) for f in (start, end)]
-    x = np.concatenate([await to_model_input(d, settings, preprocess, gate) for d in uploads])
+    x = np.concatenate(
+        [await to_model_input(d, settings, preprocess, gate, incoming) for d in uploads]
+    )  # the first gives back what the request held while its body arrived
     mu, _ = await engine.encode(m, x)
     z, images = await engine.interpolate(m, mu[0], mu[1], steps)
     return await encoded(len(images), interpolation_response, z, images, as_json)

@@ -9,8 +9,8 @@ at once.
 from __future__ import annotations
 
 from app.errors import Overloaded
-from app.http.shedding import Check
-from app.inference.admission import DecodeGate
+from app.http.shedding import Check, Reserve
+from app.inference.admission import DecodeGate, IncomingUpload
 from app.inference.engine import Engine
 
 INFERENCE_POSTS = frozenset(
@@ -25,9 +25,7 @@ def shedder(engine: Engine, decode_gate: DecodeGate, timeout_s: float) -> Check:
     saturated with light work, and telling a heavy request so costs far less than reading it."""
 
     def refusal(method: str, path: str, headers: list[tuple[bytes, bytes]]) -> Overloaded | None:
-        if method != "POST" or not (
-            path in INFERENCE_POSTS or (path.startswith("/v2/models/") and path.endswith("/infer"))
-        ):
+        if not _is_inference_post(method, path):
             return None
         if engine.admission.light_full(timeout_s):
             return engine.admission.light_refusal()
@@ -36,6 +34,26 @@ def shedder(engine: Engine, decode_gate: DecodeGate, timeout_s: float) -> Check:
         return None
 
     return refusal
+
+
+def upload_reserver(decode_gate: DecodeGate) -> Reserve:
+    """For the guard: an upload admitted from its head holds a typical upload at the decode gate
+    until its body reaches it, so the heads that arrive with it are weighed against it."""
+
+    def reserve(
+        method: str, path: str, headers: list[tuple[bytes, bytes]]
+    ) -> IncomingUpload | None:
+        if _is_inference_post(method, path) and _is_multipart(headers):
+            return decode_gate.incoming()
+        return None
+
+    return reserve
+
+
+def _is_inference_post(method: str, path: str) -> bool:
+    return method == "POST" and (
+        path in INFERENCE_POSTS or (path.startswith("/v2/models/") and path.endswith("/infer"))
+    )
 
 
 def _is_multipart(headers: list[tuple[bytes, bytes]]) -> bool:

@@ -16,6 +16,8 @@ those limits by extending uvicorn's protocol (each override calls uvicorn's own 
 - more than `max_connections_per_address` from one client address (0: no such limit): the same,
   within that address;
 - idle keep-alive connections close after `keep_alive_s` (uvicorn's own timer);
+- a client that closes its connection before its answer began has its request's task cancelled
+  (`app.http.context.CLIENT_GONE_KEY`, logged as 499): a queued decode or inference job stops;
 - a request the app's overload check (`app.http.shedding`) refuses from its head, or that asks
   again on the same connection before the `Retry-After` it was given: 503 with `Retry-After`
   written here (after a pause of up to `RETRY_PAUSE_S` for the second kind, or the whole
@@ -45,6 +47,7 @@ from app.config import MAX_URL_BYTES, Settings
 from app.errors import Overloaded
 from app.http import shedding
 from app.http.body_limit import content_length
+from app.http.context import CLIENT_GONE_KEY, REQUEST_TASK_KEY
 from app.http.error_bodies import error_body
 
 log = logging.getLogger("app.edge")
@@ -183,6 +186,14 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
 
     def connection_lost(self, exc: Exception | None) -> None:
         self._cancel_timers()
+        cycle = self.cycle
+        if cycle is not None and not cycle.response_started and not self._refused:
+            # Its client is gone before an answer began: stop the work (`CLIENT_GONE_KEY`).
+            scope: dict[str, Any] = cycle.scope  # type: ignore[assignment]
+            task = scope.get(REQUEST_TASK_KEY)
+            if task is not None:
+                scope[CLIENT_GONE_KEY] = True
+                task.cancel()
         self.waiting.discard(self._address, self)
         left = self.open_by_address.get(self._address, 1) - 1
         if left > 0:

@@ -17,7 +17,7 @@ from app.inference.admission import (
     InferenceGate,
     ReturnBook,
 )
-from app.routes.shedding import shedder
+from app.routes.shedding import shedder, upload_reserver
 from harness.heavy_png import png16_rgba
 
 
@@ -213,6 +213,49 @@ def test_uploads_are_refused_from_their_headers_once_decoding_would_be_refused_a
 
     asyncio.run(main())
     assert verdicts == [True, True, True, True]
+
+
+def test_uploads_still_arriving_count_against_the_heads_behind_them():
+    """256 heads of 12 MP uploads arrive together: each admitted one holds a typical upload at the
+    gate until its body reaches it, so the heads behind are refused before any body is read
+    (before, all 256 bodies were read, for 3 s, and then most were refused)."""
+    gate = DecodeGate(concurrency=1, pixel_budget=100_000)
+    gate.seconds_per_pixel = 1e-4
+    gate.typical_pixels = 10_000  # 1 s each
+    engine = SimpleNamespace(admission=InferenceGate(0.04, 0.06, 64))
+    refusal = shedder(engine, gate, timeout_s=4.0)  # decoding may take 2 s of it
+    reserve = upload_reserver(gate)
+    upload = [(b"content-type", b"multipart/form-data; boundary=x")]
+    assert reserve("POST", "/sample", [(b"content-type", b"application/json")]) is None
+    assert reserve("GET", "/reconstruct", upload) is None
+    first = reserve("POST", "/reconstruct", upload)
+    assert first is not None and refusal("POST", "/reconstruct", upload) is None  # 1 s ahead
+    second = reserve("POST", "/encode", upload)
+    assert second is not None and gate.incoming_uploads == 2
+    assert refusal("POST", "/reconstruct", upload) is not None  # 2 s ahead
+    first.release()
+    first.release()  # once only
+    assert gate.incoming_uploads == 1 and refusal("POST", "/reconstruct", upload) is None
+
+    async def arrive() -> None:  # the body reaches the gate: it is counted as itself from now
+        await gate.run(10_000, lambda: None, time_left_s=10, incoming=second)
+
+    asyncio.run(arrive())
+    second.release()
+    assert gate.incoming_uploads == 0 and not gate.full(4.0)
+
+
+def test_every_upload_gives_back_what_it_held_while_arriving(client, digit_png):
+    """Decoded, refused as no image, too large, or with no file at all: none keeps its place."""
+    files = {"file": ("7.png", digit_png, "image/png")}
+    assert client.post("/reconstruct", files=files).status_code == 200
+    assert client.post("/encode", files={"file": ("x.png", b"not an image")}).status_code == 422
+    big = {"file": ("big.png", b"x" * (client.app.state.settings.max_upload_bytes + 1))}
+    assert client.post("/encode", files=big).status_code == 413
+    assert client.post("/encode", files={"other": ("7.png", digit_png)}).status_code == 422
+    pair = {"start": ("a.png", digit_png), "end": ("b.png", digit_png)}
+    assert client.post("/interpolate/upload", files=pair).status_code == 200
+    assert client.app.state.decode_gate.incoming_uploads == 0
 
 
 def test_the_light_lane_learns_how_much_longer_than_booked_its_jobs_take(monkeypatch):
