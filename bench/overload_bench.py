@@ -39,12 +39,18 @@ from http_client import HOST, read_response
 from PIL import Image, ImageFilter
 from serve_bench import Server
 
+from app.inference.admission import MAX_RETRY_AFTER_S
+
 REPO = Path(__file__).resolve().parent.parent
 WATCH_EVERY_S = 0.1
 # The watcher starts this far into a flood: its first moment, all clients connecting and sending
 # at once, is a storm of its own (docs/benchmarks.md), and one request of ~90 would be its p99.
 WATCH_AFTER_S = 1.0
 BOUNDARY = "overloadboundary"
+# Each flood starts on a server at rest: the clients the last one refused were told to come back
+# up to this much later, and the server keeps their places in those seconds (`ReturnBook`) even
+# though they are gone; the next flood's refusals would be told to wait behind them.
+SETTLE_S = MAX_RETRY_AFTER_S
 
 
 def post(path: str, body: bytes, content_type: str = "application/json") -> bytes:
@@ -221,6 +227,7 @@ def bench(args: argparse.Namespace) -> dict:
                     for mode in ("wait", "at-once"):
                         clients = best["clients"] * factor
                         print(f"{name}: {clients} clients, {mode}", file=sys.stderr, flush=True)
+                        time.sleep(SETTLE_S)
                         flood = load(
                             pools, args.load_cpus, server.port, request, clients, args.flood_s,
                             mode, watch,

@@ -15,7 +15,8 @@ those limits by extending uvicorn's protocol (each override calls uvicorn's own 
   connection is busy with a request does the new one get 503 with `Retry-After`;
 - more than `max_connections_per_address` from one client address (0: no such limit): the same,
   within that address;
-- idle keep-alive connections close after `keep_alive_s` (uvicorn's own timer);
+- idle keep-alive connections close after `keep_alive_s` (uvicorn's own timer), counted from the
+  end of the `Retry-After` a refused connection was given;
 - a client that closes its connection before its answer began has its request's task cancelled
   (`app.http.context.CLIENT_GONE_KEY`, logged as 499): a queued decode or inference job stops;
 - a request the app's overload check (`app.http.shedding`) refuses from its head, or that asks
@@ -385,6 +386,19 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
         super().on_response_complete()
         if idle and not self.transport.is_closing():
             self.waiting.add(self._address, self)
+            if self._told_to_wait:
+                self._keep_open_until_told()
+
+    def _keep_open_until_told(self) -> None:
+        """A client told to come back in N seconds finds its connection still open then: the
+        keep-alive timeout counts from the end of its `Retry-After`, not from the refusal (a
+        client that waited 5 s raced a 5 s keep-alive's close, and lost the request it sent)."""
+        left = max(self._told_to_wait.values()) - time.monotonic()
+        if left > 0 and self.timeout_keep_alive_task is not None:
+            self.timeout_keep_alive_task.cancel()
+            self.timeout_keep_alive_task = self.loop.call_later(
+                left + self.timeout_keep_alive, self.timeout_keep_alive_handler
+            )
 
     # Timers
 

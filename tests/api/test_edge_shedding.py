@@ -166,3 +166,17 @@ def test_a_request_waiting_out_its_pause_is_not_closed_as_idle(port):
         after, _ = answer(sock)
     assert second.startswith(b"HTTP/1.1 503") and waited > KEEP_ALIVE_S
     assert after.startswith(b"HTTP/1.1 200")
+
+
+def test_a_connection_told_to_come_back_is_still_open_when_it_does(port):
+    """`Retry-After: 2` on a connection whose keep-alive is 1 s: the client that comes back after
+    2 s on it is answered (the keep-alive counts from then). It used to find the connection
+    closed, or closing as it sent, and lost its request."""
+    with socket.create_connection(("127.0.0.1", port), timeout=10) as sock:
+        sock.sendall(post(100))
+        first, _ = answer(sock)
+        assert first.startswith(b"HTTP/1.1 503")
+        time.sleep(RETRY_AFTER_S + 0.1)
+        sock.sendall(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n")
+        then, _ = answer(sock)
+    assert then.startswith(b"HTTP/1.1 200")

@@ -248,7 +248,7 @@ def test_the_uvicorn_internals_the_edge_extends_are_still_there():
         "on_response_complete",
         "send_400_response",
     ]
-    called = ["_unset_keepalive_if_required"]
+    called = ["_unset_keepalive_if_required", "timeout_keep_alive_handler"]
     for name in overridden + called:
         assert callable(getattr(protocol, name, None)), f"HttpToolsProtocol.{name} is gone"
     # A limit hit in a parser callback reaches the client through send_400_response.
@@ -265,6 +265,8 @@ def test_the_uvicorn_internals_the_edge_extends_are_still_there():
             "self.transport",
             "self.client",
             "self.pipeline",
+            "self.timeout_keep_alive_task",
+            "self.timeout_keep_alive ",
         ],
         httptools_impl.RequestResponseCycle: [
             "self.more_body",
