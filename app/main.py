@@ -37,7 +37,7 @@ from app.inference.admission import DecodeGate
 from app.inference.engine import Engine
 from app.routes import admin, examples, generate, images, oip, ops
 from app.routes.openapi import guard_errors
-from app.routes.shedding import shedder, upload_reserver
+from app.routes.shedding import reserver, shedder
 from app.routes.static_pages import StaticPages
 from models.checkpoint_errors import CheckpointError
 
@@ -155,7 +155,7 @@ def build_service(settings: Settings, *, behind_edge: bool) -> Service:
         settings=settings,
         lifecycle=lifecycle,
         shed=shed,
-        reserve=upload_reserver(app.state.decode_gate),
+        reserve=reserver(app.state.decode_gate),
     )
     if settings.cors_origins:
         app.add_middleware(

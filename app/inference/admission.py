@@ -27,6 +27,7 @@ import time
 from collections import deque
 from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
+from contextvars import ContextVar
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
@@ -49,6 +50,12 @@ STRETCH_SAMPLE_MIN_S = 0.01  # light work booked ahead of a job for its wait to 
 MAX_STRETCH = 8.0
 MAX_RETRY_AFTER_S = 10  # the longest `ReturnBook` makes a refused client wait
 LIGHT_PIPELINE_JOBS = 2  # light jobs always admitted whatever the lane's limit: one runs, one waits
+
+
+# The route a request came in on, set for its task when it is admitted from its head: the light
+# lane learns each kind's typical job by it, so a one-digit `/sample` is weighed at the head as
+# itself, not as the average job of a lane full of `/v2` batches (which refused it for seconds).
+REQUEST_KIND: ContextVar[str | None] = ContextVar("request_kind", default=None)
 
 
 def retry_after(wait_s: float) -> int:
@@ -327,6 +334,12 @@ class Booking:
         self.keep(0.0)
 
 
+def _ewma(average: float, sample: float) -> float:
+    """The running average with `sample` in; the first sample is the first estimate."""
+    average = average or sample
+    return average + EWMA_WEIGHT * (sample - average)
+
+
 class InferenceGate:
     """Books inference work per lane (`app.inference.scheduler`) and refuses, with 503 at once,
     work that would wait too long: light work past `light_queue_s` of light work booked, heavy
@@ -340,6 +353,7 @@ class InferenceGate:
         self.booked_s: dict[str, float] = {LIGHT: 0.0, HEAVY: 0.0}
         self.refused_share = 0.0  # of chosen digits' first candidates, by the guide
         self.typical_light_s = 0.0  # a light job's booking, on average (for `light_full`)
+        self.typical_light_by_kind: dict[str, float] = {}  # the same per `REQUEST_KIND`
         # Seconds a job takes to get through its lane per second of work booked there, learned
         # from the jobs themselves: more than 1 where the event loop shares the inference
         # thread's core (its work on each request is not booked), where heavy slices wait for
@@ -379,20 +393,27 @@ class InferenceGate:
             job_s = seconds * self.stretch[HEAVY]
             raise Overloaded(detail, self.heavy_returns.come_back_after(earliest, job_s))
         if lane == LIGHT:
-            typical = self.typical_light_s or seconds  # the first job is the first estimate
-            self.typical_light_s = typical + EWMA_WEIGHT * (seconds - typical)
+            self.typical_light_s = _ewma(self.typical_light_s, seconds)
+            kind = REQUEST_KIND.get()
+            if kind is not None:
+                by_kind = self.typical_light_by_kind
+                by_kind[kind] = _ewma(by_kind.get(kind, 0.0), seconds)
         return Booking(self.booked_s, lane, seconds, self._learn_stretch)
 
     @property
     def light_stretch(self) -> float:
         return self.stretch[LIGHT]
 
-    def light_full(self, time_left_s: float) -> bool:
-        """Whether a light job of the usual size would be refused now (so a request can be
-        refused from its head, before its body is read and parsed for nothing)."""
+    def light_full(self, time_left_s: float, kind: str | None = None) -> bool:
+        """Whether a light job of the usual size (of `kind`, once one has been booked) would be
+        refused now, so a request can be refused from its head, before its body is read and
+        parsed for nothing."""
         booked = self.booked_s[LIGHT]
         limit = self._limit(LIGHT, time_left_s)
-        return booked > 0 and self._too_long(LIGHT, booked + self.typical_light_s, limit)
+        typical = self.typical_light_s
+        if kind is not None:
+            typical = self.typical_light_by_kind.get(kind, typical)
+        return booked > 0 and self._too_long(LIGHT, booked + typical, limit)
 
     def light_refusal(
         self, detail: str = "the inference queue is full, retry shortly", earliest_s: int = 1

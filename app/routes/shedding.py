@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from app.errors import Overloaded
 from app.http.shedding import Check, Reserve
-from app.inference.admission import DecodeGate, IncomingUpload
+from app.inference.admission import REQUEST_KIND, DecodeGate, IncomingUpload
 from app.inference.engine import Engine
 
 INFERENCE_POSTS = frozenset(
@@ -27,7 +27,7 @@ def shedder(engine: Engine, decode_gate: DecodeGate, timeout_s: float) -> Check:
     def refusal(method: str, path: str, headers: list[tuple[bytes, bytes]]) -> Overloaded | None:
         if not _is_inference_post(method, path):
             return None
-        if engine.admission.light_full(timeout_s):
+        if engine.admission.light_full(timeout_s, path):
             return engine.admission.light_refusal()
         if _is_multipart(headers) and decode_gate.full(timeout_s):
             return decode_gate.refusal()
@@ -36,16 +36,19 @@ def shedder(engine: Engine, decode_gate: DecodeGate, timeout_s: float) -> Check:
     return refusal
 
 
-def upload_reserver(decode_gate: DecodeGate) -> Reserve:
-    """For the guard: an upload admitted from its head holds a typical upload at the decode gate
-    until its body reaches it, so the heads that arrive with it are weighed against it."""
+def reserver(decode_gate: DecodeGate) -> Reserve:
+    """For the guard, in the request's task once it is admitted from its head: its kind for the
+    light lane's estimates (`REQUEST_KIND`, which ends with the task), and for an upload a typical
+    upload's place at the decode gate until its body reaches it, so the heads that arrive with it
+    are weighed against it."""
 
     def reserve(
         method: str, path: str, headers: list[tuple[bytes, bytes]]
     ) -> IncomingUpload | None:
-        if _is_inference_post(method, path) and _is_multipart(headers):
-            return decode_gate.incoming()
-        return None
+        if not _is_inference_post(method, path):
+            return None
+        REQUEST_KIND.set(path)
+        return decode_gate.incoming() if _is_multipart(headers) else None
 
     return reserve
 

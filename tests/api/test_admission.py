@@ -12,12 +12,14 @@ import pytest
 from app.errors import Overloaded
 from app.inference.admission import (
     HEAVY,
+    LIGHT,
     MAX_RETRY_AFTER_S,
+    REQUEST_KIND,
     DecodeGate,
     InferenceGate,
     ReturnBook,
 )
-from app.routes.shedding import shedder, upload_reserver
+from app.routes.shedding import reserver, shedder
 from harness.heavy_png import png16_rgba
 
 
@@ -224,7 +226,7 @@ def test_uploads_still_arriving_count_against_the_heads_behind_them():
     gate.typical_pixels = 10_000  # 1 s each
     engine = SimpleNamespace(admission=InferenceGate(0.04, 0.06, 64))
     refusal = shedder(engine, gate, timeout_s=4.0)  # decoding may take 2 s of it
-    reserve = upload_reserver(gate)
+    reserve = reserver(gate)
     upload = [(b"content-type", b"multipart/form-data; boundary=x")]
     assert reserve("POST", "/sample", [(b"content-type", b"application/json")]) is None
     assert reserve("GET", "/reconstruct", upload) is None
@@ -256,6 +258,29 @@ def test_every_upload_gives_back_what_it_held_while_arriving(client, digit_png):
     pair = {"start": ("a.png", digit_png), "end": ("b.png", digit_png)}
     assert client.post("/interpolate/upload", files=pair).status_code == 200
     assert client.app.state.decode_gate.incoming_uploads == 0
+
+
+def test_a_light_request_is_weighed_at_its_head_as_a_job_of_its_own_kind():
+    """A lane full of `/v2` batches (12 ms each) has room for a one-digit `/sample` (1 ms) but not
+    for another batch: a watcher asking for one digit during a `/v2` flood was refused from its
+    head, for seconds, as if it were the lane's average job."""
+    gate = InferenceGate(slice_s=0.04, light_queue_s=0.04, max_rows=64)
+    for kind, seconds in [("/sample", 0.001)] + [("/v2/models/m/infer", 0.012)] * 3:
+        token = REQUEST_KIND.set(kind)
+        gate.book(LIGHT, seconds, time_left_s=10)
+        REQUEST_KIND.reset(token)
+    assert gate.booked_s[LIGHT] == pytest.approx(0.037)
+    assert gate.light_full(10, "/v2/models/m/infer")  # 37 + 12 ms > 40 ms
+    assert not gate.light_full(10, "/sample")  # 37 + 1 ms
+    assert gate.light_full(10)  # no kind: the average job (about 6 ms)
+    assert gate.light_full(10, "/decode")  # a kind not booked yet: the same
+
+
+def test_the_light_lane_learns_each_route_s_typical_job(client):
+    """The guard tells the light lane which route a request came in on (`REQUEST_KIND`)."""
+    assert client.post("/sample", json={"n": 1}).status_code == 200
+    learned = client.app.state.engine.admission.typical_light_by_kind
+    assert learned.get("/sample", 0) > 0
 
 
 def test_the_light_lane_learns_how_much_longer_than_booked_its_jobs_take(monkeypatch):
