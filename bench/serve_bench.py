@@ -31,7 +31,13 @@ from http_client import HOST, print_cell, replay
 
 from harness.live_server import VAE_SERVE
 from harness.processes import free_port
-from harness.ray_cluster import RayNode, head_args, ray_env, serve_config, serve_run
+from harness.ray_cluster import (
+    head_args,
+    ray_env,
+    serve_config,
+    serve_run,
+    started_node,
+)
 from harness.server import ServerProcess
 
 REPO = Path(__file__).resolve().parent.parent
@@ -174,9 +180,8 @@ class RayServeServer:
         self.port = free_port()
         gcs_port = free_port()
         env = ray_env()
-        self.node = RayNode("bench", head_args(self.NODE_IP, gcs_port), env, cpus=replicas)
+        self.node = started_node("bench", head_args(self.NODE_IP, gcs_port), env, cpus=replicas)
         try:
-            self.node.wait_started()
             config = serve_config(
                 self.port,
                 replicas,

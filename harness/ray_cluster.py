@@ -25,6 +25,9 @@ from harness.server import REPO, DidNotStart
 BIN = Path(sys.executable).parent
 START_TIMEOUT_S = 90
 STARTED_LINE = "Ray runtime started"
+# Ray gives a new node's raylet a fixed 30 s to register with the GCS; a 2-core machine still
+# writing out a Docker build missed it once in `make test` (the node exits with this line).
+REGISTRATION_TIMED_OUT = "timed out during startup"
 # Every node listens on these; a free port each, so that two clusters (or a stray one) never meet.
 NODE_PORT_FLAGS = (
     "--dashboard-agent-listen-port",
@@ -115,6 +118,30 @@ class RayNode:
         """SIGKILL to the node and all its processes: what a dead machine looks like."""
         kill_tree(self.process)
         shutil.rmtree(self.temp_dir, ignore_errors=True)
+
+
+def started_node(
+    name: str,
+    args: list[str],
+    env: dict[str, str],
+    *,
+    cpus: int = 1,
+    resources: dict[str, float] | None = None,
+) -> RayNode:
+    """A `RayNode` once it has started, started a second time if Ray's own registration wait ran
+    out (`REGISTRATION_TIMED_OUT`): that says the machine was busy, not that the node is broken."""
+    tries_left = 2
+    while True:
+        tries_left -= 1
+        node = RayNode(name, args, env, cpus=cpus, resources=resources)
+        try:
+            node.wait_started()
+        except BaseException as exc:
+            node.kill()
+            if not tries_left or REGISTRATION_TIMED_OUT not in str(exc):
+                raise
+            continue
+        return node
 
 
 def serve_config(port: int, replicas: int, **env_vars: str) -> dict:

@@ -23,7 +23,14 @@ import httpx
 import pytest
 
 from harness.processes import free_port
-from harness.ray_cluster import RayNode, head_args, ray_env, serve_config, serve_run
+from harness.ray_cluster import (
+    RayNode,
+    head_args,
+    ray_env,
+    serve_config,
+    serve_run,
+    started_node,
+)
 
 pytest.importorskip("ray.serve", reason="Ray Serve is not installed: pip install -e '.[ray]'")
 
@@ -58,9 +65,8 @@ class Cluster:
         return self._add(name, ["--address", self.address, "--node-ip-address", ip])
 
     def _add(self, name: str, args: list[str]) -> RayNode:
-        node = RayNode(name, args, self.env, resources={SLOT: 1})
+        node = started_node(name, args, self.env, resources={SLOT: 1})
         self.nodes.append(node)
-        node.wait_started()
         return node
 
     def __enter__(self) -> Cluster:
