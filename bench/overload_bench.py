@@ -132,7 +132,7 @@ async def _client(port, request, mode, statuses, latencies, every_s=0.0) -> None
             writer.close()
 
 
-async def _for(seconds: float, clients: list) -> float:
+async def _run_clients_for(seconds: float, clients: list) -> float:
     """Runs the clients for `seconds`, then closes their connections (what they were still waiting
     for is not counted: a flood's rate is what the server answered within it); the seconds run."""
     tasks = [asyncio.create_task(client) for client in clients]
@@ -149,7 +149,7 @@ async def _run(port, request, clients, seconds, mode) -> dict:
     statuses: Counter = Counter()
     latencies: list[float] = []
     tasks = [_client(port, request, mode, statuses, latencies) for _ in range(clients)]
-    elapsed = await _for(seconds, tasks)
+    elapsed = await _run_clients_for(seconds, tasks)
     return {
         "clients": clients,
         "mode": mode,
@@ -164,7 +164,7 @@ async def _watch(port, request, seconds) -> dict:
     latencies: list[float] = []
     await asyncio.sleep(WATCH_AFTER_S)
     client = _client(port, request, "wait", statuses, latencies, WATCH_EVERY_S)
-    await _for(seconds - WATCH_AFTER_S, [client])
+    await _run_clients_for(seconds - WATCH_AFTER_S, [client])
     return {
         "watcher_p99_ms": _p99(latencies),
         "watcher_statuses": {str(k): v for k, v in sorted(statuses.items(), key=str)},
