@@ -114,6 +114,17 @@ class RayNode:
         if self.process.poll() is not None:
             raise DidNotStart(f"Ray node {self.name} exited:\n{tail()}")
 
+    def log_tails(self, pattern: str = "serve/*.log", lines: int = 15) -> str:
+        """The last `lines` of each of this node's Ray logs that match `pattern` (Serve's
+        controller, proxy and replicas by default): what a failed test shows of the cluster."""
+        logs = sorted((Path(self.temp_dir) / "session_latest" / "logs").glob(pattern))
+        return "".join(
+            f"--- {self.name}: {log.name}\n"
+            + "\n".join(log.read_text(errors="replace").splitlines()[-lines:])
+            + "\n"
+            for log in logs
+        )
+
     def kill(self) -> None:
         """SIGKILL to the node and all its processes: what a dead machine looks like."""
         kill_tree(self.process)

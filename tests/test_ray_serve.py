@@ -45,6 +45,7 @@ HEAD_SYSTEM_CONFIG = {
     "health_check_period_ms": 1000,
     "health_check_failure_threshold": 3,
 }
+PAUSE_BETWEEN_BURSTS_S = 0.5  # while waiting for a replica: it starts on the same 2 cores
 
 
 class Cluster:
@@ -68,6 +69,10 @@ class Cluster:
         node = started_node(name, args, self.env, resources={SLOT: 1})
         self.nodes.append(node)
         return node
+
+    def serve_logs(self) -> str:
+        """The tails of every live node's Serve logs and worker stderr, for a failure message."""
+        return "".join(node.log_tails() + node.log_tails("worker-*.err", 5) for node in self.nodes)
 
     def __enter__(self) -> Cluster:
         return self
@@ -130,12 +135,15 @@ class Traffic:
         with ThreadPoolExecutor(concurrency) as pool:
             return Counter(pool.map(lambda _: self.one(), range(n)))
 
-    def until_both_answer(self, deadline_s: float = 120) -> None:
-        """Replicas start at their own pace: send small bursts until both nodes have answered."""
+    def until_both_answer(self, cluster: Cluster, deadline_s: float = 120) -> None:
+        """Replicas start at their own pace: small bursts until both nodes have answered, with a
+        pause after each, because a replica starting on a busy 2-core machine needs a core too."""
         give_up, seen = time.monotonic() + deadline_s, Counter()
         while not (seen["head"] and seen["worker"]):
-            assert time.monotonic() < give_up, f"only {dict(seen)} answered"
+            if time.monotonic() > give_up:
+                pytest.fail(f"only {dict(seen)} answered in {deadline_s} s\n{cluster.serve_logs()}")
             seen += self.burst(8)
+            time.sleep(PAUSE_BETWEEN_BURSTS_S)
 
 
 def test_two_replicas_on_two_nodes_survive_losing_one(cluster, tiny_checkpoint, tmp_path):
@@ -147,7 +155,7 @@ def test_two_replicas_on_two_nodes_survive_losing_one(cluster, tiny_checkpoint, 
     serve_run(config, tmp_path / "serve.yaml", cluster.address, cluster.env)
     traffic = Traffic(f"http://127.0.0.1:{port}")
     traffic.one(deadline_s=120, deploying=True)  # waits for the replicas to load the model
-    traffic.until_both_answer()
+    traffic.until_both_answer(cluster)
 
     traffic.retries = 0
     before = traffic.burst(40)
@@ -162,7 +170,7 @@ def test_two_replicas_on_two_nodes_survive_losing_one(cluster, tiny_checkpoint, 
     assert set(during) == {"head"}, during  # the dead node answers nothing
 
     cluster.start_worker("worker-2", NEW_WORKER_IP)
-    traffic.until_both_answer()  # the lost replica is back, on the new node
+    traffic.until_both_answer(cluster)  # the lost replica is back, on the new node
     traffic.retries = 0
     after = traffic.burst(40)
     print(f"after a new worker node joined: {dict(after)} (retries {traffic.retries})")
