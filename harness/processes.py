@@ -33,10 +33,12 @@ def memory_mb(pid: int, key: str = "VmRSS") -> float:
     raise KeyError(key)
 
 
-def cpu_seconds(pid: int) -> float:
-    """User plus system CPU seconds of a process so far, all its threads: steadier than requests
-    per second when other load shares the machine."""
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+def cpu_seconds(pid: int, thread: int | None = None) -> float:
+    """User plus system CPU seconds of a process so far, all its threads (or only `thread`, by
+    its id; the main thread's is the pid): steadier than requests per second when other load
+    shares the machine."""
+    stat = Path(f"/proc/{pid}/stat" if thread is None else f"/proc/{pid}/task/{thread}/stat")
+    fields = stat.read_text().rsplit(")", 1)[1].split()
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 

@@ -170,6 +170,11 @@ class ServerProcess:
         """CPU seconds the server process has used so far."""
         return cpu_seconds(self.process.pid)
 
+    def loop_cpu_s(self) -> float:
+        """CPU seconds of the server's main thread so far: the event loop's, for telling its
+        cost from the inference thread's."""
+        return cpu_seconds(self.process.pid, thread=self.process.pid)
+
     def stop(self) -> None:
         stop(self.process, self.stop_grace_s, group=self.own_session)
 
