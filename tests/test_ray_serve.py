@@ -71,7 +71,8 @@ class Cluster:
         return node
 
     def serve_logs(self) -> str:
-        """The tails of every live node's Serve logs and worker stderr, for a failure message."""
+        """The tails of each node's Serve logs and worker stderr, for a failure message (a killed
+        node's logs went with it)."""
         return "".join(node.log_tails() + node.log_tails("worker-*.err", 5) for node in self.nodes)
 
     def __enter__(self) -> Cluster:
