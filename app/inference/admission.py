@@ -58,6 +58,12 @@ LIGHT_PIPELINE_JOBS = 2  # light jobs always admitted whatever the lane's limit:
 REQUEST_KIND: ContextVar[str | None] = ContextVar("request_kind", default=None)
 
 
+def _ewma(average: float, sample: float) -> float:
+    """The running average with `sample` in; the first sample is the first estimate."""
+    average = average or sample
+    return average + EWMA_WEIGHT * (sample - average)
+
+
 def retry_after(wait_s: float) -> int:
     return max(1, math.ceil(wait_s))
 
@@ -206,8 +212,7 @@ class DecodeGate:
         limit = HEAVY_SHARE_OF_TIME_LEFT * time_left_s  # the rest: inference, answer, variance
         if (wait and wait + own > limit) or own > time_left_s:
             raise self.refusal()
-        typical = self.typical_pixels or pixels
-        self.typical_pixels = typical + EWMA_WEIGHT * (pixels - typical)
+        self.typical_pixels = _ewma(self.typical_pixels, pixels)
         await self._acquire(pixels)
         loop = asyncio.get_running_loop()
         elapsed: float | None = None
@@ -332,12 +337,6 @@ class Booking:
 
     def close(self) -> None:
         self.keep(0.0)
-
-
-def _ewma(average: float, sample: float) -> float:
-    """The running average with `sample` in; the first sample is the first estimate."""
-    average = average or sample
-    return average + EWMA_WEIGHT * (sample - average)
 
 
 class InferenceGate:
